@@ -1,0 +1,431 @@
+"""A decoder-only Transformer language model, built from tensor operations.
+
+The architecture is the one used by Llama and most modern LMs:
+
+    tokens -> Embedding -> num_layers x TransformerBlock -> RmsNorm -> Linear -> logits
+    TransformerBlock(x) = x + Attention(RmsNorm(x)), then h + FFN(RmsNorm(h))      (pre-norm)
+
+with RMSNorm (Zhang & Sennrich, 2019), SwiGLU feed-forward layers (Shazeer, 2020) and rotary
+position embeddings, RoPE (Su et al., 2021), applied to queries and keys.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the model; saved in every checkpoint so a model can be rebuilt from it."""
+
+    vocab_size: int = 10_000
+    context_length: int = 256
+    d_model: int = 512
+    num_layers: int = 4
+    num_heads: int = 16
+    d_ff: int | None = 1344  # None: 8/3 * d_model rounded up to a multiple of 64
+    rope_theta: float = 10_000.0
+    tie_embeddings: bool = False
+    attention: str = "fused"  # "fused": F.scaled_dot_product_attention; "ours": from scratch
+
+    def __post_init__(self) -> None:
+        if self.d_ff is None:
+            self.d_ff = default_d_ff(self.d_model)
+        if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
+            raise ValueError(
+                f"d_model={self.d_model} must split into num_heads={self.num_heads} heads "
+                "of even size (RoPE rotates pairs of dimensions)"
+            )
+        if self.attention not in ("fused", "ours"):
+            raise ValueError(f"attention must be 'fused' or 'ours', not {self.attention!r}")
+
+
+def default_d_ff(d_model: int) -> int:
+    """SwiGLU hidden size: 8/3 d_model keeps the FFN's parameters equal to a 4x ReLU FFN."""
+    return 64 * math.ceil(8 * d_model / 3 / 64)
+
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # CS336 assignment 1 recipe for TinyStories (about 17M non-embedding parameters).
+    "tinystories-17m": ModelConfig(),
+    # Small enough to train in seconds on a laptop CPU; used by the tests.
+    "tiny": ModelConfig(vocab_size=512, context_length=64, d_model=64, num_layers=2, num_heads=4),
+    "cpu-small": ModelConfig(d_model=256, num_heads=8, d_ff=688),
+    # CS336 assignment 2 model sizes (vocab 10000, context 256 unless told otherwise).
+    "cs336-small": ModelConfig(d_model=768, d_ff=3072, num_layers=12, num_heads=12),
+    "cs336-medium": ModelConfig(d_model=1024, d_ff=4096, num_layers=24, num_heads=16),
+    "cs336-large": ModelConfig(d_model=1280, d_ff=5120, num_layers=36, num_heads=20),
+    "cs336-xl": ModelConfig(d_model=1600, d_ff=6400, num_layers=48, num_heads=25),
+    "cs336-2.7b": ModelConfig(d_model=2560, d_ff=10240, num_layers=32, num_heads=32),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Basic layers
+# ---------------------------------------------------------------------------------------------
+
+
+class Linear(nn.Module):
+    """y = x W^T, without bias (modern LMs drop it); W is (out_features, in_features)."""
+
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(
+            torch.empty(out_features, in_features, device=device, dtype=dtype)
+        )
+        std = math.sqrt(2 / (in_features + out_features))
+        nn.init.trunc_normal_(self.weight, std=std, a=-3 * std, b=3 * std)
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
+        return x @ self.weight.T
+
+
+class Embedding(nn.Module):
+    """A lookup table: token id -> row of the weight matrix (num_embeddings, embedding_dim)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(
+            torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype)
+        )
+        nn.init.trunc_normal_(self.weight, std=1.0, a=-3.0, b=3.0)
+
+    def forward(self, token_ids: Tensor) -> Tensor:  # (...) -> (..., embedding_dim)
+        return self.weight[token_ids]
+
+
+class RmsNorm(nn.Module):
+    """RMSNorm: x / sqrt(mean(x^2) + eps) * gain, computed in float32 for stability."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., d_model)
+        in_dtype = x.dtype
+        x = x.to(torch.promote_types(in_dtype, torch.float32))
+        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (x * self.weight).to(in_dtype)
+
+
+def silu(x: Tensor) -> Tensor:
+    """SiLU (a.k.a. swish): x * sigmoid(x)."""
+    return x * torch.sigmoid(x)
+
+
+class FFN(nn.Module):
+    """SwiGLU feed-forward network: W2 (SiLU(W1 x) * W3 x)."""
+
+    def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
+        super().__init__()
+        d_ff = d_ff or default_d_ff(d_model)
+        self.w1 = Linear(d_model, d_ff, device, dtype)
+        self.w2 = Linear(d_ff, d_model, device, dtype)
+        self.w3 = Linear(d_model, d_ff, device, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> (..., d_model)
+        return self.w2(silu(self.w1(x)) * self.w3(x))
+
+
+def softmax(x: Tensor, dim: int) -> Tensor:
+    """exp(x) / sum(exp(x)), with the max subtracted first so exp never overflows."""
+    exp = torch.exp(x - x.amax(dim=dim, keepdim=True))
+    return exp / exp.sum(dim=dim, keepdim=True)
+
+
+class Softmax(nn.Module):
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return softmax(x, self.dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------------------------
+
+
+def scaled_dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """softmax(Q K^T / sqrt(d_k)) V  (Vaswani et al., 2017).
+
+    q: (..., queries, d_k), k: (..., keys, d_k), v: (..., keys, d_v) -> (..., queries, d_v).
+    mask: bool, broadcastable to (..., queries, keys); True where a query may attend to a key.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., queries, keys)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return softmax(scores, dim=-1) @ v
+
+
+class ScaledDotProductAttention(nn.Module):
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        return scaled_dot_product_attention(q, k, v, mask)
+
+
+class RoPE(nn.Module):
+    """Rotary position embedding: rotate each pair (x[2i], x[2i+1]) by angle pos * theta^(-2i/d_k).
+
+    The dot product of two rotated vectors then depends only on their relative position.
+    cos/sin tables are precomputed for every position up to max_seq_len and not saved in
+    checkpoints (they are a pure function of the config).
+    """
+
+    def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None) -> None:
+        super().__init__()
+        inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
+        positions = torch.arange(max_seq_len, device=device, dtype=torch.float64)
+        angles = torch.outer(positions, inv_freq)  # (max_seq_len, d_k / 2)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, x: Tensor, token_positions: Tensor) -> Tensor:
+        """x: (..., seq, d_k); token_positions: (..., seq) broadcastable to x's leading dims."""
+        cos = self.cos[token_positions].to(x.dtype)  # (..., seq, d_k / 2)
+        sin = self.sin[token_positions].to(x.dtype)
+        x_even, x_odd = x[..., 0::2], x[..., 1::2]
+        rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
+        return rotated.flatten(-2)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of the tokens seen so far, for every layer, so that decoding one more token
+    costs one token's work instead of re-running the whole sequence.
+
+    Buffers are preallocated to the context length. `key_mask` (batch, context_length), when set,
+    marks which cached positions are real tokens (False = left padding, never attended to).
+    """
+
+    keys: list[Tensor]  # per layer: (batch, heads, context_length, d_head)
+    values: list[Tensor]
+    length: int = 0
+    key_mask: Tensor | None = None
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store this layer's new keys/values (batch, heads, new, d_head); return all so far."""
+        start, end = self.length, self.length + k.shape[-2]
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head self-attention with RoPE on queries and keys, and an optional KV cache."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        max_seq_len: int,
+        rope_theta: float = 10_000.0,
+        attention: str = "fused",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.d_head = d_model // num_heads
+        self.attention = attention
+        self.qkv_proj = Linear(d_model, 3 * d_model, device, dtype)  # Q, K and V in one matmul
+        self.out_proj = Linear(d_model, d_model, device, dtype)
+        self.rope = RoPE(rope_theta, self.d_head, max_seq_len, device)
+
+    def forward(
+        self,
+        x: Tensor,
+        token_positions: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:  # (batch, seq, d_model) -> (batch, seq, d_model)
+        batch, seq, d_model = x.shape
+        start = kv_cache.length if kv_cache is not None else 0
+        if token_positions is None:
+            token_positions = torch.arange(start, start + seq, device=x.device)
+        # (batch, seq, 3 * d_model) -> 3 x (batch, heads, seq, d_head)
+        q, k, v = self.qkv_proj(x).view(batch, seq, 3, self.num_heads, self.d_head).unbind(2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q = self.rope(q, token_positions)
+        k = self.rope(k, token_positions)
+        if kv_cache is not None:
+            k, v = kv_cache.append(layer, k, v)  # (batch, heads, start + seq, d_head)
+        mask = self._mask(seq, start, x.device, kv_cache)
+        if self.attention == "fused":
+            if mask is None:
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            if mask is None:
+                mask = causal_mask(seq, 0, x.device)
+            out = scaled_dot_product_attention(q, k, v, mask)
+        out = out.transpose(1, 2).reshape(batch, seq, d_model)  # concatenate the heads
+        return self.out_proj(out)
+
+    @staticmethod
+    def _mask(seq: int, start: int, device, kv_cache: KVCache | None) -> Tensor | None:
+        """None for plain causal attention over a fresh sequence (the fast path); else a mask."""
+        if kv_cache is None or (start == 0 and kv_cache.key_mask is None):
+            return None
+        mask = causal_mask(seq, start, device)  # (seq, start + seq)
+        if kv_cache.key_mask is not None:
+            # Padding keys are hidden from every query; a padding query still sees itself, so
+            # its softmax row is never empty (an empty row gives NaN, which would then leak).
+            is_self = (
+                torch.arange(start + seq, device=device)
+                == torch.arange(start, start + seq, device=device)[:, None]
+            )
+            mask = mask & (kv_cache.key_mask[:, None, None, : start + seq] | is_self)
+        return mask  # (seq, keys) or (batch, 1, seq, keys)
+
+
+def causal_mask(seq: int, start: int, device) -> Tensor:
+    """(seq, start + seq) bool: query i (at position start + i) sees keys 0 .. start + i."""
+    query_pos = torch.arange(start, start + seq, device=device)[:, None]
+    key_pos = torch.arange(start + seq, device=device)[None, :]
+    return key_pos <= query_pos
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: h = x + attn(norm(x)); out = h + ffn(norm(h))."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        max_seq_len: int,
+        rope_theta: float = 10_000.0,
+        attention: str = "fused",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.attn_norm = RmsNorm(d_model, device=device, dtype=dtype)
+        self.attn = MultiHeadAttention(
+            d_model, num_heads, max_seq_len, rope_theta, attention, device, dtype
+        )
+        self.ffn_norm = RmsNorm(d_model, device=device, dtype=dtype)
+        self.ffn = FFN(d_model, d_ff, device, dtype)
+
+    def forward(
+        self,
+        x: Tensor,
+        token_positions: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:  # (batch, seq, d_model)
+        x = x + self.attn(self.attn_norm(x), token_positions, kv_cache, layer)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    """Token ids (batch, seq) -> next-token logits (batch, seq, vocab_size)."""
+
+    def __init__(self, config: ModelConfig, device=None, dtype=None) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.embedding = Embedding(c.vocab_size, c.d_model, device, dtype)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                c.d_model,
+                c.num_heads,
+                c.d_ff,
+                c.context_length,
+                c.rope_theta,
+                c.attention,
+                device,
+                dtype,
+            )
+            for _ in range(c.num_layers)
+        )
+        self.final_norm = RmsNorm(c.d_model, device=device, dtype=dtype)
+        self.lm_head = Linear(c.d_model, c.vocab_size, device, dtype)
+        if c.tie_embeddings:
+            # One matrix both embeds and un-embeds (Press & Wolf, 2017); the output layer's small
+            # init is kept, since std-1 embeddings would give huge initial logits.
+            self.embedding.weight = self.lm_head.weight
+
+    def forward(self, token_ids: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+        self._check_input(token_ids, kv_cache)
+        x = self.embedding(token_ids)  # (batch, seq, d_model)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, kv_cache=kv_cache, layer=layer)
+        if kv_cache is not None:
+            kv_cache.length += token_ids.shape[1]
+        return self.lm_head(self.final_norm(x))  # (batch, seq, vocab_size)
+
+    def _check_input(self, token_ids: Tensor, kv_cache: KVCache | None) -> None:
+        if token_ids.ndim != 2:
+            raise ValueError(f"token_ids must be (batch, seq), got shape {tuple(token_ids.shape)}")
+        cached = kv_cache.length if kv_cache is not None else 0
+        if cached + token_ids.shape[1] > self.config.context_length:
+            raise ValueError(
+                f"input of {token_ids.shape[1]} tokens"
+                + (f" after {cached} cached tokens" if cached else "")
+                + f" is longer than the context length {self.config.context_length} "
+                f"(shape {tuple(token_ids.shape)})"
+            )
+
+    def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty cache for decoding batch_size sequences; dtype defaults to the weights'
+        (pass the autocast dtype when decoding under autocast)."""
+        c = self.config
+        weight = self.lm_head.weight
+        shape = (batch_size, c.num_heads, c.context_length, c.d_model // c.num_heads)
+
+        def buffers() -> list[Tensor]:
+            return [
+                torch.zeros(shape, device=weight.device, dtype=dtype or weight.dtype)
+                for _ in self.blocks
+            ]
+
+        return KVCache(keys=buffers(), values=buffers())
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Count of distinct parameters (a tied matrix counts once)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings and not self.config.tie_embeddings:
+            n -= self.embedding.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs (forward + backward) per token: 6 N for the matmuls (N = matmul
+        parameters, the embedding lookup excluded) plus 12 L d T for attention scores and
+        values (PaLM, Chowdhery et al. 2022, appendix B). Used for MFU."""
+        c = self.config
+        seq_len = seq_len or c.context_length
+        d_ff = c.d_ff
+        per_layer = 4 * c.d_model * c.d_model + 3 * c.d_model * d_ff
+        matmul_params = c.num_layers * per_layer + c.d_model * c.vocab_size
+        return 6 * matmul_params + 12 * c.num_layers * c.d_model * seq_len
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean of -log softmax(logits)[target], via log-sum-exp so no exp() ever overflows.
+
+    logits: (..., vocab), targets: (...) int64 -> scalar.
+    """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    max_logit = logits.amax(dim=-1, keepdim=True)
+    log_sum_exp = max_logit.squeeze(-1) + torch.log(torch.exp(logits - max_logit).sum(dim=-1))
+    target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (log_sum_exp - target_logit).mean()
+
+
+class CrossEntropyLoss(nn.Module):
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return cross_entropy(logits, targets)
