@@ -414,16 +414,40 @@ class Transformer(nn.Module):
         return 6 * matmul_params + 12 * c.num_layers * c.d_model * seq_len
 
 
-def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean of -log softmax(logits)[target], via log-sum-exp so no exp() ever overflows.
+class _CrossEntropy(torch.autograd.Function):
+    """Cross-entropy with its gradient written by hand.
 
-    logits: (..., vocab), targets: (...) int64 -> scalar.
+    loss = mean_i (logsumexp(z_i) - z_i[y_i]); d loss / d z_i = (softmax(z_i) - onehot(y_i)) / N.
+    Autograd through the forward formula would keep several (N, vocab) intermediates alive;
+    here backward recomputes softmax from the logits and the saved log-sum-exp in one pass.
     """
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    max_logit = logits.amax(dim=-1, keepdim=True)
-    log_sum_exp = max_logit.squeeze(-1) + torch.log(torch.exp(logits - max_logit).sum(dim=-1))
-    target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (log_sum_exp - target_logit).mean()
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+        z = logits.reshape(-1, logits.shape[-1])  # (N, vocab)
+        z = z.to(torch.promote_types(z.dtype, torch.float32))
+        y = targets.reshape(-1, 1)  # (N, 1)
+        max_z = z.amax(dim=-1, keepdim=True)  # subtract the max so exp() cannot overflow
+        log_sum_exp = max_z + (z - max_z).exp_().sum(dim=-1, keepdim=True).log_()  # (N, 1)
+        ctx.save_for_backward(z, y, log_sum_exp)
+        ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
+        return (log_sum_exp - z.gather(-1, y)).mean()
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor) -> tuple[Tensor, None]:
+        z, y, log_sum_exp = ctx.saved_tensors
+        grad = (z - log_sum_exp).exp_()  # softmax(z), (N, vocab)
+        grad.scatter_add_(-1, y, torch.full_like(y, -1, dtype=grad.dtype))
+        grad.mul_(grad_loss / z.shape[0])
+        return grad.to(ctx.logits_dtype).view(ctx.logits_shape), None
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean of -log softmax(logits)[target] over all leading dims, computed stably (log-sum-exp).
+
+    logits: (..., vocab) float, targets: (...) int64 -> scalar (float32 or wider).
+    """
+    return _CrossEntropy.apply(logits, targets)
 
 
 class CrossEntropyLoss(nn.Module):
