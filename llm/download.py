@@ -1,0 +1,276 @@
+"""Download the real datasets into data/: TinyStories (V2, GPT-4) and the CS336 OpenWebText sample.
+
+    uv run -m llm.data download tinystories            # train ~2.2 GB, valid ~22 MB
+    uv run -m llm.data download owt --split valid      # owt_valid.txt.gz, unpacked
+
+A download goes into `<file>.part` and resumes from where it stopped (an HTTP Range request) when
+run again. The finished file is checked against a sha256: the one in our table when we know it,
+otherwise the one Hugging Face sends for large (LFS) files in the X-Linked-ETag header. A bad
+file is deleted, never left in place. `.gz` files are unpacked. Without network, the error says
+which URL to fetch by hand and where to put it.
+"""
+
+import argparse
+import gzip
+import hashlib
+import http.client
+import os
+import re
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+
+from tqdm import tqdm
+
+CHUNK = 1 << 20
+TINYSTORIES = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
+OWT = "https://huggingface.co/datasets/stanford-cs336/owt-sample/resolve/main"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    split: str  # "train" or "valid"
+    url: str
+    sha256: str | None = None  # of the file as served; None: use the server's X-Linked-ETag
+
+    @property
+    def name(self) -> str:  # as served: "owt_train.txt.gz"
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def final_name(self) -> str:  # after unpacking: "owt_train.txt"
+        return self.name.removesuffix(".gz")
+
+
+# We cannot look the real hashes up offline, so none is written here: add one when you know it.
+DATASETS: dict[str, tuple[RemoteFile, ...]] = {
+    "tinystories": (
+        RemoteFile("train", f"{TINYSTORIES}/TinyStoriesV2-GPT4-train.txt"),
+        RemoteFile("valid", f"{TINYSTORIES}/TinyStoriesV2-GPT4-valid.txt"),
+    ),
+    "owt": (
+        RemoteFile("train", f"{OWT}/owt_train.txt.gz"),
+        RemoteFile("valid", f"{OWT}/owt_valid.txt.gz"),
+    ),
+}
+
+
+class DownloadError(Exception):
+    """A download that failed; the message says what happened and what to do."""
+
+
+class ChecksumError(DownloadError):
+    pass
+
+
+class OfflineError(DownloadError):
+    """The host could not be reached at all."""
+
+
+class _RedirectRecorder(urllib.request.HTTPRedirectHandler):
+    """Keeps the headers of each redirect: Hugging Face puts X-Linked-ETag on its 302."""
+
+    def __init__(self) -> None:
+        self.headers: list[Message] = []
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.headers.append(headers)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def server_sha256(headers: list[Message]) -> str | None:
+    """The sha256 that Hugging Face reports for an LFS file (X-Linked-ETag), if any."""
+    for h in headers:
+        etag = (h.get("X-Linked-Etag") or "").removeprefix("W/").strip('"').lower()
+        if re.fullmatch(r"[0-9a-f]{64}", etag):
+            return etag
+    return None
+
+
+def sha256_file(path: Path, progress: bool = False) -> str:
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with (
+        open(path, "rb") as f,
+        tqdm(total=size, unit="B", unit_scale=True, desc="sha256", disable=not progress) as bar,
+    ):
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def _fetch(url: str, part: Path, timeout: float, progress: bool) -> list[Message]:
+    """Downloads `url` into `part`, continuing an existing `part`; returns the response headers."""
+    start = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "llm-download"})
+    if start:
+        request.add_header("Range", f"bytes={start}-")
+    recorder = _RedirectRecorder()
+    try:
+        response = urllib.request.build_opener(recorder).open(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and start:  # nothing left after `start`: the .part is complete
+            return [*recorder.headers, e.headers]
+        raise DownloadError(f"{url}: the server answered HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        reason = getattr(e, "reason", e)
+        raise OfflineError(f"could not reach {urllib.parse.urlparse(url).netloc}: {reason}") from e
+    with response:
+        if start and response.status != 206:
+            start = 0  # the server ignored our Range: start over
+        elif start and not response.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
+            raise DownloadError(f"{url}: the server sent the wrong range; delete {part} and retry")
+        length = response.headers.get("Content-Length")
+        total = start + int(length) if length is not None else None
+        try:
+            with (
+                open(part, "ab" if start else "wb") as f,
+                tqdm(
+                    initial=start,
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    desc=part.name[:-5],
+                    disable=not progress,
+                ) as bar,
+            ):
+                while chunk := response.read(CHUNK):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        except (OSError, http.client.HTTPException) as e:
+            raise DownloadError(
+                f"the download of {url} was interrupted ({e!r}) after "
+                f"{part.stat().st_size:,} bytes; run the same command again to resume"
+            ) from e
+    if total is not None and part.stat().st_size != total:
+        raise DownloadError(
+            f"the download of {url} stopped after {part.stat().st_size:,} of {total:,} bytes "
+            f"(kept in {part}); run the same command again to resume"
+        )
+    return [*recorder.headers, response.headers]
+
+
+def _verify(part: Path, known: str | None, served: str | None, progress: bool) -> None:
+    """Checks `part` against the known or the server's sha256; deletes it when it is wrong."""
+    if known and served and known.lower() != served:
+        raise ChecksumError(
+            f"the server's sha256 for {part.name[:-5]} is {served}, our table says {known}: "
+            "the file has changed upstream; check it and update DATASETS in llm/download.py"
+        )
+    expected = (known or served or "").lower()
+    origin = "in our table" if known else "sent by the server (X-Linked-ETag)"
+    if not expected:
+        print(f"note: no sha256 known for {part.name[:-5]}; only its size was checked")
+        return
+    actual = sha256_file(part, progress)
+    if actual != expected:
+        part.unlink()
+        raise ChecksumError(
+            f"{part.name[:-5]} is corrupt: sha256 {actual}, expected {expected} ({origin}). "
+            "The bad file was deleted; run the command again to download it afresh."
+        )
+
+
+def gunzip(src: Path, dst: Path, progress: bool = True) -> None:
+    """Unpacks `src` into `dst` atomically (temp file, then rename)."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        with (
+            open(src, "rb") as raw,
+            gzip.open(raw) as gz,
+            open(tmp, "wb") as out,
+            tqdm(
+                total=src.stat().st_size,
+                unit="B",
+                unit_scale=True,
+                desc=f"gunzip {src.name}",
+                disable=not progress,
+            ) as bar,
+        ):
+            while chunk := gz.read(CHUNK):
+                out.write(chunk)
+                bar.update(raw.tell() - bar.n)
+        os.replace(tmp, dst)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # bad header, truncated, bad data
+        raise DownloadError(f"{src} is not a valid .gz file ({e}); delete it and run again") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download_file(
+    remote: RemoteFile, data_dir: Path, timeout: float = 30.0, progress: bool = True
+) -> Path:
+    """Downloads, verifies and unpacks one file into `data_dir`; returns the final path.
+
+    A file is moved from `.part` to its name only once verified, so a file with its own name is
+    trusted; a final file already in place is not downloaded again.
+    """
+    final, served = data_dir / remote.final_name, data_dir / remote.name
+    if final.exists():
+        return final
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not served.exists():
+        part = served.with_name(served.name + ".part")
+        headers = _fetch(remote.url, part, timeout, progress)
+        _verify(part, remote.sha256, server_sha256(headers), progress)
+        os.replace(part, served)
+    if served != final:
+        gunzip(served, final, progress)
+        served.unlink()
+    return final
+
+
+def manual_instructions(remotes: list[RemoteFile], data_dir: Path) -> str:
+    lines = ["Download these files by hand (in a browser, or with curl -L -O) and put them here:"]
+    for remote in remotes:
+        lines.append(f"  {remote.url}\n    -> {data_dir / remote.name}")
+    if any(remote.name != remote.final_name for remote in remotes):
+        lines.append("Then run this command again: it unpacks the .gz files.")
+    return "\n".join(lines)
+
+
+def download_dataset(
+    name: str, data_dir: Path, split: str = "all", timeout: float = 30.0, progress: bool = True
+) -> list[Path]:
+    if name not in DATASETS:
+        raise DownloadError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    remotes = [r for r in DATASETS[name] if split in ("all", r.split)]
+    paths = []
+    for i, remote in enumerate(remotes):
+        try:
+            paths.append(download_file(remote, data_dir, timeout, progress))
+        except OfflineError as e:
+            todo = [r for r in remotes[i:] if not (data_dir / r.final_name).exists()]
+            raise OfflineError(f"{e}\n{manual_instructions(todo, data_dir)}") from e
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`uv run -m llm.data download tinystories|owt [--split train|valid] [--data-dir data]`.
+
+    On failure it prints the error and exits with status 1.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m llm.data download", description="Download a real dataset into data/."
+    )
+    parser.add_argument("dataset", choices=sorted(DATASETS))
+    parser.add_argument("--split", choices=("all", "train", "valid"), default="all")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per network read")
+    args = parser.parse_args(argv)
+    try:
+        paths = download_dataset(args.dataset, args.data_dir, args.split, args.timeout)
+    except DownloadError as e:
+        sys.exit(f"error: {e}")
+    for path in paths:
+        print(f"{path}  ({path.stat().st_size:,} bytes)")
+
+
+if __name__ == "__main__":
+    main()
