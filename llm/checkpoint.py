@@ -1,0 +1,249 @@
+"""Checkpoints: everything needed to continue a run exactly, or to use the model.
+
+A checkpoint is one file written with torch.save holding plain data only:
+
+    model          state dict (no "_orig_mod." / "module." prefixes from torch.compile / DDP)
+    optimizer      state dict
+    iteration      optimizer steps done
+    model_config   ModelConfig as a dict (enough to rebuild the model)
+    train_config   the run's config as a dict (or None)
+    tokenizer_dir  where the tokenizer lives (or None)
+    rng            python, numpy, torch (+ cuda) and data-sampler generator states
+    extra          small run state the trainer wants back (a dict of plain values)
+
+It is written atomically (temp file, fsync, rename), so a crash or a kill mid-save leaves the
+previous checkpoint whole, and read with torch.load(weights_only=True), which refuses anything
+but tensors and plain containers: a checkpoint from elsewhere cannot run code.
+"""
+
+import dataclasses
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llm.config import ConfigError, config_from_dict, config_to_dict
+from llm.transformer import ModelConfig, Transformer
+
+CHECKPOINT_NAME = "checkpoint.pt"  # the file a run directory holds
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unsafe, or does not fit the model it is loaded into."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside a DDP (.module) and/or torch.compile (._orig_mod) wrapper."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes from keys."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        while key.startswith(("_orig_mod.", "module.")):
+            key = key.split(".", 1)[1]
+        cleaned[key] = value
+    return cleaned
+
+
+def save_checkpoint(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    iteration: int,
+    path: str | Path,
+    *,
+    train_config: Any = None,
+    tokenizer_dir: str | Path | None = None,
+    data_generator: torch.Generator | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a checkpoint atomically to `path`; returns the path."""
+    plain = unwrap(model)
+    model_config = getattr(plain, "config", None)
+    checkpoint = {
+        "model": clean_state_dict(plain.state_dict()),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "iteration": int(iteration),
+        "model_config": _as_dict(model_config),
+        "train_config": _as_dict(train_config),
+        "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None,
+        "rng": rng_states(data_generator),
+        "extra": extra or {},
+    }
+    path = Path(path)
+    atomic_save(checkpoint, path)
+    return path
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temp file in the same directory, fsync, then rename over `path`: readers
+    see the old file or the new one, never a partial write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint file safely (weights_only=True: tensors and plain data, no code)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds more than tensors and plain data (a pickle that "
+            f"could run code), or is not a checkpoint. Details: {str(e).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated?): {e}") from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model' entry)")
+    return checkpoint
+
+
+def restore_checkpoint(
+    checkpoint: dict,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    data_generator: torch.Generator | None = None,
+    restore_rng: bool = False,
+) -> int:
+    """Load a read checkpoint into model (and optimizer, generator, global RNGs); returns the
+    iteration. A checkpoint whose tensors do not fit the model is a CheckpointError naming
+    the differences."""
+    plain = unwrap(model)
+    checkpoint["model"] = clean_state_dict(checkpoint["model"])
+    _check_fits(checkpoint, plain)
+    plain.load_state_dict(checkpoint["model"])
+    if optimizer is not None:
+        if checkpoint.get("optimizer") is None:
+            raise CheckpointError("the checkpoint holds no optimizer state; cannot resume from it")
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    if restore_rng:
+        set_rng_states(checkpoint["rng"], data_generator)
+    return int(checkpoint["iteration"])
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    data_generator: torch.Generator | None = None,
+    restore_rng: bool = False,
+    map_location: str | torch.device = "cpu",
+) -> int:
+    """Load a checkpoint file into model (and optimizer, ...); returns the iteration."""
+    checkpoint = read_checkpoint(path, map_location)
+    return restore_checkpoint(
+        checkpoint, model, optimizer, data_generator=data_generator, restore_rng=restore_rng
+    )
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
+    """A Transformer rebuilt from a checkpoint file or a run directory, in eval mode, with the
+    checkpoint dict (for its tokenizer_dir, configs, iteration)."""
+    checkpoint = read_checkpoint(path, map_location=device)
+    if checkpoint.get("model_config") is None:
+        raise CheckpointError(f"{path} holds no model_config; cannot rebuild the model")
+    try:
+        config = config_from_dict(ModelConfig, checkpoint["model_config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its model_config does not fit this code: {e}") from None
+    model = Transformer(config).to(device)
+    restore_checkpoint(checkpoint, model)
+    return model.eval(), checkpoint
+
+
+def rng_states(data_generator: torch.Generator | None = None) -> dict:
+    """Every random number generator's state, as plain data (weights_only-loadable)."""
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"]["key"] = np_state["state"]["key"].tolist()
+    return {
+        "python": random.getstate(),
+        "numpy": np_state,
+        "torch": torch.get_rng_state(),
+        # Only if CUDA is in use: asking for its state would start it (and break fork()).
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        "data": data_generator.get_state() if data_generator is not None else None,
+    }
+
+
+def set_rng_states(states: dict, data_generator: torch.Generator | None = None) -> None:
+    """Restore what rng_states saved (the inverse of rng_states)."""
+    python = states["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    np_state = dict(states["numpy"])
+    np_state["state"] = dict(np_state["state"], key=np.array(np_state["state"]["key"], np.uint32))
+    np.random.set_state(np_state)
+    torch.set_rng_state(states["torch"].cpu())
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+    if data_generator is not None:
+        if states.get("data") is None:
+            raise CheckpointError("the checkpoint holds no data-sampler state; cannot resume")
+        data_generator.set_state(states["data"].cpu())
+
+
+def _check_fits(checkpoint: dict, model: nn.Module) -> None:
+    """Raise a CheckpointError listing missing/unexpected keys and shape differences."""
+    saved = checkpoint["model"]
+    wanted = model.state_dict()
+    problems = [f"missing {k}" for k in wanted if k not in saved]
+    problems += [f"unexpected {k}" for k in saved if k not in wanted]
+    problems += [
+        f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in wanted.items()
+        if k in saved and saved[k].shape != v.shape
+    ]
+    if not problems:
+        return
+    config_diff = ""
+    model_config = getattr(model, "config", None)
+    if checkpoint.get("model_config") and dataclasses.is_dataclass(model_config):
+        ours = config_to_dict(model_config)
+        diffs = [
+            f"{k}={v!r} (model has {ours.get(k)!r})"
+            for k, v in checkpoint["model_config"].items()
+            if ours.get(k) != v
+        ]
+        config_diff = f"\ncheckpoint model_config differs: {', '.join(diffs)}" if diffs else ""
+    shown = "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
+    raise CheckpointError(
+        f"checkpoint does not fit the model ({len(problems)} problems):\n  {shown}{config_diff}"
+    )
+
+
+def _as_dict(config: Any) -> dict | None:
+    if config is None or isinstance(config, dict):
+        return config
+    return config_to_dict(config)
