@@ -52,7 +52,9 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     # CS336 assignment 1 recipe for TinyStories (about 17M non-embedding parameters).
     "tinystories-17m": ModelConfig(),
     # Small enough to train in seconds on a laptop CPU; used by the tests.
-    "tiny": ModelConfig(vocab_size=512, context_length=64, d_model=64, num_layers=2, num_heads=4),
+    "tiny": ModelConfig(
+        vocab_size=512, context_length=64, d_model=64, num_layers=2, num_heads=4, d_ff=None
+    ),
     "cpu-small": ModelConfig(d_model=256, num_heads=8, d_ff=688),
     # CS336 assignment 2 model sizes (vocab 10000, context 256 unless told otherwise).
     "cs336-small": ModelConfig(d_model=768, d_ff=3072, num_layers=12, num_heads=12),

@@ -1,0 +1,96 @@
+"""Plots of a run, drawn from its metrics log (run_dir/metrics.jsonl):
+
+    img/loss.png   training loss and validation loss against optimizer steps
+    img/lr.png     the learning-rate schedule
+
+`uv run -m llm.plots RUN_DIR` redraws them for any run, finished or still going.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+
+METRICS_NAME = "metrics.jsonl"
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of run_dir/metrics.jsonl (a torn last line from a crash is skipped)."""
+    path = Path(run_dir) / METRICS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics log at {path}: is {run_dir} a training run directory?")
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Draw img/loss.png and img/lr.png for a run; returns their paths."""
+    records = read_metrics(run_dir)
+    train = [r for r in records if r["type"] == "train"]
+    evals = [r for r in records if r["type"] == "eval"]
+    img = Path(run_dir) / "img"
+    img.mkdir(parents=True, exist_ok=True)
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1)
+    sampled = [r for r in evals if not r.get("exact")]
+    exact = [r for r in evals if r.get("exact")]
+    if sampled:
+        steps, losses = [r["step"] for r in sampled], [r["loss"] for r in sampled]
+        ax.plot(steps, losses, "o-", label="validation", ms=3)
+    if exact:
+        steps, losses = [r["step"] for r in exact], [r["loss"] for r in exact]
+        ax.plot(steps, losses, "*", ms=12, label="validation (whole split)")
+        last = exact[-1]
+        ax.annotate(
+            f"{last['loss']:.3f} nats, {last['bits_per_byte']:.3f} bits/byte",
+            (last["step"], last["loss"]),
+            textcoords="offset points",
+            xytext=(-10, 12),
+            ha="right",
+        )
+    ax.set(xlabel="optimizer step", ylabel="loss (nats / token)", title=f"{Path(run_dir).name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    loss_png = img / "loss.png"
+    _save(fig, loss_png)
+
+    fig = Figure(figsize=(7, 3), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([r["step"] for r in train], [r["lr"] for r in train])
+    ax.set(xlabel="optimizer step", ylabel="learning rate", title="learning-rate schedule")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    ax.grid(alpha=0.3)
+    lr_png = img / "lr.png"
+    _save(fig, lr_png)
+    return [loss_png, lr_png]
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Save to a temp file, then rename: a viewer never sees a half-written PNG."""
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0].startswith("-"):
+        sys.exit("usage: uv run -m llm.plots RUN_DIR   (draws RUN_DIR/img/loss.png and lr.png)")
+    try:
+        for path in plot_run(argv[0]):
+            print(path)
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

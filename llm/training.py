@@ -1,0 +1,556 @@
+"""Train a Transformer language model.
+
+    uv run -m llm.training configs/cpu-small.toml --max_iters 500 --model.d_model 128
+    uv run -m llm.training --help                    # every key, its type and default
+    uv run -m llm.training --run_dir runs/x --resume # continue a stopped run exactly
+
+Each optimizer step: learning rate from the cosine schedule, forward/backward on batch_size
+random windows (split into grad_accum_steps micro-batches, and across processes under DDP),
+gradient clipping, AdamW. Every eval_interval steps the validation loss on fixed windows; at
+the end the exact loss on the whole validation split. The run directory gets:
+
+    config.json      the effective config          metrics.jsonl  one JSON record per log/eval
+    checkpoint.pt    the latest checkpoint         img/loss.png, img/lr.png
+
+Checkpoints are saved every checkpoint_interval steps, at the end, and on Ctrl-C / SIGTERM
+(after the current step). A NaN or infinite loss stops the run, keeping the last checkpoint.
+
+Data parallel (DDP): `torchrun --standalone --nproc_per_node=N -m llm.training CONFIG ...`
+(NCCL on GPUs, Gloo on CPU). batch_size is the global batch: each process computes
+batch_size / N / grad_accum_steps sequences per micro-step, drawn from one shared sample of
+batch_size windows, so a run gives the same result (up to float rounding) on any number of
+processes. Several machines: run on each `torchrun --nnodes=M --node_rank=I
+--nproc_per_node=N --rdzv_backend=c10d --rdzv_endpoint=HOST0:29500 -m llm.training CONFIG`.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from llm.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    read_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from llm.config import (
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    format_config,
+    parse_config,
+)
+from llm.data import (
+    DataError,
+    check_tokens,
+    eval_starts,
+    load_tokens,
+    read_windows,
+    sample_starts,
+)
+from llm.evaluation import evaluate_exact, evaluate_windows, load_token_bytes
+from llm.optim import AdamW, SGDDecay, cos_lr_scheduler, gradient_clip, param_groups
+from llm.plots import METRICS_NAME, plot_run
+from llm.transformer import MODEL_PRESETS, ModelConfig, Transformer, cross_entropy
+
+# Dense bf16 tensor-core peak FLOP/s, for MFU (model FLOPs utilisation). First match wins.
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+@dataclass
+class TrainConfig:
+    """One training run: model, data, optimizer, schedule, batch, evaluation and hardware."""
+
+    model_preset: str = "tiny"  # name in MODEL_PRESETS; [model] / --model.KEY override its values
+    model: ModelConfig = field(default_factory=lambda: dataclasses.replace(MODEL_PRESETS["tiny"]))
+    train_data: str = ""  # .npy token ids of the training split
+    valid_data: str = ""  # .npy token ids of the validation split ("" = no validation)
+    tokenizer_dir: str = ""  # tokenizer that encoded the data, for bits/byte ("" = ids are bytes)
+    run_dir: str = "runs/default"  # checkpoint, metrics.jsonl, config.json and img/ go here
+    resume: bool = False  # continue the run in run_dir from its checkpoint
+    optimizer: str = "adamw"  # "adamw" or "sgd" (SGD with lr / sqrt(t + 1) decay)
+    max_lr: float = 1e-3  # peak learning rate, reached after warmup_iters
+    min_lr: float = 1e-4  # learning rate at the end of the cosine decay (step max_iters)
+    warmup_iters: int = 100  # steps of linear warm-up from 0
+    max_iters: int = 1000  # optimizer steps in the whole run
+    weight_decay: float = 0.1  # decoupled (AdamW); matrices only, never norm gains
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW moment decay rates
+    eps: float = 1e-8  # AdamW denominator term
+    grad_clip: float = 1.0  # max global gradient L2 norm (0 = no clipping)
+    batch_size: int = 32  # sequences per optimizer step, over all processes and micro-steps
+    grad_accum_steps: int = 1  # micro-steps (forward/backward passes) per optimizer step
+    log_interval: int = 10  # steps between train-loss records (mean over the interval)
+    eval_interval: int = 200  # steps between validation evaluations on fixed windows
+    eval_windows: int = 64  # validation windows in each periodic evaluation
+    eval_batch_size: int = 32  # sequences per forward pass during evaluation
+    final_eval: str = "exact"  # at the end: "exact" (whole split), "sampled" or "none"
+    checkpoint_interval: int = 1000  # steps between checkpoints (also at the end and on Ctrl-C)
+    device: str = "auto"  # "auto" (cuda > mps > cpu), or "cpu", "cuda", "cuda:1", "mps"
+    dtype: str = "auto"  # "auto" (bfloat16 autocast on CUDA, else float32), "float32", "bfloat16"
+    compile: bool = False  # torch.compile the model (faster on GPUs after a warm-up)
+    seed: int = 0  # model initialisation and data order
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def load_train_config(argv: list[str] | None = None) -> TrainConfig:
+    """TrainConfig from `[CONFIG.toml] [--key value]...` (see --help)."""
+    return parse_config(TrainConfig, argv, base=_base_config, description=__doc__)
+
+
+def _base_config(values: dict) -> TrainConfig:
+    """The defaults the given values override: a resumed run's saved config, else the model
+    preset's."""
+    if str(values.get("resume", "false")).lower() in ("true", "1", "yes", "on"):
+        saved = Path(values.get("run_dir", TrainConfig.run_dir)) / "config.json"
+        if saved.is_file():
+            return config_from_dict(TrainConfig, json.loads(saved.read_text()))
+    preset = values.get("model_preset", TrainConfig.model_preset)
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model_preset {preset!r}; presets: {', '.join(MODEL_PRESETS)}")
+    return TrainConfig(model_preset=preset, model=dataclasses.replace(MODEL_PRESETS[preset]))
+
+
+@dataclass
+class Distributed:
+    rank: int  # this process, 0 .. world_size - 1; rank 0 logs, evaluates and writes files
+    world_size: int
+    device: torch.device
+
+
+def train(config: TrainConfig) -> dict:
+    """Run training as configured; returns the final metrics (see the end of _train)."""
+    world = _setup_distributed(config.device)
+    try:
+        _check_config(config, world.world_size)
+        return _train(config, world)
+    finally:
+        if world.world_size > 1:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, world: Distributed) -> dict:
+    is_main, device, ctx = world.rank == 0, world.device, config.model.context_length
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    _seed_everything(config.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls for float32 on Ampere+ GPUs
+    run_dir = Path(config.run_dir)
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    if is_main:
+        _prepare_run_dir(config)
+        print(format_config(config))
+
+    train_tokens = load_tokens(config.train_data)
+    check_tokens(train_tokens, config.model.vocab_size, ctx, "train_data")
+    valid_tokens = load_tokens(config.valid_data) if config.valid_data else None
+    if valid_tokens is not None:
+        check_tokens(valid_tokens, config.model.vocab_size, ctx, "valid_data")
+        token_bytes = load_token_bytes(config.tokenizer_dir, config.model.vocab_size)
+        valid_starts = eval_starts(len(valid_tokens), ctx, config.eval_windows)
+
+    model = Transformer(config.model).to(device)
+    optimizer = _build_optimizer(model, config)
+    generator = torch.Generator().manual_seed(config.seed)  # data order (same on every rank)
+    state = {"train_seconds": 0.0, "loss_sum": 0.0, "loss_steps": 0}
+    start = 0
+    if config.resume:
+        checkpoint = read_checkpoint(checkpoint_path, map_location=device)
+        start = restore_checkpoint(
+            checkpoint, model, optimizer, data_generator=generator, restore_rng=True
+        )
+        state.update(checkpoint["extra"])
+        if is_main:
+            _truncate_metrics(run_dir / METRICS_NAME, start)
+            print(f"resumed from {checkpoint_path} at step {start}")
+    last_saved = start if config.resume else None
+
+    # The loss is computed inside the compiled module, so torch.compile fuses it with the
+    # output layer instead of materialising float32 logits in several eager passes.
+    step_model = NextTokenLoss(model)
+    if config.compile:
+        step_model = torch.compile(step_model)
+    if world.world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        step_model = DistributedDataParallel(step_model, device_ids=device_ids)
+    autocast_dtype = _autocast_dtype(config.dtype, device)
+    tokens_per_step = config.batch_size * ctx
+    peak_flops = _peak_flops(device, autocast_dtype)
+    flops_per_step = model.flops_per_token(ctx) * tokens_per_step
+    if is_main:
+        print(
+            f"model: {model.num_parameters():,} parameters "
+            f"({model.num_parameters(exclude_embeddings=True):,} without embeddings); "
+            f"{tokens_per_step:,} tokens per step; device {device}, "
+            f"{'bfloat16 autocast' if autocast_dtype else 'float32'}, "
+            f"{world.world_size} process(es)"
+        )
+
+    def evaluate(exact: bool) -> dict:
+        if exact:
+            result = evaluate_exact(
+                model, valid_tokens, config.eval_batch_size, device, token_bytes,
+                autocast_dtype, progress=True,
+            )  # fmt: skip
+        else:
+            result = evaluate_windows(
+                model, valid_tokens, valid_starts, config.eval_batch_size, device,
+                token_bytes, autocast_dtype,
+            )  # fmt: skip
+        record = {"type": "eval", "step": step + 1, "exact": exact, **result}
+        record["train_seconds"] = state["train_seconds"]
+        _append_metrics(run_dir / METRICS_NAME, record)
+        tqdm.write(
+            f"step {step + 1}: validation loss {result['loss']:.4f}, perplexity "
+            f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits/byte"
+            + (" (whole split)" if exact else "")
+        )
+        return record
+
+    loss_sum = torch.tensor(state["loss_sum"], dtype=torch.float32, device=device)
+    loss_steps = state["loss_steps"]
+    last_train, last_eval, stopping = {}, {}, False
+    interval_start, interval_first_step = time.perf_counter(), start
+    bar = tqdm(total=config.max_iters, initial=start, disable=not is_main, unit="step")
+    step = start - 1
+    with _StopRequest() as stop_request, bar:
+        for step in range(start, config.max_iters):
+            lr = cos_lr_scheduler(
+                step, config.max_lr, config.min_lr, config.warmup_iters, config.max_iters
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            starts = sample_starts(len(train_tokens), config.batch_size, ctx, generator)
+            loss, grad_norm = _train_step(
+                step_model, optimizer, train_tokens, starts, config, world, autocast_dtype
+            )
+            loss_sum += loss
+            loss_steps += 1
+            bar.update(1)
+
+            done = step + 1
+            last = done == config.max_iters
+            log_now = done % config.log_interval == 0 or last
+            save_now = done % config.checkpoint_interval == 0 or last
+            eval_now = valid_tokens is not None and done % config.eval_interval == 0 and not last
+            if world.world_size == 1:
+                stopping = stop_request.requested
+            if not (log_now or save_now or eval_now or stopping):
+                continue
+
+            # A sync point: every rank reaches it at the same step.
+            mean_loss, stopping = _sync(loss_sum, loss_steps, stop_request.requested, world)
+            if not math.isfinite(mean_loss):
+                raise TrainingDiverged(
+                    f"the training loss is {mean_loss} at step {done} (learning rate {lr:.3g}); "
+                    "stopped. "
+                    + (
+                        f"The last good checkpoint, step {last_saved}, is {checkpoint_path}: "
+                        "lower max_lr or lengthen warmup_iters and continue it with --resume."
+                        if last_saved is not None
+                        else "No checkpoint was saved yet: lower max_lr or lengthen warmup_iters."
+                    )
+                )
+            now = time.perf_counter()
+            state["train_seconds"] += now - interval_start
+            tokens_per_s = (done - interval_first_step) * tokens_per_step / (now - interval_start)
+            if log_now:
+                last_train = {
+                    "type": "train",
+                    "step": done,
+                    "loss": mean_loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm.item() if grad_norm is not None else None,
+                    "tokens": done * tokens_per_step,
+                    "tokens_per_s": tokens_per_s,
+                    "mfu": tokens_per_s / tokens_per_step * flops_per_step / peak_flops
+                    if peak_flops
+                    else None,
+                    "train_seconds": state["train_seconds"],
+                }
+                loss_sum.zero_()
+                loss_steps = 0
+                if is_main:
+                    _append_metrics(run_dir / METRICS_NAME, last_train)
+                    bar.set_postfix_str(_progress_text(last_train))
+            if eval_now and is_main:
+                last_eval = evaluate(exact=False)
+            if (save_now or stopping) and is_main:
+                state.update(loss_sum=loss_sum.item(), loss_steps=loss_steps)
+                _check_finite(model, done)
+                save_checkpoint(
+                    model, optimizer, done, checkpoint_path, train_config=config,
+                    tokenizer_dir=config.tokenizer_dir or None, data_generator=generator,
+                    extra=dict(state),
+                )  # fmt: skip
+                last_saved = done
+            if stopping:
+                if is_main:
+                    tqdm.write(f"stopped at step {done}; checkpoint saved to {checkpoint_path}")
+                break
+            interval_start, interval_first_step = time.perf_counter(), done
+
+    if is_main and valid_tokens is not None and config.final_eval != "none" and not stopping:
+        last_eval = evaluate(exact=config.final_eval == "exact")
+    if is_main:
+        plot_run(run_dir)
+    return {
+        "step": step + 1,
+        "interrupted": stopping,
+        "train_loss": last_train.get("loss"),
+        "tokens_per_s": last_train.get("tokens_per_s"),
+        "mfu": last_train.get("mfu"),
+        "train_seconds": state["train_seconds"],
+        "tokens": (step + 1) * tokens_per_step,
+        "val_loss": last_eval.get("loss"),
+        "val_perplexity": last_eval.get("perplexity"),
+        "val_bits_per_byte": last_eval.get("bits_per_byte"),
+        "val_exact": last_eval.get("exact"),
+        "checkpoint": str(checkpoint_path),
+        "run_dir": str(run_dir),
+    }
+
+
+class NextTokenLoss(nn.Module):
+    """The training objective as a module: mean cross-entropy of next-token predictions."""
+
+    def __init__(self, model: Transformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: Tensor, targets: Tensor) -> Tensor:  # (batch, seq) x 2 -> scalar
+        return cross_entropy(self.model(inputs), targets)
+
+
+def _train_step(
+    loss_model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tokens: np.ndarray,
+    starts: Tensor,
+    config: TrainConfig,
+    world: Distributed,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[Tensor, Tensor | None]:
+    """One optimizer step on this rank's share of the batch; returns (mean loss, grad norm).
+    loss_model is a NextTokenLoss, possibly compiled and/or wrapped in DDP."""
+    accum, ctx = config.grad_accum_steps, config.model.context_length
+    # (batch,) -> (micro-steps, ranks, micro-batch): this rank's windows for each micro-step.
+    micro_starts = starts.view(accum, world.world_size, -1)[:, world.rank]
+    total = torch.zeros((), device=world.device)
+    for i, batch_starts in enumerate(micro_starts):
+        inputs, targets = read_windows(tokens, batch_starts, ctx, world.device)
+        # DDP all-reduces gradients during backward; skip it on all but the last micro-step.
+        skip_sync = world.world_size > 1 and i < accum - 1
+        with loss_model.no_sync() if skip_sync else nullcontext():
+            with _autocast(world.device, autocast_dtype):
+                loss = loss_model(inputs, targets) / accum
+            loss.backward()
+        total += loss.detach()
+    grad_norm = (
+        gradient_clip(loss_model.parameters(), config.grad_clip) if config.grad_clip else None
+    )
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total, grad_norm
+
+
+def _sync(loss_sum: Tensor, loss_steps: int, stop: bool, world: Distributed) -> tuple[float, bool]:
+    """Mean training loss since the last log (averaged over ranks, in place) and whether any
+    rank was asked to stop. The only host sync of the training loop."""
+    if world.world_size > 1:
+        flag = torch.tensor(float(stop), device=world.device)
+        dist.all_reduce(loss_sum)  # Gloo has no AVG: sum, then divide
+        loss_sum /= world.world_size
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop = bool(flag.item())
+    return loss_sum.item() / max(loss_steps, 1), stop
+
+
+def _build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, config.weight_decay)
+    if config.optimizer == "sgd":
+        return SGDDecay(groups, lr=config.max_lr)
+    return AdamW(groups, lr=config.max_lr, betas=config.betas, eps=config.eps)
+
+
+def _check_config(config: TrainConfig, world_size: int) -> None:
+    choices = {
+        "optimizer": ("adamw", "sgd"),
+        "dtype": ("auto", "float32", "bfloat16"),
+        "final_eval": ("exact", "sampled", "none"),
+    }
+    for key, allowed in choices.items():
+        if getattr(config, key) not in allowed:
+            raise ConfigError(f"{key} must be one of {allowed}, not {getattr(config, key)!r}")
+    positive = ["max_iters", "batch_size", "grad_accum_steps", "log_interval", "eval_interval"]
+    positive += ["eval_windows", "eval_batch_size", "checkpoint_interval"]
+    for key in positive:
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key} must be at least 1, not {getattr(config, key)}")
+    per_pass = config.grad_accum_steps * world_size
+    if config.batch_size % per_pass:
+        raise ConfigError(
+            f"batch_size={config.batch_size} must be a multiple of grad_accum_steps x processes "
+            f"= {config.grad_accum_steps} x {world_size} = {per_pass}"
+        )
+    if not config.train_data:
+        raise ConfigError("train_data is not set: give the .npy token file to train on")
+
+
+def _prepare_run_dir(config: TrainConfig) -> None:
+    run_dir = Path(config.run_dir)
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if config.resume and not checkpoint.is_file():
+        raise ConfigError(f"--resume: there is no checkpoint to resume at {checkpoint}")
+    if not config.resume and checkpoint.is_file():
+        raise ConfigError(
+            f"{run_dir} already holds a run ({checkpoint}); continue it with --resume, "
+            "or choose another --run_dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not config.resume:
+        (run_dir / METRICS_NAME).unlink(missing_ok=True)  # a run that died before checkpointing
+    _write_text_atomic(run_dir / "config.json", json.dumps(config_to_dict(config), indent=2))
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records after `step` (logged after the checkpoint we resume from)."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if _record_step(line) <= step]
+        _write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _record_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf  # a torn line: drop it
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check_finite(model: nn.Module, step: int) -> None:
+    """Never save non-finite weights over a good checkpoint."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise TrainingDiverged(f"parameter {name} is not finite after step {step}; stopped")
+
+
+def _progress_text(record: dict) -> str:
+    text = f"loss {record['loss']:.4f} lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s"
+    return text + (f" MFU {record['mfu']:.1%}" if record["mfu"] is not None else "")
+
+
+def _setup_distributed(device_name: str) -> Distributed:
+    """Single process, or one process of a torchrun job (WORLD_SIZE > 1 in the environment)."""
+    device = _pick_device(device_name)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(0, 1, device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), world_size, device)
+
+
+def _pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain float32."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return torch.bfloat16 if dtype == "bfloat16" else None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
+def _peak_flops(device: torch.device, autocast_dtype: torch.dtype | None) -> float | None:
+    if device.type != "cuda" or autocast_dtype is not torch.bfloat16:
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _StopRequest:
+    """Turns SIGINT (Ctrl-C) and SIGTERM into a request to stop after the current step and save
+    a checkpoint. A second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+            "(Ctrl-C again to abort)",
+            file=sys.stderr,
+        )
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        train(load_train_config(argv))
+    except (ConfigError, DataError, CheckpointError, TrainingDiverged) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+import json
+import math
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llm import plots, training
+from llm.checkpoint import read_checkpoint
+from llm.config import ConfigError, config_from_dict, config_from_toml, format_config
+from llm.data import DataError, eval_starts
+from llm.evaluation import (
+    evaluate_exact,
+    evaluate_windows,
+    load_token_bytes,
+    token_byte_lengths,
+)
+from llm.training import TrainConfig, TrainingDiverged, load_train_config, train
+from llm.transformer import ModelConfig, Transformer
+
+REPO = Path(__file__).resolve().parents[1]
+TIMING_KEYS = {"tokens_per_s", "train_seconds", "mfu"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest, and deterministically, on one thread of the shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def markov_tokens(n: int, vocab: int = 512, seed: int = 0) -> np.ndarray:
+    """A learnable sequence: each token is followed by one of 2 fixed successors."""
+    rng = np.random.default_rng(seed)
+    successors = rng.integers(0, vocab, (vocab, 2))
+    choices = rng.integers(0, 2, n)
+    out = np.empty(n, dtype=np.uint16)
+    token = 0
+    for i in range(n):
+        out[i] = token
+        token = successors[token, choices[i]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data")
+    tokens = markov_tokens(24_000)
+    np.save(path / "train.npy", tokens[:20_000])
+    np.save(path / "valid.npy", tokens[20_000:])
+    return path
+
+
+def small_config(data_dir: Path, run_dir: Path, **overrides) -> TrainConfig:
+    values = {
+        "train_data": str(data_dir / "train.npy"),
+        "valid_data": str(data_dir / "valid.npy"),
+        "run_dir": str(run_dir),
+        "max_iters": 12,
+        "warmup_iters": 2,
+        "batch_size": 8,
+        "log_interval": 2,
+        "eval_interval": 4,
+        "eval_windows": 8,
+        "checkpoint_interval": 100,
+        "device": "cpu",
+        **overrides,
+    }
+    return config_from_dict(TrainConfig, values)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    records = plots.read_metrics(run_dir)
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def test_toml_then_flags_override(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        'model_preset = "tiny"\nmax_iters = 50\nmax_lr = 3e-3\n'
+        "[model]\nd_model = 32\nnum_heads = 2\n"
+    )
+    argv = [str(toml), "--max_iters", "7", "--model.num_layers=3", "--betas", "0.8,0.9"]
+    config = load_train_config(argv + ["--compile", "--seed", "1e3"])
+    assert config.max_iters == 7 and config.max_lr == 3e-3 and config.seed == 1000
+    assert config.model.d_model == 32 and config.model.num_heads == 2
+    assert config.model.num_layers == 3 and config.model.vocab_size == 512  # rest from "tiny"
+    assert config.betas == (0.8, 0.9) and config.compile is True
+    assert load_train_config(["--config", str(toml)]).max_iters == 50
+    assert "model.d_model = 32" in format_config(config)
+
+
+def test_model_preset_chooses_the_defaults():
+    config = load_train_config(["--model_preset", "cs336-small", "--model.num_layers", "2"])
+    assert (config.model.d_model, config.model.num_layers) == (768, 2)
+    with pytest.raises(ConfigError, match="unknown model_preset 'huge'; presets: tinystories-17m"):
+        load_train_config(["--model_preset", "huge"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max_lrr", "1"], r"unknown config key 'max_lrr'; valid keys are: model_preset, model"),
+        (
+            ["--model.d_modle", "8"],
+            r"unknown config key 'model.d_modle'; valid keys are: .*model.d_model",
+        ),
+        (["--max_iters", "abc"], "max_iters must be int, got 'abc'"),
+        (["--max_iters", "1.5"], "max_iters must be int"),
+        (["--compile", "maybe"], "compile must be bool"),
+        (["--betas", "0.9"], "betas must have 2 items"),
+        (["--model.num_heads", "5"], "num_heads=5 heads"),
+        (["stray"], "unexpected argument 'stray'"),
+    ],
+)
+def test_bad_config_values_are_named(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(argv)
+
+
+def test_unknown_key_in_toml_is_rejected(tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("[model]\nlayers = 4\n")
+    with pytest.raises(ConfigError, match="unknown config key 'model.layers'"):
+        load_train_config([str(toml)])
+    toml.write_text("max_iters = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_train_config([str(toml)])
+
+
+def test_help_lists_every_key_with_type_and_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_train_config(["--model_preset", "tinystories-17m", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--model.d_model" in text and "default: 512" in text  # the preset's value
+    assert "--max_lr" in text and "float" in text and "peak learning rate" in text
+    assert "--model.d_ff" in text and "int | None" in text
+
+
+def test_model_config_loads_from_toml(tmp_path):
+    toml = tmp_path / "model.toml"
+    toml.write_text("d_model = 128\nnum_heads = 4\nd_ff = 'none'\ntie_embeddings = true\n")
+    config = config_from_toml(ModelConfig, toml)
+    assert config.d_model == 128 and config.tie_embeddings and config.d_ff == 384  # 8/3 * 128
+
+
+@pytest.mark.parametrize("name", ["tinystories-17m", "cpu-small"])
+def test_shipped_configs_load(name):
+    config = load_train_config([str(REPO / "configs" / f"{name}.toml")])
+    training._check_config(config, world_size=1)
+    if name == "tinystories-17m":  # the CS336 recipe: ~327M tokens through the 17M model
+        tokens = config.max_iters * config.batch_size * config.model.context_length
+        assert config.model == ModelConfig() and 3.2e8 < tokens < 3.4e8
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+SMALL = ModelConfig(
+    vocab_size=64, context_length=16, d_model=32, num_layers=1, num_heads=2, d_ff=64
+)
+
+
+def test_exact_evaluation_matches_a_window_by_window_reference():
+    torch.manual_seed(0)
+    model = Transformer(SMALL)
+    tokens = np.random.default_rng(0).integers(0, 64, 16 * 5 + 7).astype(np.uint16)
+    token_bytes = np.random.default_rng(1).integers(1, 5, 64)
+    nats = 0.0
+    with torch.no_grad():
+        for start in range(0, len(tokens) - 1, 16):  # non-overlapping; the last one is shorter
+            window = torch.from_numpy(tokens[start : start + 17].astype(np.int64))[None]
+            logits = model(window[:, :-1])[0].double()
+            nats += F.cross_entropy(logits, window[0, 1:], reduction="sum").item()
+    expected_bytes = int(token_bytes[tokens[1:]].sum())
+    for batch_size in (1, 3):
+        result = evaluate_exact(model, tokens, batch_size, "cpu", token_bytes)
+        assert result["tokens"] == len(tokens) - 1 and result["bytes"] == expected_bytes
+        assert result["loss"] == pytest.approx(nats / (len(tokens) - 1), rel=1e-6)
+        assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
+        assert result["bits_per_byte"] == pytest.approx(
+            nats / math.log(2) / expected_bytes, rel=1e-6
+        )
+    no_tokenizer = evaluate_exact(model, tokens, 4, "cpu")
+    assert no_tokenizer["bytes"] == len(tokens) - 1  # 1 byte per id
+
+
+def test_window_evaluation_matches_reference():
+    torch.manual_seed(0)
+    model = Transformer(SMALL)
+    tokens = np.random.default_rng(2).integers(0, 64, 200)
+    starts = eval_starts(len(tokens), 16, 5)
+    with torch.no_grad():
+        windows = torch.from_numpy(np.stack([tokens[s : s + 17] for s in starts]))
+        logits = model(windows[:, :-1]).double()
+        nats = F.cross_entropy(logits.reshape(-1, 64), windows[:, 1:].reshape(-1), reduction="sum")
+    result = evaluate_windows(model, tokens, starts, 2, "cpu")
+    assert result["tokens"] == 5 * 16
+    assert result["loss"] == pytest.approx(nats.item() / 80, rel=1e-6)
+
+
+def test_token_byte_lengths():
+    lengths = token_byte_lengths({0: b"a", 1: b"\xc3\xa9t\xc3\xa9", 2: b"<|endoftext|>"}, 4)
+    assert lengths.tolist() == [1, 5, 13, 0]
+    assert load_token_bytes("", 3).tolist() == [1, 1, 1]
+
+
+# --- the training loop -----------------------------------------------------------------------
+
+
+def test_training_learns_and_writes_its_run_directory(data_dir, tmp_path):
+    run = tmp_path / "run"
+    config = small_config(data_dir, run, max_iters=40, max_lr=1e-2, batch_size=16)
+    result = train(config)
+    # Unigram entropy of this data is ~ln 512 = 6.2 nats; its true entropy is ln 2 = 0.69.
+    assert result["val_exact"] and result["val_loss"] < 4.0 and result["step"] == 40
+    assert result["val_bits_per_byte"] == pytest.approx(result["val_loss"] / math.log(2))
+    for name in ["checkpoint.pt", "config.json", "metrics.jsonl", "img/loss.png", "img/lr.png"]:
+        assert (run / name).is_file(), name
+    records = plots.read_metrics(run)
+    train_records = [r for r in records if r["type"] == "train"]
+    assert [r["step"] for r in train_records] == list(range(2, 41, 2))
+    assert train_records[-1]["loss"] < train_records[0]["loss"] - 1.0
+    assert train_records[0]["lr"] == pytest.approx(5e-3)  # the 2nd step of a 2-step warm-up
+    assert all(r["tokens_per_s"] > 0 for r in train_records)
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [(r["step"], r["exact"]) for r in evals] == [(s, False) for s in range(4, 40, 4)] + [
+        (40, True)
+    ]
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["max_iters"] == 40 and saved["model"]["d_model"] == 64
+    assert read_checkpoint(run)["iteration"] == 40
+
+    (run / "img" / "loss.png").unlink()
+    plots.main([str(run)])
+    assert (run / "img" / "loss.png").is_file()
+
+
+def test_resume_after_interrupt_is_bit_exact(data_dir, tmp_path, monkeypatch):
+    extra = dict(grad_accum_steps=2, checkpoint_interval=4)
+    full = train(small_config(data_dir, tmp_path / "full", **extra))
+
+    schedule = training.cos_lr_scheduler
+
+    def ctrl_c_during_step_4(t, *args):
+        if t == 4:
+            signal.raise_signal(signal.SIGINT)  # the real handler: stop after this step, save
+        return schedule(t, *args)
+
+    monkeypatch.setattr(training, "cos_lr_scheduler", ctrl_c_during_step_4)
+    part = train(small_config(data_dir, tmp_path / "split", **extra))
+    monkeypatch.undo()
+    assert part["interrupted"] and part["step"] == 5  # mid log interval: 5 is not a multiple of 2
+    assert read_checkpoint(tmp_path / "split")["iteration"] == 5
+
+    # Resume from the command line: the config comes back from the run directory.
+    config = load_train_config(["--run_dir", str(tmp_path / "split"), "--resume"])
+    assert config.max_iters == 12 and config.grad_accum_steps == 2
+    resumed = train(config)
+    assert not resumed["interrupted"] and resumed["step"] == 12
+
+    assert metrics(tmp_path / "split") == metrics(tmp_path / "full")  # losses, evals, lrs
+    assert resumed["val_loss"] == full["val_loss"]
+    a, b = read_checkpoint(tmp_path / "full"), read_checkpoint(tmp_path / "split")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for index, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][index]["exp_avg_sq"])
+    assert torch.equal(a["rng"]["data"], b["rng"]["data"])
+
+
+def test_gradient_accumulation_gives_the_same_step(data_dir, tmp_path):
+    weights = []
+    for accum in (1, 4):
+        config = small_config(
+            data_dir, tmp_path / str(accum), max_iters=3, grad_accum_steps=accum, valid_data=""
+        )
+        train(config)
+        weights.append(read_checkpoint(config.run_dir)["model"])
+    torch.testing.assert_close(weights[0], weights[1], atol=1e-6, rtol=0)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    calls = 0
+    loss_fn = training.cross_entropy
+
+    def diverging(logits, targets):
+        nonlocal calls
+        calls += 1
+        loss = loss_fn(logits, targets)
+        return loss * float("nan") if calls > 5 else loss  # step 6 diverges
+
+    monkeypatch.setattr(training, "cross_entropy", diverging)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 6") as error:
+        train(small_config(data_dir, run, checkpoint_interval=4))
+    assert f"last good checkpoint, step 4, is {run / 'checkpoint.pt'}" in str(error.value)
+    checkpoint = read_checkpoint(run)
+    assert checkpoint["iteration"] == 4
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values())
+
+
+def test_bad_inputs_fail_before_training(data_dir, tmp_path):
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.array([1, 2, 600, 3] * 100, dtype=np.uint16))
+    with pytest.raises(DataError, match="token id 600, outside the model's vocabulary"):
+        train(small_config(data_dir, tmp_path / "a", train_data=str(wide)))
+    short = tmp_path / "short.npy"
+    np.save(short, np.arange(10, dtype=np.uint16))
+    with pytest.raises(DataError, match="valid_data has 10 tokens"):
+        train(small_config(data_dir, tmp_path / "b", valid_data=str(short)))
+    with pytest.raises(ConfigError, match="multiple of grad_accum_steps x processes = 3 x 1"):
+        train(small_config(data_dir, tmp_path / "c", grad_accum_steps=3))
+    with pytest.raises(ConfigError, match="no checkpoint to resume"):
+        train(small_config(data_dir, tmp_path / "d", resume=True))
+
+
+def test_a_finished_run_is_not_overwritten(data_dir, tmp_path):
+    run = tmp_path / "run"
+    train(small_config(data_dir, run, max_iters=2, valid_data=""))
+    before = (run / "checkpoint.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(small_config(data_dir, run, max_iters=2, valid_data=""))
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_main_reports_errors_without_a_traceback():
+    with pytest.raises(SystemExit, match="error: unknown config key 'max_lrr'"):
+        training.main(["--max_lrr", "1"])
+    with pytest.raises(SystemExit, match="usage"):
+        plots.main([])
