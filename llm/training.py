@@ -90,6 +90,7 @@ class TrainConfig:
     min_lr: float = 1e-4  # learning rate at the end of the cosine decay (step max_iters)
     warmup_iters: int = 100  # steps of linear warm-up from 0
     max_iters: int = 1000  # optimizer steps in the whole run
+    max_train_seconds: float = 0.0  # also stop after this much training time (0 = no limit)
     weight_decay: float = 0.1  # decoupled (AdamW); matrices only, never norm gains
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW moment decay rates
     eps: float = 1e-8  # AdamW denominator term
@@ -249,7 +250,9 @@ def _train(config: TrainConfig, world: Distributed) -> dict:
             bar.update(1)
 
             done = step + 1
-            last = done == config.max_iters
+            elapsed = state["train_seconds"] + time.perf_counter() - interval_start
+            out_of_time = 0 < config.max_train_seconds <= elapsed
+            last = done == config.max_iters or out_of_time
             log_now = done % config.log_interval == 0 or last
             save_now = done % config.checkpoint_interval == 0 or last
             eval_now = valid_tokens is not None and done % config.eval_interval == 0 and not last
@@ -307,6 +310,9 @@ def _train(config: TrainConfig, world: Distributed) -> dict:
             if stopping:
                 if is_main:
                     tqdm.write(f"stopped at step {done}; checkpoint saved to {checkpoint_path}")
+                break
+            if out_of_time:
+                tqdm.write(f"stopped at step {done}: max_train_seconds reached")
                 break
             interval_start, interval_first_step = time.perf_counter(), done
 
@@ -415,6 +421,8 @@ def _check_config(config: TrainConfig, world_size: int) -> None:
         )
     if not config.train_data:
         raise ConfigError("train_data is not set: give the .npy token file to train on")
+    if config.max_train_seconds and world_size > 1:
+        raise ConfigError("max_train_seconds works in single-process runs; under DDP set max_iters")
 
 
 def _prepare_run_dir(config: TrainConfig) -> None:

@@ -277,6 +277,16 @@ def test_resume_after_interrupt_is_bit_exact(data_dir, tmp_path, monkeypatch):
     assert torch.equal(a["rng"]["data"], b["rng"]["data"])
 
 
+def test_max_train_seconds_ends_the_run_early_with_a_final_evaluation(
+    data_dir, tmp_path, monkeypatch
+):
+    clock = iter(range(0, 10_000, 10))  # every perf_counter() call advances 10 s
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
+    result = train(small_config(data_dir, tmp_path / "run", max_train_seconds=35))
+    assert 1 < result["step"] < 12 and result["val_exact"] and not result["interrupted"]
+    assert read_checkpoint(tmp_path / "run")["iteration"] == result["step"]
+
+
 def test_gradient_accumulation_gives_the_same_step(data_dir, tmp_path):
     weights = []
     for accum in (1, 4):
