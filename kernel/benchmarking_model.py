@@ -1,0 +1,167 @@
+"""Time the model: forward, forward + backward, and a full training step (with our AdamW).
+
+    uv run kernel/benchmarking_model.py --size tinystories-17m --batch-size 8 --compare-hf
+
+With --compare-hf, Hugging Face's LlamaForCausalLM with the same weights is timed in the same
+run, step for step alternating with ours, so both see the same machine load; the last line gives
+our speed as a ratio of theirs. Results for this project are in docs/benchmarks.md.
+"""
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from llm.optim import AdamW
+from llm.transformer import MODEL_PRESETS, Transformer, cross_entropy
+
+# Dense peak FLOP/s by device name and compute dtype, for MFU (NVIDIA datasheets, SXM parts).
+PEAK_FLOPS = {
+    ("H100", torch.bfloat16): 989e12,
+    ("H100", torch.float32): 495e12,  # TF32 tensor cores
+    ("H200", torch.bfloat16): 989e12,
+    ("H200", torch.float32): 495e12,
+    ("A100", torch.bfloat16): 312e12,
+    ("A100", torch.float32): 156e12,
+}
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for (gpu, d), peak in PEAK_FLOPS.items() if gpu in name and d == dtype), None)
+
+
+def hf_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The loss LlamaForCausalLM computes: PyTorch's cross-entropy on float32 logits."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+LOSSES = {"ours": cross_entropy, "hf-llama": hf_loss}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(model, loss_fn, mode: str, ids, targets, autocast) -> Callable[[], None]:
+    """One unit of work of the given mode, as a closure that the timer calls."""
+    optimizer = AdamW(model.parameters(), lr=1e-4) if mode == "train" else None
+
+    def logits():
+        out = model(ids)
+        return out.logits if hasattr(out, "logits") else out
+
+    def step() -> None:
+        if mode == "forward":
+            with torch.no_grad(), autocast():
+                logits()
+            return
+        with autocast():
+            loss = loss_fn(logits(), targets)
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def time_steps(steps: dict[str, Callable], warmup: int, n: int, device) -> dict[str, list[float]]:
+    """Run each step function warmup + n times, round-robin, and return n timings of each."""
+    times = {name: [] for name in steps}
+    for i in range(warmup + n):
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", default="tinystories-17m", choices=sorted(MODEL_PRESETS))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--context-length", type=int, default=None, help="default: the preset's")
+    parser.add_argument(
+        "--mode",
+        default="all",
+        choices=["forward", "backward", "train", "all"],
+        help="backward = forward + backward; train = forward + backward + AdamW",
+    )
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--attention", default="fused", choices=["fused", "ours"])
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--compare-hf", action="store_true", help="also time LlamaForCausalLM")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    config = replace(MODEL_PRESETS[args.size], attention=args.attention)
+    if args.context_length:
+        config = replace(config, context_length=args.context_length)
+    torch.manual_seed(0)
+    model = Transformer(config).to(device)
+    models = {"ours": model}
+    if args.compare_hf:
+        from llm.hf_llama import to_hf_llama
+
+        models["hf-llama"] = to_hf_llama(model).train()
+    if args.compile:
+        models = {name: torch.compile(m) for name, m in models.items()}
+
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else nullcontext()
+
+    seq = config.context_length
+    ids = torch.randint(0, config.vocab_size, (args.batch_size, seq), device=device)
+    targets = torch.randint(0, config.vocab_size, (args.batch_size, seq), device=device)
+    tokens = args.batch_size * seq
+    peak = peak_flops(device, dtype)
+    modes = ["forward", "backward", "train"] if args.mode == "all" else [args.mode]
+
+    print(
+        f"{args.size}: {model.num_parameters() / 1e6:.1f}M parameters, batch {args.batch_size} x "
+        f"{seq}, {device}, {'bf16 autocast' if args.bf16 else 'fp32'}, attention={args.attention}"
+        f"{', compiled' if args.compile else ''}, threads={torch.get_num_threads()}"
+    )
+    for mode in modes:
+        steps = {
+            name: make_step(m, LOSSES[name], mode, ids, targets, autocast)
+            for name, m in models.items()
+        }
+        times = time_steps(steps, args.warmup, args.steps, device)
+        for name, ts in times.items():
+            mean, std = statistics.mean(ts), statistics.stdev(ts) if len(ts) > 1 else 0.0
+            flops = model.flops_per_token(seq) * tokens / (3 if mode == "forward" else 1)
+            mfu = f", MFU {flops / mean / peak:.1%}" if peak else ""
+            print(
+                f"  {mode:8s} {name:8s} {mean * 1e3:9.1f} ms +- {std * 1e3:6.1f} ms  "
+                f"{tokens / mean:10,.0f} tokens/s{mfu}"
+            )
+        if "hf-llama" in times:
+            ratio = statistics.mean(times["hf-llama"]) / statistics.mean(times["ours"])
+            print(f"  {mode:8s} ours / hf-llama speed: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
