@@ -109,9 +109,12 @@ class RmsNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model)
         in_dtype = x.dtype
-        x = x.to(torch.promote_types(in_dtype, torch.float32))
+        compute_dtype = torch.promote_types(in_dtype, torch.float32)
+        if in_dtype != compute_dtype:
+            x = x.to(compute_dtype)
         x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (x * self.weight).to(in_dtype)
+        x = x * self.weight
+        return x if in_dtype == compute_dtype else x.to(in_dtype)
 
 
 def silu(x: Tensor) -> Tensor:
@@ -258,24 +261,23 @@ class MultiHeadAttention(nn.Module):
         k = self.rope(k, token_positions)
         if kv_cache is not None:
             k, v = kv_cache.append(layer, k, v)  # (batch, heads, start + seq, d_head)
-        mask = self._mask(seq, start, x.device, kv_cache)
+        # A fresh sequence needs only the causal mask, which the fused kernel builds itself.
+        is_causal = kv_cache is None or (start == 0 and kv_cache.key_mask is None)
+        mask = None if is_causal else self._mask(seq, start, x.device, kv_cache)
         if self.attention == "fused":
-            if mask is None:
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         else:
-            if mask is None:
+            if is_causal:
                 mask = causal_mask(seq, 0, x.device)
             out = scaled_dot_product_attention(q, k, v, mask)
         out = out.transpose(1, 2).reshape(batch, seq, d_model)  # concatenate the heads
         return self.out_proj(out)
 
     @staticmethod
-    def _mask(seq: int, start: int, device, kv_cache: KVCache | None) -> Tensor | None:
-        """None for plain causal attention over a fresh sequence (the fast path); else a mask."""
-        if kv_cache is None or (start == 0 and kv_cache.key_mask is None):
-            return None
+    def _mask(seq: int, start: int, device, kv_cache: KVCache) -> Tensor | None:
+        """Which cached keys each new query may see; None when it may see them all."""
+        if seq == 1 and kv_cache.key_mask is None:
+            return None  # decoding one token: the newest query sees every earlier key
         mask = causal_mask(seq, start, device)  # (seq, start + seq)
         if kv_cache.key_mask is not None:
             # Padding keys are hidden from every query; a padding query still sees itself, so
