@@ -1,0 +1,402 @@
+"""Byte-level BPE tokenizer: encode text to token ids and back, save and load it, encode files.
+
+Encoding a piece of text works like GPT-2 and tiktoken:
+1. cut out the special tokens (longest first), which map straight to their ids;
+2. split the rest into pre-tokens with the GPT-2 regex (llm/pretokenization.py);
+3. turn each pre-token into bytes, then repeatedly merge the adjacent pair whose concatenation
+   is the token with the lowest rank (id), until no adjacent pair forms a token.
+A trained tokenizer's ids are in merge order, so step 3 replays the merges of training.
+The same words recur constantly (" the", " and,"), so the ids of text segments and of
+pre-tokens are cached.
+
+Command line (see --help):
+    uv run -m llm.bpe_tokenizer                      # TinyStories: train 10K, encode train+valid
+    uv run -m llm.bpe_tokenizer train --input corpus.txt --vocab-size 10000 --out tok/
+    uv run -m llm.bpe_tokenizer encode --tokenizer tok/ --input corpus.txt --output corpus.npy
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from itertools import chain, pairwise
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from llm.bpe_files import (
+    read_merges,
+    read_special_tokens,
+    read_vocab,
+    write_merges,
+    write_special_tokens,
+    write_vocab,
+)
+from llm.bpe_training import check_training_args, train_bpe
+from llm.pretokenization import (
+    CHUNK_BYTES,
+    GPT2_PATTERN,
+    PRETOKEN_RE,
+    WHITESPACE_CUT,
+    chunk_boundaries,
+    find_cut,
+    parallel_map,
+    read_chunk,
+    special_token_regex,
+)
+
+STREAM_CHARS = 1 << 16  # encode_iterable encodes text in pieces of about this size
+CACHE_SIZE = 1 << 17  # entries of each cache (segments, pre-tokens); emptied when full
+
+
+class BpeTokenizer:
+    """Encoder and decoder for a byte-level BPE vocabulary. Encoding uses the ranks (ids) of
+    the tokens, as tiktoken does; `merges` are kept to save the GPT-2 files."""
+
+    def __init__(
+        self,
+        vocab: dict[int, bytes],
+        merges: list[tuple[bytes, bytes]],
+        special_tokens: list[str] | None = None,
+    ):
+        """`vocab` {id: bytes} must hold the 256 single bytes. Special tokens missing from it
+        get new ids after the largest one."""
+        self.vocab = dict(vocab)
+        self.merges = list(merges)
+        self.special_tokens = list(dict.fromkeys(special_tokens or []))
+        ids = {b: i for i, b in self.vocab.items()}
+        for token in self.special_tokens:
+            if not token:
+                raise ValueError("a special token is empty")
+            if token.encode("utf-8") not in ids:
+                new_id = max(self.vocab) + 1
+                self.vocab[new_id] = token.encode("utf-8")
+                ids[token.encode("utf-8")] = new_id
+        self.special_ids = {t: ids[t.encode("utf-8")] for t in self.special_tokens}
+        special_bytes = {t.encode("utf-8") for t in self.special_tokens}
+        self.ranks = {b: i for b, i in ids.items() if b not in special_bytes}  # mergeable tokens
+        missing = [b for b in range(256) if bytes([b]) not in self.ranks]
+        if missing:
+            raise ValueError(f"the vocabulary lacks single bytes, e.g. {bytes(missing[:5])!r}")
+        self._vocab_size = max(self.vocab) + 1
+        self._no_token = self._vocab_size  # a rank greater than any token's
+        self._special_re = special_token_regex(self.special_tokens)
+        self._pretokens = _Cache(self._encode_pretoken)  # {pre-token: ids}
+        self._segments = _Cache(self._encode_segment)  # {segment: ids}
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids: one more than the largest (the size of an embedding table)."""
+        return self._vocab_size
+
+    def token_id(self, token: str) -> int:
+        """The id of a special token, or of a token of the vocabulary given as text."""
+        if token in self.special_ids:
+            return self.special_ids[token]
+        if token.encode("utf-8") in self.ranks:
+            return self.ranks[token.encode("utf-8")]
+        raise ValueError(f"{token!r} is not a token of this tokenizer")
+
+    # ---- encoding and decoding
+
+    def encode(self, text: str) -> list[int]:
+        if self._special_re is None:
+            return self._encode_ordinary(text)
+        ids = []
+        for i, part in enumerate(self._special_re.split(text)):
+            if i % 2:  # split() puts the matched special tokens at odd positions
+                ids.append(self.special_ids[part])
+            elif part:
+                ids += self._encode_ordinary(part)
+        return ids
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        """Encode text that holds no special token. It is first cut at the safe points of
+        llm/pretokenization.py into segments (mostly a word with its space and punctuation), and
+        each segment is looked up in a cache: the GPT-2 regex runs only on segments not seen."""
+        segments = WHITESPACE_CUT[str].split(text)
+        return list(chain.from_iterable(map(self._segments.__getitem__, segments)))
+
+    def _encode_segment(self, segment: str) -> tuple[int, ...]:
+        pretokens = PRETOKEN_RE.findall(segment)
+        return tuple(chain.from_iterable(map(self._pretokens.__getitem__, pretokens)))
+
+    def _encode_pretoken(self, pretoken: str) -> tuple[int, ...]:
+        """BPE on one pre-token, as tiktoken does: merge the leftmost adjacent pair whose
+        concatenation has the lowest rank, until no pair is a token."""
+        parts = [bytes([b]) for b in pretoken.encode("utf-8")]
+        no_token = self._no_token
+        ranks = [self.ranks.get(a + b, no_token) for a, b in pairwise(parts)]
+        while ranks and (best := min(ranks)) != no_token:
+            i = ranks.index(best)
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+            del ranks[i]
+            if i > 0:
+                ranks[i - 1] = self.ranks.get(parts[i - 1] + parts[i], no_token)
+            if i < len(ranks):
+                ranks[i] = self.ranks.get(parts[i] + parts[i + 1], no_token)
+        return tuple(self.ranks[p] for p in parts)
+
+    def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
+        """Ids of "".join(texts), produced lazily: memory stays small for any input size.
+        Text is encoded in pieces cut where cutting does not change the result (see find_cut)."""
+        margin = max((len(t) for t in self.special_tokens), default=1)
+        pending: list[str] = []
+        size = 0
+        for text in texts:
+            pending.append(text)
+            size += len(text)
+            if size < STREAM_CHARS:
+                continue
+            buffer = "".join(pending)
+            cut = find_cut(buffer, max(size // 2, margin), size - margin, self.special_tokens)
+            if cut > 0:
+                yield from self.encode(buffer[:cut])
+                buffer = buffer[cut:]
+            pending, size = [buffer], len(buffer)
+        yield from self.encode("".join(pending))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of the ids (a list, numpy array or tensor); bytes that are not valid UTF-8
+        become U+FFFD."""
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        try:
+            data = b"".join(map(self.vocab.__getitem__, ids))
+        except KeyError as e:
+            raise ValueError(f"token id {e.args[0]!r} is not in the vocabulary") from None
+        return data.decode("utf-8", errors="replace")
+
+    def encode_file(
+        self,
+        input_path: str | Path,
+        output_path: str | Path,
+        num_workers: int | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
+        progress: bool = True,
+    ) -> int:
+        """Encode a UTF-8 text file to a .npy array of ids (uint16 when every id fits, else
+        uint32), in parallel processes, with memory independent of the file size. The output
+        appears only when complete. Returns the number of tokens."""
+        input_path, output_path = Path(input_path), Path(output_path)
+        if not input_path.is_file():
+            raise FileNotFoundError(f"{input_path}: no such file")
+        if input_path.stat().st_size == 0:
+            raise ValueError(f"{input_path}: the file is empty")
+        dtype = np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
+        bounds = chunk_boundaries(input_path, chunk_bytes, self.special_tokens)
+        jobs = [(str(input_path), a, b) for a, b in pairwise(bounds)]
+        workers = num_workers or os.cpu_count() or 1
+        init = (self.vocab, self.merges, self.special_tokens, dtype)
+        desc = f"encode {input_path.name}"
+        bar = tqdm(total=bounds[-1], unit="B", unit_scale=True, desc=desc, disable=not progress)
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        with bar, _AtomicNpy(output_path, dtype) as out:
+            for nbytes, ids in parallel_map(_encode_job, jobs, workers, True, _init_worker, init):
+                out.write(ids)
+                bar.update(nbytes)
+            return out.length
+
+    # ---- files
+
+    @classmethod
+    def from_files(
+        cls,
+        vocab_path: str | Path,
+        merges_path: str | Path,
+        special_tokens: list[str] | None = None,
+    ) -> "BpeTokenizer":
+        """Load GPT-2 style vocab.json and merges.txt (see llm/bpe_files.py)."""
+        vocab = read_vocab(vocab_path)
+        merges = read_merges(merges_path, set(vocab.values()))
+        return cls(vocab, merges, special_tokens)
+
+    def save(self, directory: str | Path) -> None:
+        """Write vocab.json, merges.txt and special_tokens.json into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_vocab(directory / "vocab.json", self.vocab)
+        write_merges(directory / "merges.txt", self.merges)
+        write_special_tokens(directory / "special_tokens.json", self.special_tokens)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "BpeTokenizer":
+        """Load a tokenizer written by save(); special_tokens.json may be absent (none)."""
+        directory = Path(directory)
+        for name in ("vocab.json", "merges.txt"):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory}: no {name}; is this a tokenizer directory?")
+        special_tokens = []
+        if (directory / "special_tokens.json").is_file():
+            special_tokens = read_special_tokens(directory / "special_tokens.json")
+        return cls.from_files(directory / "vocab.json", directory / "merges.txt", special_tokens)
+
+    def to_tiktoken(self, name: str = "llm-bpe"):
+        """The same tokenizer as a tiktoken.Encoding (needs the tiktoken package)."""
+        import tiktoken
+
+        return tiktoken.Encoding(
+            name, pat_str=GPT2_PATTERN, mergeable_ranks=self.ranks, special_tokens=self.special_ids
+        )
+
+
+class _Cache(dict):
+    """{text: ids}, filled on first use by `encode`; emptied when it reaches CACHE_SIZE entries."""
+
+    def __init__(self, encode):
+        super().__init__()
+        self.encode = encode
+
+    def __missing__(self, text: str) -> tuple[int, ...]:
+        if len(self) >= CACHE_SIZE:
+            self.clear()
+        ids = self[text] = self.encode(text)
+        return ids
+
+
+_worker: dict = {}  # the tokenizer and dtype of an encode_file worker process
+
+
+def _init_worker(vocab, merges, special_tokens, dtype) -> None:
+    _worker["tokenizer"] = BpeTokenizer(vocab, merges, special_tokens)
+    _worker["dtype"] = dtype
+
+
+def _encode_job(job: tuple[str, int, int]) -> tuple[int, np.ndarray]:
+    path, start, end = job
+    ids = _worker["tokenizer"].encode(read_chunk(path, start, end))
+    return end - start, np.array(ids, dtype=_worker["dtype"])
+
+
+class _AtomicNpy:
+    """Append 1-D arrays to a .npy file whose length is known only at the end: write the data to
+    a temporary file after a header, fix the header's shape, then rename into place."""
+
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.path, self.dtype, self.length = path, dtype, 0
+
+    def __enter__(self) -> "_AtomicNpy":
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        self.file = os.fdopen(fd, "wb")
+        self._write_header()
+        return self
+
+    def _write_header(self) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(self.file, {**header, "shape": (self.length,)})
+
+    def write(self, array: np.ndarray) -> None:
+        self.file.write(array.tobytes())
+        self.length += len(array)
+
+    def __exit__(self, exc_type, *_) -> None:
+        try:
+            if exc_type is None:
+                data_start = self.file.tell() - self.length * self.dtype.itemsize
+                self.file.seek(0)
+                self._write_header()  # numpy leaves room in the header for a longer shape
+                assert self.file.tell() == data_start, "npy header changed size"
+                self.file.close()
+                os.chmod(self.tmp, 0o644)  # mkstemp makes it private (0o600)
+                os.replace(self.tmp, self.path)
+        finally:
+            self.file.close()
+            if os.path.exists(self.tmp):  # not renamed: something failed
+                os.unlink(self.tmp)
+
+
+# ---- command line
+
+DEFAULT_TRAIN = Path("data/TinyStoriesV2-GPT4-train.txt")
+DEFAULT_VALID = Path("data/TinyStoriesV2-GPT4-valid.txt")
+DEFAULT_OUT = Path("data/tinystories-bpe-10k")
+
+
+def _train(args: argparse.Namespace) -> BpeTokenizer:
+    check_training_args(args.input, args.vocab_size, args.special_tokens)
+    print(f"training a {args.vocab_size:,}-token BPE tokenizer on {args.input}")
+    vocab, merges = train_bpe(args.input, args.vocab_size, args.special_tokens, args.workers)
+    tokenizer = BpeTokenizer(vocab, merges, args.special_tokens)
+    tokenizer.save(args.out)
+    print(f"saved {args.out}/vocab.json, merges.txt, special_tokens.json")
+    return tokenizer
+
+
+def _encode(tokenizer: BpeTokenizer, input_path: Path, output_path: Path, workers: int) -> None:
+    n = tokenizer.encode_file(input_path, output_path, workers)
+    print(f"wrote {output_path}: {n:,} tokens")
+
+
+def _default_pipeline(args: argparse.Namespace) -> None:
+    """No subcommand: train on the TinyStories train split, then encode train and valid."""
+    if not args.input.is_file():
+        hint = "run `uv run -m llm.data download tinystories`, or pass --input FILE"
+        raise FileNotFoundError(
+            f"{args.input} not found" + (f": {hint}" if args.input == DEFAULT_TRAIN else "")
+        )
+    valid = args.valid
+    if valid is None and args.input == DEFAULT_TRAIN:
+        valid = DEFAULT_VALID
+    if valid is not None and not valid.is_file():
+        raise FileNotFoundError(f"{valid} not found (the validation split; or pass --valid FILE)")
+    tokenizer = _train(args)
+    _encode(tokenizer, args.input, args.out / "train.npy", args.workers)
+    if valid is not None:
+        _encode(tokenizer, valid, args.out / "valid.npy", args.workers)
+    print(f"done. Tokenizer and token arrays are in {args.out}/")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="uv run -m llm.bpe_tokenizer",
+        description="Train a byte-level BPE tokenizer and encode text files to .npy token arrays."
+        " With no subcommand: train a 10K tokenizer on TinyStories and encode train and valid.",
+    )
+    p.add_argument("--input", type=Path, default=DEFAULT_TRAIN, help="training text (UTF-8)")
+    p.add_argument("--valid", type=Path, help="validation text to encode too")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    p.add_argument("--vocab-size", type=int, default=10_000)
+    p.add_argument("--special-tokens", nargs="*", default=["<|endoftext|>"], metavar="TOKEN")
+    p.add_argument("--workers", type=_positive, default=None, help="processes (default: all CPUs)")
+    sub = p.add_subparsers(dest="command")
+
+    train = sub.add_parser("train", help="train a tokenizer on a text file")
+    train.add_argument("--input", type=Path, required=True, help="training text (UTF-8)")
+    train.add_argument("--vocab-size", type=int, required=True)
+    train.add_argument("--special-tokens", nargs="*", default=["<|endoftext|>"], metavar="TOKEN")
+    train.add_argument("--out", type=Path, required=True, help="directory for the tokenizer files")
+    train.add_argument("--workers", type=_positive, default=None, help="processes (default: all)")
+
+    encode = sub.add_parser("encode", help="encode a text file to a .npy array of token ids")
+    encode.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory")
+    encode.add_argument("--input", type=Path, required=True, help="text file (UTF-8)")
+    encode.add_argument("--output", type=Path, required=True, help="output .npy file")
+    encode.add_argument("--workers", type=_positive, default=None, help="processes (default: all)")
+    return p
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            _train(args)
+        elif args.command == "encode":
+            _encode(BpeTokenizer.load(args.tokenizer), args.input, args.output, args.workers)
+        else:
+            _default_pipeline(args)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted; no output was left half-written") from None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,362 @@
+"""BPE encoding: equal to tiktoken, round trips, streaming, .npy files, GPT-2 files, CLI errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tiktoken
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from llm import bpe_tokenizer
+from llm.bpe_tokenizer import BpeTokenizer, main
+from llm.bpe_training import train_bpe
+from llm.pretokenization import GPT2_PATTERN
+
+EOT = "<|endoftext|>"
+CORPUS = (
+    "Once upon a time, a little cat named Tom found a big red ball. He said: 'It's mine!'\n"
+    "Tom's friend didn't agree; they've played  together   for 12 days in 2024.\n"
+    "Ünïcödé wörds, 日本語のテキスト, emoji 🙂🙂 and numbers 3.14159 appear too.\n"
+    "    def f(x):  \n        return x \n\n\t\tdone\t\n   \n"
+)
+
+
+@pytest.fixture(scope="module")
+def corpus_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "train.txt"
+    path.write_text("".join(f"{CORPUS * (1 + i % 3)}{EOT}\n" for i in range(40)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus_path):
+    vocab, merges = train_bpe(corpus_path, 400, [EOT], num_workers=1, progress=False)
+    return BpeTokenizer(vocab, merges, [EOT])
+
+
+@pytest.fixture(scope="module")
+def tiktoken_encoding(tokenizer):
+    """tiktoken built directly from our ranks and the GPT-2 pattern: an independent encoder."""
+    ranks = {b: i for i, b in tokenizer.vocab.items() if i != tokenizer.token_id(EOT)}
+    return tiktoken.Encoding(
+        "ours", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 256}
+    )
+
+
+def test_basic_properties(tokenizer):
+    assert tokenizer.vocab_size == 400
+    assert tokenizer.token_id(EOT) == 256
+    assert tokenizer.special_tokens == [EOT]
+    assert tokenizer.encode(EOT) == [256]
+    assert len(tokenizer.encode(" little cat")) < len(" little cat")  # merges are used
+    for whitespace in ("  ", "   ", "\n   "):  # so cutting whitespace wrongly would show
+        assert whitespace.encode() in tokenizer.ranks
+    with pytest.raises(ValueError, match="not a token"):
+        tokenizer.token_id("<|nope|>")
+
+
+WHITESPACE = [" ", "  ", "\n", "\n\n", " \n", "\t", "\r\n", "\u3000"]
+text_with_specials = st.lists(
+    st.one_of(
+        st.text(max_size=30),
+        st.just(EOT),
+        st.sampled_from(CORPUS.split(" ")),
+        st.sampled_from(WHITESPACE),
+    ),
+    max_size=16,
+).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text_with_specials)
+def test_equals_tiktoken_and_round_trips(tokenizer, tiktoken_encoding, text):
+    ids = tokenizer.encode(text)
+    assert ids == tiktoken_encoding.encode(text, allowed_special="all")
+    assert tokenizer.decode(ids) == text
+
+
+def test_equals_tiktoken_on_corpus(tokenizer, tiktoken_encoding, corpus_path):
+    text = corpus_path.read_text(encoding="utf-8")
+    assert tokenizer.encode(text) == tiktoken_encoding.encode(text, allowed_special="all")
+    export = tokenizer.to_tiktoken()
+    assert export.encode(text, allowed_special="all") == tokenizer.encode(text)
+
+
+def test_decode_invalid_utf8_gives_replacement_char(tokenizer):
+    assert tokenizer.decode([0xFF]) == "\ufffd"
+    snowman = tokenizer.encode("☃")  # 3 bytes
+    assert tokenizer.decode(snowman[:-1] + tokenizer.encode("!")) == "\ufffd!"
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        tokenizer.decode([10**6])
+    ids = tokenizer.encode(CORPUS)
+    assert tokenizer.decode(np.array(ids, dtype=np.uint16)) == CORPUS  # arrays work too
+
+
+def test_overlapping_special_tokens_match_longest_first(tokenizer):
+    double = EOT + EOT
+    tok = BpeTokenizer(tokenizer.vocab, tokenizer.merges, [EOT, double])
+    ids = tok.encode(f"a{EOT}{EOT}b{EOT}{EOT}{EOT}")
+    assert ids == [
+        *tok.encode("a"),
+        tok.token_id(double),
+        *tok.encode("b"),
+        tok.token_id(double),
+        256,
+    ]
+    assert tok.decode(ids) == f"a{EOT}{EOT}b{EOT}{EOT}{EOT}"
+    assert tok.token_id(double) == tokenizer.vocab_size  # a new id after the largest
+
+
+def test_special_token_text_is_plain_text_without_special_tokens(tokenizer):
+    plain = BpeTokenizer(tokenizer.vocab, tokenizer.merges)
+    assert 256 not in plain.encode(EOT)  # no special tokens: "<|endoftext|>" is ordinary text
+
+
+def test_encode_iterable_equals_encode_on_a_file(tokenizer, corpus_path, monkeypatch):
+    monkeypatch.setattr(bpe_tokenizer, "STREAM_CHARS", 100)  # force many cuts
+    text = corpus_path.read_text(encoding="utf-8")
+    with open(corpus_path, encoding="utf-8") as f:
+        streamed = tokenizer.encode_iterable(f)
+        assert not isinstance(streamed, list)
+        assert list(streamed) == tokenizer.encode(text)
+
+
+@settings(max_examples=50, deadline=None)
+@given(text_with_specials, st.lists(st.integers(0, 200), max_size=8))
+def test_encode_iterable_with_arbitrary_pieces(tokenizer, text, cuts):
+    bpe_tokenizer.STREAM_CHARS, saved = 8, bpe_tokenizer.STREAM_CHARS
+    try:
+        bounds = [0, *sorted(c % (len(text) + 1) for c in cuts), len(text)]
+        pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+        assert list(tokenizer.encode_iterable(pieces)) == tokenizer.encode(text)
+    finally:
+        bpe_tokenizer.STREAM_CHARS = saved
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_encode_file_equals_encode(tokenizer, corpus_path, tmp_path, workers):
+    out = tmp_path / "ids.npy"
+    n = tokenizer.encode_file(
+        corpus_path, out, num_workers=workers, chunk_bytes=500, progress=False
+    )
+    ids = np.load(out, mmap_mode="r")
+    assert ids.dtype == np.uint16 and n == len(ids)
+    assert ids.tolist() == tokenizer.encode(corpus_path.read_text(encoding="utf-8"))
+    assert [p.name for p in tmp_path.iterdir()] == ["ids.npy"]  # no temporary file left
+
+
+def test_encode_file_uses_uint32_for_large_vocabularies(tmp_path):
+    vocab = {i: bytes([i]) for i in range(256)} | {70_000: b"ab"}
+    tok = BpeTokenizer(vocab, [(b"a", b"b")])
+    (tmp_path / "in.txt").write_text("abc ab")
+    tok.encode_file(tmp_path / "in.txt", tmp_path / "out.npy", num_workers=1, progress=False)
+    ids = np.load(tmp_path / "out.npy")
+    assert ids.dtype == np.uint32 and ids.tolist() == [70_000, ord("c"), ord(" "), 70_000]
+
+
+def test_encode_file_failure_leaves_no_output(tokenizer, tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"fine text " * 100 + b"\xff")
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        tokenizer.encode_file(
+            tmp_path / "bad.txt", tmp_path / "out.npy", num_workers=1, progress=False
+        )
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.txt"]
+
+
+def test_encode_file_to_a_directory_fails_cleanly(tokenizer, corpus_path, tmp_path):
+    (tmp_path / "out.npy").mkdir()
+    with pytest.raises(OSError):
+        tokenizer.encode_file(corpus_path, tmp_path / "out.npy", num_workers=1, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.npy"]
+
+
+def test_save_load_round_trip(tokenizer, corpus_path, tmp_path):
+    tokenizer.save(tmp_path / "tok")
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == [
+        "merges.txt",
+        "special_tokens.json",
+        "vocab.json",
+    ]
+    loaded = BpeTokenizer.load(tmp_path / "tok")
+    assert loaded.vocab == tokenizer.vocab and loaded.merges == tokenizer.merges
+    assert loaded.special_tokens == [EOT]
+    text = corpus_path.read_text(encoding="utf-8")
+    assert loaded.encode(text) == tokenizer.encode(text)
+
+
+def test_files_use_the_gpt2_byte_alphabet(tokenizer, tmp_path):
+    tokenizer.save(tmp_path)
+    vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    assert vocab["Ġ"] == ord(" ") and vocab["!"] == ord("!") and vocab["Ċ"] == ord("\n")
+    merges = (tmp_path / "merges.txt").read_text(encoding="utf-8").splitlines()
+    assert merges[0].startswith("#version")
+    first = merges[1].split(" ")
+    assert [tokenizer.vocab[vocab[t]] for t in first] == list(tokenizer.merges[0])
+
+
+def test_our_files_load_in_hugging_face_tokenizers(tokenizer, tmp_path):
+    tokenizer.save(tmp_path)
+    hf = Tokenizer(models.BPE.from_file(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    for line in CORPUS.splitlines(keepends=True) + ["unseen words: zebra, quixotic 987"]:
+        assert hf.encode(line).ids == tokenizer.encode(line)
+        assert hf.decode(tokenizer.encode(line)) == line
+
+
+def test_hugging_face_files_load_in_ours(corpus_path, tmp_path):
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    hf.train([str(corpus_path)], trainer)
+    vocab_path, merges_path = hf.model.save(str(tmp_path))
+    ours = BpeTokenizer.from_files(vocab_path, merges_path)
+    assert ours.vocab_size == hf.get_vocab_size()
+    for line in CORPUS.splitlines(keepends=True):
+        assert ours.encode(line) == hf.encode(line).ids
+
+
+@pytest.mark.parametrize(
+    "vocab_text, merges_text, message",
+    [
+        ('{"a": 0,\n "b": 1,\n', "#version: 0.2\n", r"vocab.json:3: not valid JSON"),
+        ('["a", "b"]', "", r"vocab.json:1: expected a JSON object"),
+        ('{\n"a": 0,\n"b": "x"\n}', "", r"vocab.json:3: the id of 'b' is 'x'"),
+        ('{\n"a": 0,\n"a b": 1\n}', "", r"vocab.json:3: ' ' in 'a b' is not a GPT-2 byte"),
+        ('{\n"a": 0,\n"b": 0\n}', "", r"vocab.json:3: token 'b' or id 0 appears twice"),
+        (None, "#version: 0.2\nĠ t\nĠ t h\n", r"merges.txt:3: expected two tokens"),
+        (None, "#version: 0.2\nĠ t\nq zz\n", r"merges.txt:3: 'zz' is not in the vocabulary"),
+    ],
+)
+def test_malformed_files_name_file_and_line(tmp_path, vocab_text, merges_text, message):
+    full_vocab = {i: bytes([i]) for i in range(256)} | {256: b" t"}
+    BpeTokenizer(full_vocab, [(b" ", b"t")]).save(tmp_path)
+    if vocab_text is not None:
+        (tmp_path / "vocab.json").write_text(vocab_text, encoding="utf-8")
+    (tmp_path / "merges.txt").write_text(merges_text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        BpeTokenizer.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("[1, 2]", "expected a list"), ('["a",\n', "special_tokens.json:2: not valid JSON")],
+)
+def test_malformed_special_tokens_file(tokenizer, tmp_path, text, message):
+    tokenizer.save(tmp_path)
+    (tmp_path / "special_tokens.json").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        BpeTokenizer.load(tmp_path)
+
+
+def test_vocabulary_must_hold_all_bytes():
+    with pytest.raises(ValueError, match="lacks single bytes"):
+        BpeTokenizer({i: bytes([i]) for i in range(200)}, [])
+
+
+def test_cli_train_and_encode(corpus_path, tmp_path):
+    main(
+        [
+            "train",
+            "--input",
+            str(corpus_path),
+            "--vocab-size",
+            "300",
+            "--out",
+            str(tmp_path / "tok"),
+            "--workers",
+            "1",
+        ]
+    )
+    out = tmp_path / "ids.npy"
+    main(
+        [
+            "encode",
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--input",
+            str(corpus_path),
+            "--output",
+            str(out),
+        ]
+    )
+    tok = BpeTokenizer.load(tmp_path / "tok")
+    assert tok.vocab_size == 300
+    assert np.load(out).tolist() == tok.encode(corpus_path.read_text(encoding="utf-8"))
+
+
+def test_cli_default_pipeline(corpus_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for split in ("train", "valid"):
+        (tmp_path / f"data/TinyStoriesV2-GPT4-{split}.txt").write_text(
+            corpus_path.read_text(encoding="utf-8")
+        )
+    main(["--vocab-size", "300", "--workers", "1"])
+    out = tmp_path / "data/tinystories-bpe-10k"
+    tok = BpeTokenizer.load(out)
+    assert np.load(out / "valid.npy").tolist() == tok.encode(
+        corpus_path.read_text(encoding="utf-8")
+    )
+    assert (out / "train.npy").is_file()
+
+
+def cli_error(argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return str(exit_info.value.code)
+
+
+def test_cli_default_pipeline_explains_how_to_get_the_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    message = cli_error([])
+    assert "data/TinyStoriesV2-GPT4-train.txt not found" in message
+    assert "uv run -m llm.data download tinystories" in message and "--input" in message
+
+
+def test_cli_bad_inputs_give_one_line_errors(corpus_path, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    train = ["train", "--out", str(tmp_path / "tok"), "--workers", "1"]
+    cases = [
+        (train + ["--input", str(tmp_path / "missing.txt"), "--vocab-size", "300"], "no such file"),
+        (train + ["--input", str(empty), "--vocab-size", "300"], "empty"),
+        (train + ["--input", str(corpus_path), "--vocab-size", "200"], "smaller than 256"),
+        (
+            train + ["--input", str(corpus_path), "--vocab-size", "300", "--special-tokens", ""],
+            "empty",
+        ),
+        (
+            [
+                "encode",
+                "--tokenizer",
+                str(tmp_path),
+                "--input",
+                str(corpus_path),
+                "--output",
+                "x.npy",
+            ],
+            "no vocab.json",
+        ),
+    ]
+    for argv, expected in cases:
+        message = cli_error(argv)
+        assert message.startswith("error: ") and expected in message and "\n" not in message
+    assert not (tmp_path / "tok").exists() and not (tmp_path / "x.npy").exists()
+
+
+def test_cli_error_has_no_traceback(tmp_path):
+    argv = ["encode", "--tokenizer", str(tmp_path), "--input", "x.txt", "--output", "y.npy"]
+    result = subprocess.run(
+        [sys.executable, "-m", "llm.bpe_tokenizer", *argv], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path}: no vocab.json; is this a tokenizer directory?"
+    ]
