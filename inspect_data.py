@@ -1,0 +1,367 @@
+"""Look at a dataset the way the model will see it, before spending compute on it.
+
+    uv run inspect_data.py --tokens data/train.npy --tokenizer runs/quickstart/tokenizer
+    uv run inspect_data.py --text data/stories/valid.txt --tokenizer runs/quickstart/tokenizer
+
+Reports the token count, vocabulary coverage, the unigram entropy (the loss to beat), the most
+frequent tokens (decoded), how often each special token appears, document lengths (documents end
+at <|endoftext|>), and batch diversity: how many distinct tokens a random training batch holds,
+and whether sampled windows repeat. Writes a PNG with the document length histogram and the
+token frequency curve.
+
+Errors (exit status 1) on a missing file or tokenizer, ids outside the tokenizer's vocabulary,
+or token data that the tokenizer does not reproduce (it was encoded with another tokenizer).
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from llm.bpe_tokenizer import BpeTokenizer
+
+CHUNK = 1 << 24  # ids counted at a time, so a memory-mapped split larger than RAM works
+END_OF_TEXT = "<|endoftext|>"
+
+
+class InspectError(Exception):
+    """Bad input; the message says what is wrong and what to do."""
+
+
+@dataclass
+class Report:
+    source: str
+    num_tokens: int
+    dtype: str
+    vocab_size: int
+    counts: np.ndarray  # (vocab_size,) occurrences of each id
+    top: list[tuple[int, int, str]]  # (id, count, decoded) of the most frequent tokens
+    specials: dict[str, tuple[int, int]]  # special token -> (id, count)
+    doc_lengths: np.ndarray  # tokens in each document, separators excluded
+    context_length: int
+    batch_shape: tuple[int, int]
+    batch_distinct: np.ndarray  # distinct token ids in each sampled batch
+    windows: int  # sampled windows at distinct positions
+    repeated_windows: int  # of those, windows whose tokens equal another sampled window's
+    roundtrip_checked: int  # leading tokens re-encoded identically (tokens mode)
+    num_bytes: int | None = None  # text mode: size of the text
+
+
+def load_tokenizer(directory: Path) -> BpeTokenizer:
+    if not directory.is_dir():
+        raise InspectError(
+            f"tokenizer directory {directory} does not exist; pass the directory the tokenizer "
+            "was saved to (the one used to encode the data)"
+        )
+    try:
+        return BpeTokenizer.load(directory)
+    except (OSError, ValueError, KeyError) as e:
+        raise InspectError(f"could not load a tokenizer from {directory}: {e}") from e
+
+
+def load_token_file(path: Path) -> np.ndarray:
+    """A 1-D integer .npy array, memory-mapped (pages are read on demand)."""
+    if not path.is_file():
+        raise InspectError(f"token file {path} does not exist; encode a text file to .npy first")
+    try:
+        ids = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise InspectError(f"{path} is not a .npy array of token ids: {e}") from e
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise InspectError(f"{path} must hold a 1-D integer array, got {ids.dtype} {ids.shape}")
+    return ids
+
+
+def encode_text_file(path: Path, tokenizer: BpeTokenizer) -> tuple[np.ndarray, int]:
+    """Token ids of a UTF-8 text file and its size in bytes (encoded as a stream of lines)."""
+    if not path.is_file():
+        raise InspectError(f"text file {path} does not exist")
+    size = path.stat().st_size
+
+    def lines(bar: tqdm) -> Iterator[str]:
+        with open(path, encoding="utf-8", newline="") as f:
+            for line in f:
+                bar.update(len(line.encode("utf-8")))
+                yield line
+
+    with tqdm(total=size, unit="B", unit_scale=True, desc=f"encoding {path.name}") as bar:
+        try:
+            ids = np.fromiter(tokenizer.encode_iterable(lines(bar)), dtype=np.int64)
+        except UnicodeDecodeError as e:
+            raise InspectError(f"{path} is not UTF-8 text ({e}); pass a .npy with --tokens") from e
+    return ids, size
+
+
+def count_ids(ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """(vocab_size,) occurrences of each id; an id outside [0, vocab_size) is an error."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    bad, low, high = 0, 0, 0
+    for start in range(0, len(ids), CHUNK):
+        chunk = np.asarray(ids[start : start + CHUNK], dtype=np.int64)
+        inside = (chunk >= 0) & (chunk < vocab_size)
+        bad += len(chunk) - int(inside.sum())
+        low, high = min(low, int(chunk.min())), max(high, int(chunk.max()))
+        counts += np.bincount(chunk[inside], minlength=vocab_size)
+    if bad:
+        raise InspectError(
+            f"{bad:,} of {len(ids):,} ids ({bad / len(ids):.3%}) are outside the tokenizer's "
+            f"vocabulary [0, {vocab_size}) (smallest {low}, largest {high}): the data was encoded "
+            "with another tokenizer; pass the tokenizer directory that encoded it"
+        )
+    return counts
+
+
+def positions_of(ids: np.ndarray, value: int) -> np.ndarray:
+    """Indices where ids == value, scanning a memory-mapped array a chunk at a time."""
+    found = [
+        np.flatnonzero(np.asarray(ids[s : s + CHUNK]) == value) + s
+        for s in range(0, len(ids), CHUNK)
+    ]
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def document_lengths(ids: np.ndarray, separator: int | None) -> np.ndarray:
+    """Tokens per document, split on the separator id (not counted). Tokens after the last
+    separator are a document too; without a separator the whole array is one document."""
+    if separator is None:
+        return np.array([len(ids)])
+    bounds = np.concatenate([[-1], positions_of(ids, separator)])
+    lengths = np.diff(bounds) - 1
+    tail = len(ids) - 1 - bounds[-1]
+    return np.append(lengths, tail) if tail else lengths
+
+
+def batch_diversity(
+    ids: np.ndarray, batch_size: int, context_length: int, num_batches: int, seed: int
+) -> tuple[np.ndarray, int, int]:
+    """Samples batches of random windows as training does. Returns the distinct ids in each
+    batch, the number of windows at distinct positions, and how many of those have exactly
+    the tokens of another sampled window (duplicated text in the data)."""
+    if len(ids) < context_length + 1:
+        raise InspectError(
+            f"the data has {len(ids):,} tokens, fewer than context_length + 1 = "
+            f"{context_length + 1}; use more data or a smaller --context-length"
+        )
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(ids) - context_length, size=(num_batches, batch_size))
+    distinct = np.empty(num_batches, dtype=np.int64)
+    seen: dict[bytes, set[int]] = {}  # window tokens -> the positions they were sampled at
+    for b, batch_starts in enumerate(starts):
+        windows = np.stack([np.asarray(ids[s : s + context_length]) for s in batch_starts])
+        distinct[b] = len(np.unique(windows))
+        for s, window in zip(batch_starts, windows, strict=True):
+            seen.setdefault(window.tobytes(), set()).add(int(s))
+    positions = sum(len(p) for p in seen.values())
+    repeated = sum(len(p) for p in seen.values() if len(p) > 1)
+    return distinct, positions, repeated
+
+
+def check_roundtrip(ids: np.ndarray, tokenizer: BpeTokenizer, max_tokens: int = 4096) -> int:
+    """Decodes the leading tokens and encodes them again: data encoded with this tokenizer
+    comes back identical; data from another tokenizer does not. Returns the tokens checked."""
+    head = np.asarray(ids[:max_tokens]).tolist()
+    if not head:
+        return 0
+    try:
+        again = tokenizer.encode(tokenizer.decode(head))
+    except ValueError as e:  # an id inside the range that has no token
+        raise InspectError(f"the tokenizer cannot decode this data: {e}") from e
+    # the window may cut the last word in two, which can re-encode differently: ignore the tail
+    checked = max(len(head) - 16, 1)
+    if again[:checked] != head[:checked]:
+        pairs = enumerate(zip(head, again, strict=False))
+        first = next((i for i, (a, b) in pairs if a != b), min(len(head), len(again)))
+        raise InspectError(
+            f"the tokenizer does not reproduce this data: decoding and re-encoding its first "
+            f"{len(head):,} tokens differs from token {first} on. The data was encoded with "
+            "another tokenizer; pass the tokenizer directory that encoded it"
+        )
+    return checked
+
+
+def _documents(ids: np.ndarray, separator: int | None, tokenizer: BpeTokenizer) -> np.ndarray:
+    """Document lengths, without the lone newline that follows the last separator in files
+    laid out like TinyStories ("story\n<|endoftext|>\n")."""
+    lengths = document_lengths(ids, separator)
+    tail = np.asarray(ids[len(ids) - lengths[-1] :]).tolist()
+    if len(lengths) > 1 and ids[-1] != separator and not tokenizer.decode(tail).strip():
+        return lengths[:-1]
+    return lengths
+
+
+def build_report(
+    ids: np.ndarray,
+    tokenizer: BpeTokenizer,
+    source: str,
+    context_length: int = 256,
+    batch_size: int = 32,
+    num_batches: int = 100,
+    top: int = 20,
+    seed: int = 0,
+    num_bytes: int | None = None,
+) -> Report:
+    if len(ids) == 0:
+        raise InspectError(f"{source} holds no tokens")
+    vocab_size = tokenizer.vocab_size
+    counts = count_ids(ids, vocab_size)
+    roundtrip = check_roundtrip(ids, tokenizer) if num_bytes is None else 0
+    specials = {}
+    for token in tokenizer.special_tokens:
+        token_id = tokenizer.token_id(token)
+        specials[token] = (token_id, int(counts[token_id]))
+    separator = specials[END_OF_TEXT][0] if END_OF_TEXT in specials else None
+    order = np.argsort(-counts, kind="stable")[:top]
+    top_tokens = [(int(i), int(counts[i]), tokenizer.decode([int(i)])) for i in order if counts[i]]
+    distinct, windows, repeated = batch_diversity(
+        ids, batch_size, context_length, num_batches, seed
+    )
+    return Report(
+        source=source,
+        num_tokens=len(ids),
+        dtype=str(ids.dtype),
+        vocab_size=vocab_size,
+        counts=counts,
+        top=top_tokens,
+        specials=specials,
+        doc_lengths=_documents(ids, separator, tokenizer),
+        context_length=context_length,
+        batch_shape=(batch_size, context_length),
+        batch_distinct=distinct,
+        windows=windows,
+        repeated_windows=repeated,
+        roundtrip_checked=roundtrip,
+        num_bytes=num_bytes,
+    )
+
+
+def format_report(r: Report) -> str:
+    used = int((r.counts > 0).sum())
+    lengths = r.doc_lengths
+    lines = [f"tokens            {r.num_tokens:,} ({r.dtype})"]
+    if r.num_bytes is not None:
+        lines.append(
+            f"text              {r.num_bytes:,} bytes, {r.num_bytes / r.num_tokens:.2f} "
+            "bytes per token"
+        )
+    lines += [
+        "ids out of range  0 (0.000%)",
+        f"vocabulary        {used:,} of {r.vocab_size:,} ids used ({used / r.vocab_size:.1%}); "
+        f"{r.vocab_size - used:,} never appear",
+    ]
+    p = r.counts[r.counts > 0] / r.num_tokens
+    lines.append(
+        f"unigram entropy   {-(p * np.log(p)).sum():.3f} nats per token: the loss of a "
+        "model that ignores context (a trained model must get well below it)"
+    )
+    if r.roundtrip_checked:
+        lines.append(
+            f"round trip        the first {r.roundtrip_checked:,} tokens decode and "
+            "re-encode identically"
+        )
+    for token, (token_id, count) in r.specials.items():
+        lines.append(f"special token     {token} (id {token_id}): {count:,} times")
+    if END_OF_TEXT not in r.specials or r.specials[END_OF_TEXT][1] == 0:
+        lines.append(f"warning           no {END_OF_TEXT} in the data: it is one long document")
+    long_docs = int((lengths > r.context_length).sum())
+    lines += [
+        f"documents         {len(lengths):,}; tokens per document: mean {lengths.mean():.1f}, "
+        f"median {np.median(lengths):.0f}, 90th percentile {np.percentile(lengths, 90):.0f}, "
+        f"min {lengths.min():,}, max {lengths.max():,}",
+        f"                  {long_docs:,} ({long_docs / len(lengths):.1%}) are longer than the "
+        f"context length {r.context_length}",
+        f"most frequent     {'rank':>4}  {'id':>6}  {'count':>12}  {'share':>6}  token",
+    ]
+    for rank, (token_id, count, text) in enumerate(r.top, 1):
+        share = count / r.num_tokens
+        lines.append(
+            f"                  {rank:>4}  {token_id:>6}  {count:>12,}  {share:>6.2%}  {text!r}"
+        )
+    batch, seq = r.batch_shape
+    d = r.batch_distinct
+    lines += [
+        f"batch diversity   {len(d)} random batches of {batch} x {seq} tokens: distinct ids per "
+        f"batch mean {d.mean():,.0f} (min {d.min():,}, max {d.max():,}) of {batch * seq:,}",
+        f"repeated windows  {r.repeated_windows:,} of {r.windows:,} sampled windows "
+        f"({r.repeated_windows / r.windows:.2%}) have the same tokens as another one",
+    ]
+    return "\n".join(lines)
+
+
+def plot_report(r: Report, path: Path) -> None:
+    """Document length histogram and token frequency by rank, saved atomically as a PNG."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+
+    fig = Figure(figsize=(12, 4.5), layout="tight")
+    left, right = fig.subplots(1, 2)
+    left.hist(r.doc_lengths, bins=min(60, max(len(r.doc_lengths), 1)), color="tab:blue")
+    left.axvline(r.context_length, color="tab:red", ls="--", label=f"context {r.context_length}")
+    left.set(
+        title=f"document lengths ({len(r.doc_lengths):,} documents)",
+        xlabel="tokens",
+        ylabel="documents",
+    )
+    left.legend()
+    freq = np.sort(r.counts[r.counts > 0])[::-1]
+    right.loglog(np.arange(1, len(freq) + 1), freq, color="tab:green")
+    right.set(title="token frequency by rank", xlabel="rank", ylabel="count")
+    fig.suptitle(r.source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, path)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tokens", type=Path, help=".npy file of token ids")
+    source.add_argument("--text", type=Path, help="text file, encoded with the tokenizer")
+    parser.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory")
+    parser.add_argument("--context-length", type=_positive, default=256)
+    parser.add_argument("--batch-size", type=_positive, default=32)
+    parser.add_argument("--num-batches", type=_positive, default=100)
+    parser.add_argument("--top", type=_positive, default=20, help="frequent tokens to show")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--png", type=Path, help="plot path (default runs/inspect/<name>.png)")
+    args = parser.parse_args(argv)
+    path = args.tokens or args.text
+    try:
+        tokenizer = load_tokenizer(args.tokenizer)
+        if args.tokens:
+            ids, num_bytes = load_token_file(path), None
+        else:
+            ids, num_bytes = encode_text_file(path, tokenizer)
+        report = build_report(
+            ids,
+            tokenizer,
+            str(path),
+            args.context_length,
+            args.batch_size,
+            args.num_batches,
+            args.top,
+            args.seed,
+            num_bytes,
+        )
+    except InspectError as e:
+        sys.exit(f"error: {e}")
+    png = args.png or Path("runs/inspect") / f"{path.stem}.png"
+    plot_report(report, png)
+    print(f"{path} with the tokenizer in {args.tokenizer} (vocabulary {report.vocab_size:,})")
+    print(format_report(report))
+    print(f"plot              {png}")
+
+
+if __name__ == "__main__":
+    main()
