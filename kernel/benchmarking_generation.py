@@ -1,0 +1,153 @@
+"""Time greedy decoding three ways on the same weights, round-robin in one run:
+
+    cache      llm.generating.generate: prefill the prompt once, then one token per step
+               through the KV cache
+    recompute  no cache: every step runs the whole sequence so far (what nanoGPT does)
+    hf-llama   Hugging Face LlamaForCausalLM.generate(use_cache=True, greedy), same weights
+
+    uv run kernel/benchmarking_generation.py                 # tinystories-17m, 16 + 200 tokens
+    uv run kernel/benchmarking_generation.py --profile       # + the top ops of our decode step
+    uv run kernel/benchmarking_generation.py --compile       # + generate(torch.compile(model))
+
+All three must produce the same 200 tokens (checked); the converted HF model's logits are
+checked against ours first. Tokens/s counts new tokens over the whole call, prefill included.
+Results for this project are in docs/benchmarks.md.
+"""
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from llm.generating import generate
+from llm.hf_llama import to_hf_llama
+from llm.transformer import MODEL_PRESETS, Transformer
+
+
+@torch.inference_mode()
+def generate_by_recomputing(model: Transformer, prompt: list[int], new_tokens: int) -> list[int]:
+    """Greedy decoding without a cache: each step is a forward pass over every token so far."""
+    tokens = torch.tensor([prompt])
+    for _ in range(new_tokens):
+        next_id = model(tokens[:, -model.config.context_length :])[:, -1].argmax(-1)
+        tokens = torch.cat([tokens, next_id[:, None]], dim=1)
+    return tokens[0, len(prompt) :].tolist()
+
+
+@torch.inference_mode()
+def generate_hf(hf, prompt: list[int], new_tokens: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    out = hf.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,  # never stop early
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=0,
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+@torch.inference_mode()
+def check_same_logits(model: Transformer, hf, prompt: list[int]) -> float:
+    ids = torch.tensor([prompt])
+    diff = (model(ids) - hf(ids).logits).abs().max().item()
+    if diff > 1e-3:
+        raise SystemExit(f"the converted HF model disagrees with ours: max |logit diff| {diff}")
+    return diff
+
+
+def time_round_robin(runs: dict[str, Callable[[], list[int]]], warmup: int, repeats: int):
+    """Call each run warmup + repeats times, alternating, so all see the same machine load.
+    Returns {name: [seconds]} of the timed calls and the output of each run's last call."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    outputs: dict[str, list[int]] = {}
+    for i in range(warmup + repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            outputs[name] = run()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times, outputs
+
+
+def profile_decode(model: Transformer, prompt: list[int], new_tokens: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        generate(model, prompt, new_tokens, temperature=0)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", default="tinystories-17m", choices=sorted(MODEL_PRESETS))
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="print our top ops afterwards")
+    parser.add_argument("--compile", action="store_true", help="also time a compiled model")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = Transformer(MODEL_PRESETS[args.size]).eval()
+    hf = to_hf_llama(model)
+    prompt = torch.randint(0, model.config.vocab_size, (args.prompt_tokens,)).tolist()
+    n = args.new_tokens
+    print(
+        f"{args.size}: {model.num_parameters() / 1e6:.1f}M parameters, float32 CPU, "
+        f"threads={torch.get_num_threads()}, torch {torch.__version__}, batch 1, "
+        f"{args.prompt_tokens}-token prompt + {n} new tokens, greedy"
+    )
+    print(f"HF conversion: max |logit difference| = {check_same_logits(model, hf, prompt):.1e}")
+
+    runs = {
+        "cache": lambda: generate(model, prompt, n, temperature=0),
+        "recompute": lambda: generate_by_recomputing(model, prompt, n),
+        "hf-llama": lambda: generate_hf(hf, prompt, n),
+    }
+    if args.compile:
+        compiled = torch.compile(model, dynamic=True)
+        start = time.perf_counter()
+        generate(compiled, prompt, n, temperature=0)  # compiles the prefill and decode graphs
+        print(f"torch.compile: first call (compiling) took {time.perf_counter() - start:.1f} s")
+        runs["cache+compile"] = lambda: generate(compiled, prompt, n, temperature=0)
+    load_before = os.getloadavg()[0]
+    times, outputs = time_round_robin(runs, args.warmup, args.repeats)
+    if any(out != outputs["cache"] for out in outputs.values()):
+        raise SystemExit("the decoders produced different tokens")
+    print(
+        f"all produced the same {n} tokens; warm-up {args.warmup}, {args.repeats} timed; "
+        f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
+        "(above the thread count, other work shared the cores)"
+    )
+
+    rates = {name: [n / t for t in ts] for name, ts in times.items()}
+    for name, rs in rates.items():
+        print(
+            f"  {name:13s} mean {statistics.mean(rs):7.1f} tokens/s  median "
+            f"{statistics.median(rs):7.1f}  min {min(rs):7.1f}  max {max(rs):7.1f}"
+        )
+    comparisons = [("cache", "recompute", 5.0), ("cache", "hf-llama", 1.5)]
+    if args.compile:
+        comparisons.append(("cache+compile", "hf-llama", 1.5))
+    for ours, peer, target in comparisons:
+        mean = statistics.mean(rates[ours]) / statistics.mean(rates[peer])
+        median = statistics.median(rates[ours]) / statistics.median(rates[peer])
+        verdict = "met" if mean >= target else "NOT met"
+        print(f"  {ours} / {peer}: {mean:.2f}x (medians {median:.2f}x), target {target}x {verdict}")
+    if args.profile:
+        profile_decode(model, prompt, n)
+
+
+if __name__ == "__main__":
+    main()

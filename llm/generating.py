@@ -1,0 +1,452 @@
+"""Text generation: sample from a trained model one token at a time, with a KV cache.
+
+Generation has two phases. *Prefill* runs the whole prompt through the model once and stores
+every layer's keys and values in the cache. *Decode* then feeds one token per step: attention
+reads the earlier tokens' keys and values from the cache, so a step costs one token's work
+instead of re-running the whole sequence.
+
+Each step turns the last position's logits into a token: temperature 0 takes the most likely
+token (greedy); otherwise the logits are divided by the temperature, optionally cut down to the
+k most likely tokens (top-k) and to the smallest set holding probability p (top-p, "nucleus
+sampling", Holtzman et al. 2019), and a token is drawn from the softmax of what is left.
+
+The model sees at most context_length tokens. A longer prompt keeps its last context_length
+tokens. When generation fills the context, the window slides: the oldest `slide` tokens leave
+it and the rest are prefilled into a fresh cache (keys and values computed from a longer past
+cannot be reused, since every layer's keys depend on all tokens before them).
+
+Command line (streams the text as it is generated):
+
+    uv run -m llm.generating --checkpoint runs/tinystories --prompt "Once upon a time"
+"""
+
+import argparse
+import codecs
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from llm.bpe_tokenizer import BpeTokenizer
+from llm.checkpoint import load_model
+from llm.transformer import Transformer
+
+EOS_TOKEN = "<|endoftext|>"
+
+# ---------------------------------------------------------------------------------------------
+# Sampling: logits (batch, vocab) -> next token ids (batch,)
+# ---------------------------------------------------------------------------------------------
+
+
+def check_sampling(temperature: float, top_p: float, top_k: int) -> None:
+    """Raise ValueError naming the first invalid sampling setting."""
+    if not temperature >= 0:  # written this way so NaN fails too
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep the k largest logits of each row, set the rest to -inf. k = 0 (or >= vocab): no-op."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    values, indices = torch.topk(logits, k, dim=-1)
+    return torch.full_like(logits, float("-inf")).scatter(-1, indices, values)
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filter: keep the smallest set of most likely tokens whose probability sums to at
+    least p, set the rest to -inf. The most likely token is always kept. p = 1: no-op."""
+    if p >= 1:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of the more likely tokens
+    sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))
+    return torch.empty_like(logits).scatter(-1, order, sorted_logits)
+
+
+def sample_next(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Next token ids (batch,) from the last position's logits (batch, vocab)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    logits = top_p_filter(top_k_filter(logits, top_k), top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding loop
+# ---------------------------------------------------------------------------------------------
+
+
+def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Right-align prompts of different lengths: ids (batch, width) and is_real (batch, width),
+    False on the padding. Left padding puts every row's newest token in the last column."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    is_real = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            ids[row, -len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            is_real[row, -len(prompt) :] = True
+    return ids, is_real
+
+
+def crop_prompts(prompts: list[list[int]], context_length: int) -> list[list[int]]:
+    """Keep the last context_length tokens of each prompt, warning when any is cut."""
+    if any(len(p) > context_length for p in prompts):
+        longest = max(len(p) for p in prompts)
+        warnings.warn(
+            f"prompt of {longest} tokens is longer than the context length {context_length}; "
+            f"keeping its last {context_length} tokens",
+            stacklevel=3,
+        )
+    return [p[-context_length:] for p in prompts]
+
+
+def _cache_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype when decoding under autocast (the cache holds the compute dtype)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
+def stream_batch(
+    model: Transformer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_id: int | None = None,
+    seed: int | None = None,
+    slide: int | None = None,
+) -> Iterator[Tensor]:
+    """Yield the next token of every prompt, (batch,) int64, one decoding step at a time.
+
+    Rows that have produced eos_id keep yielding eos_id; the loop ends when all rows have, or
+    after max_new_tokens steps. `slide` (1 .. context_length, default a quarter of the context)
+    is how many of the oldest tokens leave the window when it is full: 1 gives every token
+    exactly the last context_length tokens (one full prefill per step), larger values re-prefill
+    less often. Arguments are checked here, before the first step.
+    """
+    check_sampling(temperature, top_p, top_k)
+    context = model.config.context_length
+    slide = slide or max(1, context // 4)
+    if not 1 <= slide <= context:
+        raise ValueError(f"slide must be in [1, context_length={context}], got {slide}")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (e.g. the end-of-text token)")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    vocab_size = model.config.vocab_size
+    if any(not 0 <= i < vocab_size for p in prompts for i in p):
+        raise ValueError(f"prompt token ids must be in [0, vocab_size={vocab_size})")
+    ids, is_real = left_pad(crop_prompts(prompts, context))
+    return _decode(
+        model, ids, is_real, max_new_tokens, temperature, top_p, top_k, eos_id, seed, slide
+    )
+
+
+@torch.inference_mode()
+def _decode(
+    model: Transformer,
+    ids: Tensor,
+    is_real: Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    eos_id: int | None,
+    seed: int | None,
+    slide: int,
+) -> Iterator[Tensor]:
+    """The loop behind stream_batch, on left-padded prompts ids and is_real (batch, width)."""
+    device = model.lm_head.weight.device
+    generator = None if seed is None else torch.Generator(device).manual_seed(seed)
+    context = model.config.context_length
+    batch, width = ids.shape
+    # All tokens so far, preallocated; columns [start, n) are the model's current window.
+    tokens = torch.zeros(batch, width + max_new_tokens, dtype=torch.long, device=device)
+    real = torch.ones(batch, width + max_new_tokens, dtype=torch.bool, device=device)
+    tokens[:, :width], real[:, :width] = ids, is_real
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    start, n, cache = 0, width, None
+    for _ in range(max_new_tokens):
+        if cache is None or n - start > context:  # prefill, or slide the full window
+            if cache is not None:
+                start += slide
+            cache = model.new_kv_cache(batch, _cache_dtype(device))
+            window_real = real[:, start:n]
+            if not window_real.all():
+                cache.key_mask = torch.ones(batch, context, dtype=torch.bool, device=device)
+                cache.key_mask[:, : n - start] = window_real
+            logits = model(tokens[:, start:n], kv_cache=cache)[:, -1]  # (batch, vocab)
+        else:  # decode: only the newest token goes through the model
+            logits = model(tokens[:, n - 1 : n], kv_cache=cache)[:, -1]
+        next_ids = sample_next(logits, temperature, top_p, top_k, generator)  # (batch,)
+        if eos_id is not None:
+            next_ids = next_ids.masked_fill(done, eos_id)
+            done |= next_ids == eos_id
+        tokens[:, n] = next_ids
+        n += 1
+        yield next_ids
+        if eos_id is not None and bool(done.all()):
+            return
+
+
+def as_batch(
+    prompt_ids: Sequence[int] | Sequence[Sequence[int]] | Tensor,
+) -> tuple[list[list[int]], bool]:
+    """(list of prompts, whether a single prompt was given) from one prompt or a batch."""
+    if isinstance(prompt_ids, Tensor):
+        prompt_ids = prompt_ids.tolist()
+    if len(prompt_ids) == 0 or isinstance(prompt_ids[0], int):
+        return [list(prompt_ids)], True
+    return [list(p) for p in prompt_ids], False
+
+
+def stream(
+    model: Transformer,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_id: int | None = None,
+    seed: int | None = None,
+    slide: int | None = None,
+) -> Iterator[int]:
+    """Yield new token ids for one prompt as they are sampled; stops before eos_id."""
+    steps = stream_batch(
+        model, [list(prompt_ids)], max_new_tokens, temperature, top_p, top_k, eos_id, seed, slide
+    )
+    for next_ids in steps:
+        token = int(next_ids[0])
+        if token == eos_id:
+            return
+        yield token
+
+
+def generate(
+    model: Transformer,
+    prompt_ids: Sequence[int] | Sequence[Sequence[int]] | Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_id: int | None = None,
+    seed: int | None = None,
+    slide: int | None = None,
+) -> list[int] | list[list[int]]:
+    """New token ids for one prompt (a list of ids) or for each of a batch of prompts (a list of
+    lists, any lengths). Generation stops at eos_id (not included) or after max_new_tokens.
+    Temperature 0 is greedy; top_k = 0 and top_p = 1 turn those filters off; a seed makes
+    sampling reproducible. See stream_batch for `slide`."""
+    prompts, single = as_batch(prompt_ids)
+    outputs: list[list[int]] = [[] for _ in prompts]
+    finished = [False] * len(prompts)
+    steps = stream_batch(
+        model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id, seed, slide
+    )
+    for next_ids in steps:
+        for row, token in enumerate(next_ids.tolist()):
+            finished[row] = finished[row] or token == eos_id
+            if not finished[row]:
+                outputs[row].append(token)
+    return outputs[0] if single else outputs
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+class TextStream:
+    """Token ids -> text, one token at a time, for printing as tokens arrive. A token may end in
+    the middle of a multi-byte UTF-8 character, so its bytes are held back until the character
+    is complete (bytes that can never form one become U+FFFD)."""
+
+    def __init__(self, vocab: dict[int, bytes]) -> None:
+        self.vocab = vocab
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, token: int) -> str:
+        """The text completed by this token (may be empty)."""
+        return self.decoder.decode(self.vocab[token])
+
+    def finish(self) -> str:
+        """What is left: U+FFFD for a trailing incomplete character, else ''."""
+        return self.decoder.decode(b"", final=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda, then mps, then cpu; otherwise the named device, checked to exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r} (try cpu, cuda, cuda:0, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} requested but MPS is not available here")
+    return device
+
+
+def load_model_and_tokenizer(path: Path, device: torch.device) -> tuple[Transformer, BpeTokenizer]:
+    """Rebuild the model from a checkpoint (file or run directory) and load its tokenizer."""
+    model, checkpoint = load_model(path, device)
+    tokenizer, where = find_tokenizer(path, checkpoint)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer ({where}) has {tokenizer.vocab_size} tokens but the model was "
+            f"trained with {model.config.vocab_size}: use the tokenizer it was trained with"
+        )
+    return model, tokenizer
+
+
+def find_tokenizer(path: Path, checkpoint: dict) -> tuple[BpeTokenizer, str]:
+    """The tokenizer named by the checkpoint's "tokenizer_dir" (as given, or relative to the
+    checkpoint's folder), and where it came from. No tokenizer_dir: the ids are raw bytes."""
+    recorded = checkpoint.get("tokenizer_dir")
+    if not recorded:
+        return BpeTokenizer({i: bytes([i]) for i in range(256)}, []), "raw bytes"
+    run_dir = path if path.is_dir() else path.parent
+    for candidate in (Path(recorded), run_dir / recorded):
+        if candidate.is_dir():
+            return BpeTokenizer.load(candidate), str(candidate)
+    raise FileNotFoundError(
+        f"the checkpoint's tokenizer directory {recorded!r} does not exist "
+        f"(looked as given and under {str(run_dir)!r})"
+    )
+
+
+def eos_id_of(tokenizer: BpeTokenizer) -> int | None:
+    """The id of <|endoftext|> when the tokenizer has it."""
+    return tokenizer.token_id(EOS_TOKEN) if EOS_TOKEN in tokenizer.special_tokens else None
+
+
+def print_sample(
+    model: Transformer,
+    tokenizer: BpeTokenizer,
+    prompt: str,
+    args: argparse.Namespace,
+    seed: int | None,
+) -> None:
+    """Continue prompt, printing the text as it is generated, then the speed (on stderr)."""
+    eos_id = eos_id_of(tokenizer)
+    prompt_ids = tokenizer.encode(prompt)
+    if not prompt_ids:
+        if eos_id is None:
+            raise ValueError("the prompt is empty and the tokenizer has no <|endoftext|> token")
+        prompt_ids = [eos_id]  # a document starts after an end-of-text token
+    print(prompt, end="", flush=True)
+    text = TextStream(tokenizer.vocab)
+    count, began = 0, time.perf_counter()
+    tokens = stream(
+        model, prompt_ids, args.max_new_tokens, args.temperature, args.top_p, args.top_k, eos_id,
+        seed,
+    )  # fmt: skip
+    try:
+        for token in tokens:
+            count += 1
+            print(text.add(token), end="", flush=True)
+    except KeyboardInterrupt:
+        print(" [stopped]", end="")
+    print(text.finish())
+    elapsed = time.perf_counter() - began
+    print(f"[{count} tokens in {elapsed:.2f} s, {count / elapsed:.1f} tokens/s]", file=sys.stderr)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m llm.generating",
+        description="Generate text from a trained checkpoint, streaming it as it is sampled.",
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="run directory or checkpoint file"
+    )
+    parser.add_argument(
+        "--prompt", help="text to continue (default: stdin when piped, else ask interactively)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus mass, 1 = off")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
+    parser.add_argument("--seed", type=int, default=None, help="sample i uses seed + i")
+    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model: slower start, faster steps"
+    )
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    check_sampling(args.temperature, args.top_p, args.top_k)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+
+
+def run(args: argparse.Namespace) -> None:
+    check_args(args)
+    device = resolve_device(args.device)
+    model, tokenizer = load_model_and_tokenizer(args.checkpoint, device)
+    if args.compile:
+        model = torch.compile(model, dynamic=True)
+
+    def samples(prompt: str) -> None:
+        for i in range(args.num_samples):
+            if i:
+                print("-" * 40)
+            seed = None if args.seed is None else args.seed + i
+            print_sample(model, tokenizer, prompt, args, seed)
+
+    if args.prompt is not None:
+        samples(args.prompt)
+    elif not sys.stdin.isatty():
+        samples(sys.stdin.read().rstrip("\n"))
+    else:
+        print("Type a prompt and press Enter (Ctrl-D to quit).", file=sys.stderr)
+        while True:
+            try:
+                prompt = input("> ")
+            except (EOFError, KeyboardInterrupt):
+                print(file=sys.stderr)
+                return
+            samples(prompt)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
