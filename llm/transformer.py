@@ -366,8 +366,10 @@ class Transformer(nn.Module):
     def forward(self, token_ids: Tensor, kv_cache: KVCache | None = None) -> Tensor:
         self._check_input(token_ids, kv_cache)
         x = self.embedding(token_ids)  # (batch, seq, d_model)
+        start = kv_cache.length if kv_cache is not None else 0
+        positions = torch.arange(start, start + token_ids.shape[1], device=token_ids.device)
         for layer, block in enumerate(self.blocks):
-            x = block(x, kv_cache=kv_cache, layer=layer)
+            x = block(x, positions, kv_cache, layer)
         if kv_cache is not None:
             kv_cache.length += token_ids.shape[1]
         return self.lm_head(self.final_norm(x))  # (batch, seq, vocab_size)
