@@ -2,10 +2,13 @@
 
     img/loss.png   training loss and validation loss against optimizer steps
     img/lr.png     the learning-rate schedule
+    img/bits_per_byte.png   validation bits per byte against training time (evaluation excluded)
 
-`uv run -m llm.plots RUN_DIR` redraws them for any run, finished or still going.
+`uv run -m llm.plots RUN_DIR [--reference NAME=BITS_PER_BYTE ...]` redraws them for any run,
+finished or still going; a reference draws a horizontal line, e.g. another model's result.
 """
 
+import argparse
 import json
 import os
 import sys
@@ -30,8 +33,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
-def plot_run(run_dir: str | Path) -> list[Path]:
-    """Draw img/loss.png and img/lr.png for a run; returns their paths."""
+def plot_run(run_dir: str | Path, references: dict[str, float] | None = None) -> list[Path]:
+    """Draw img/loss.png, img/lr.png and img/bits_per_byte.png; returns their paths."""
     records = read_metrics(run_dir)
     train = [r for r in records if r["type"] == "train"]
     evals = [r for r in records if r["type"] == "eval"]
@@ -71,7 +74,29 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     ax.grid(alpha=0.3)
     lr_png = img / "lr.png"
     _save(fig, lr_png)
-    return [loss_png, lr_png]
+    return [loss_png, lr_png, _plot_bits_per_byte(evals, img, references or {})]
+
+
+def _plot_bits_per_byte(evals: list[dict], img: Path, references: dict[str, float]) -> Path:
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for exact, style, label in [(False, "o-", "validation"), (True, "*", "whole split")]:
+        points = [r for r in evals if bool(r.get("exact")) == exact]
+        if points:
+            ax.plot([r["train_seconds"] / 60 for r in points],
+                    [r["bits_per_byte"] for r in points], style, ms=4 if exact is False else 12,
+                    label=label)  # fmt: skip
+    for name, value in references.items():
+        ax.axhline(value, ls="--", lw=1, color="gray")
+        ax.annotate(f"{name}: {value:.4f}", (0, value), textcoords="offset points",
+                    xytext=(4, 4), color="gray")  # fmt: skip
+    ax.set(xlabel="training time (minutes, evaluation excluded)", ylabel="bits per byte",
+           title="validation bits per byte")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = img / "bits_per_byte.png"
+    _save(fig, path)
+    return path
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -82,11 +107,26 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0].startswith("-"):
-        sys.exit("usage: uv run -m llm.plots RUN_DIR   (draws RUN_DIR/img/loss.png and lr.png)")
+    parser = argparse.ArgumentParser(
+        prog="python -m llm.plots",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir")
+    parser.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="NAME=BPB",
+        help="a horizontal reference line on the bits-per-byte plot",
+    )
+    args = parser.parse_args(argv)
     try:
-        for path in plot_run(argv[0]):
+        references = {k: float(v) for k, v in (r.split("=", 1) for r in args.reference)}
+    except ValueError:
+        sys.exit(f"error: --reference takes NAME=BITS_PER_BYTE, got {args.reference}")
+    try:
+        for path in plot_run(args.run_dir, references):
             print(path)
     except FileNotFoundError as e:
         sys.exit(f"error: {e}")

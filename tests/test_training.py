@@ -239,8 +239,9 @@ def test_training_learns_and_writes_its_run_directory(data_dir, tmp_path):
     assert saved["max_iters"] == 40 and saved["model"]["d_model"] == 64
     assert read_checkpoint(run)["iteration"] == 40
 
+    assert (run / "img" / "bits_per_byte.png").is_file()
     (run / "img" / "loss.png").unlink()
-    plots.main([str(run)])
+    plots.main([str(run), "--reference", "nanoGPT=1.1666"])
     assert (run / "img" / "loss.png").is_file()
 
 
@@ -345,5 +346,7 @@ def test_a_finished_run_is_not_overwritten(data_dir, tmp_path):
 def test_main_reports_errors_without_a_traceback():
     with pytest.raises(SystemExit, match="error: unknown config key 'max_lrr'"):
         training.main(["--max_lrr", "1"])
-    with pytest.raises(SystemExit, match="usage"):
+    with pytest.raises(SystemExit):
         plots.main([])
+    with pytest.raises(SystemExit, match="NAME=BITS_PER_BYTE"):
+        plots.main(["runs/x", "--reference", "nanoGPT"])
