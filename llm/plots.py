@@ -88,8 +88,8 @@ def _plot_bits_per_byte(evals: list[dict], img: Path, references: dict[str, floa
                     label=label)  # fmt: skip
     for name, value in references.items():
         ax.axhline(value, ls="--", lw=1, color="gray")
-        ax.annotate(f"{name}: {value:.4f}", (0, value), textcoords="offset points",
-                    xytext=(4, 4), color="gray")  # fmt: skip
+        ax.text(0.01, value, f" {name}: {value:.4f}", transform=ax.get_yaxis_transform(),
+                va="bottom", color="gray")  # fmt: skip
     ax.set(xlabel="training time (minutes, evaluation excluded)", ylabel="bits per byte",
            title="validation bits per byte")  # fmt: skip
     ax.grid(alpha=0.3)
