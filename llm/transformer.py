@@ -255,10 +255,11 @@ class MultiHeadAttention(nn.Module):
         if token_positions is None:
             token_positions = torch.arange(start, start + seq, device=x.device)
         # (batch, seq, 3 * d_model) -> 3 x (batch, heads, seq, d_head)
-        q, k, v = self.qkv_proj(x).view(batch, seq, 3, self.num_heads, self.d_head).unbind(2)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        q = self.rope(q, token_positions)
-        k = self.rope(k, token_positions)
+        qkv = self.qkv_proj(x).view(batch, seq, 3, self.num_heads, self.d_head)
+        # Rotate queries and keys together: (batch, seq, 2, heads, d_head), positions per seq.
+        qk = self.rope(qkv[:, :, :2], token_positions[..., None, None])
+        q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (batch, heads, seq, d)
         if kv_cache is not None:
             k, v = kv_cache.append(layer, k, v)  # (batch, heads, start + seq, d_head)
         # A fresh sequence needs only the causal mask, which the fused kernel builds itself.
