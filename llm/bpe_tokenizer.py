@@ -48,7 +48,8 @@ from llm.pretokenization import (
 )
 
 STREAM_CHARS = 1 << 16  # encode_iterable encodes text in pieces of about this size
-CACHE_SIZE = 1 << 17  # entries of each cache (segments, pre-tokens); emptied when full
+CACHE_SIZE = 1 << 17  # entries of each cache (segments, pre-tokens)
+MAX_CACHED_CHARS = 256  # longer segments and pre-tokens are encoded each time
 
 
 class BpeTokenizer:
@@ -116,7 +117,7 @@ class BpeTokenizer:
         """Encode text that holds no special token. It is first cut at the safe points of
         llm/pretokenization.py into segments (mostly a word with its space and punctuation), and
         each segment is looked up in a cache: the GPT-2 regex runs only on segments not seen."""
-        segments = WHITESPACE_CUT[str].split(text)
+        segments = WHITESPACE_CUT.split(text)
         return list(chain.from_iterable(map(self._segments.__getitem__, segments)))
 
     def _encode_segment(self, segment: str) -> tuple[int, ...]:
@@ -194,7 +195,7 @@ class BpeTokenizer:
         bar = tqdm(total=bounds[-1], unit="B", unit_scale=True, desc=desc, disable=not progress)
         output_path.parent.mkdir(parents=True, exist_ok=True)
         with bar, _AtomicNpy(output_path, dtype) as out:
-            for nbytes, ids in parallel_map(_encode_job, jobs, workers, True, _init_worker, init):
+            for nbytes, ids in parallel_map(_encode_job, jobs, workers, _init_worker, init):
                 out.write(ids)
                 bar.update(nbytes)
             return out.length
@@ -243,16 +244,18 @@ class BpeTokenizer:
 
 
 class _Cache(dict):
-    """{text: ids}, filled on first use by `encode`; emptied when it reaches CACHE_SIZE entries."""
+    """{text: ids}, filled on first use by `encode` until it holds CACHE_SIZE entries (frequent
+    texts come early, so the first ones are the ones worth keeping). Texts longer than
+    MAX_CACHED_CHARS are not kept: they rarely recur."""
 
     def __init__(self, encode):
         super().__init__()
         self.encode = encode
 
     def __missing__(self, text: str) -> tuple[int, ...]:
-        if len(self) >= CACHE_SIZE:
-            self.clear()
-        ids = self[text] = self.encode(text)
+        ids = self.encode(text)
+        if len(self) < CACHE_SIZE and len(text) <= MAX_CACHED_CHARS:
+            self[text] = ids
         return ids
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from llm.pretokenization import count_pretokens
+from llm.pretokenization import CHUNK_BYTES, count_pretokens
 
 
 def train_bpe(
@@ -36,7 +36,7 @@ def train_bpe(
     vocab_size: int,
     special_tokens: list[str],
     num_workers: int | None = None,
-    chunk_bytes: int = 1 << 20,
+    chunk_bytes: int = CHUNK_BYTES,
     progress: bool = True,
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """Train BPE on a UTF-8 text file.

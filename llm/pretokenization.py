@@ -5,18 +5,18 @@ leading space, runs of digits, runs of punctuation and runs of whitespace (the r
 special tokens such as <|endoftext|> are cut out before that, so no merge ever crosses them.
 
 To count pre-tokens of a big file with several processes, the file is cut into chunks at points
-where cutting changes nothing: the start of a special token, or else a space or newline right
-after a printable ASCII character (no pre-token contains a non-space character followed by a
-space). Each worker counts the pre-tokens of its chunks; only those counts, not the text, travel
-back to the main process, so memory holds one chunk per worker plus the table of distinct
-pre-tokens.
+where cutting changes nothing: the start of a special token, or else between a non-whitespace
+and a whitespace character (no pre-token contains such a pair). Each worker counts the
+pre-tokens of its chunks; only those counts, not the text, travel back to the main process, so
+memory holds one chunk per worker plus the table of distinct pre-tokens.
 """
 
+import codecs
 import multiprocessing
 import os
 import re
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
 from itertools import pairwise
 from pathlib import Path
 
@@ -27,12 +27,10 @@ from tqdm import tqdm
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 PRETOKEN_RE = regex.compile(GPT2_PATTERN)
 
-# Before a space or newline that follows a printable ASCII character: a safe place to cut text.
-# (The standard `re` module is faster than `regex` for this simple pattern.)
-WHITESPACE_CUT = {
-    str: re.compile(r"(?<=[!-~])(?=[ \n])"),
-    bytes: re.compile(rb"(?<=[!-~])(?=[ \n])"),
-}
+# Between a non-whitespace and a whitespace character: a safe place to cut text, as no pre-token
+# holds such a pair. (The `re` module is faster than `regex` here, but its \s also counts
+# \x1c-\x1f, which the GPT-2 pattern's \s does not: hence the explicit classes.)
+WHITESPACE_CUT = re.compile(r"(?<=[\S\x1c-\x1f])(?=[^\S\x1c-\x1f])")
 
 CHUNK_BYTES = 1 << 20  # work unit of the parallel passes over a file
 
@@ -46,7 +44,7 @@ def special_token_regex(special_tokens: Sequence[str]) -> regex.Pattern | None:
     return regex.compile("(" + "|".join(regex.escape(t) for t in ordered) + ")")
 
 
-def find_cut(text: str | bytes, start: int, end: int, special_tokens: Sequence[str | bytes]) -> int:
+def find_cut(text: str, start: int, end: int, special_tokens: Sequence[str]) -> int:
     """The first index in [start, end) where `text` can be cut without changing its
     pre-tokenization, preferring the start of a special token; -1 if there is none.
 
@@ -58,13 +56,13 @@ def find_cut(text: str | bytes, start: int, end: int, special_tokens: Sequence[s
     for cut in sorted(c for c in candidates if c >= 0):
         if not _inside_special_token(text, cut, specials):
             return cut
-    for match in WHITESPACE_CUT[type(text)].finditer(text, start, end):
+    for match in WHITESPACE_CUT.finditer(text, start, end):
         if not _inside_special_token(text, match.start(), specials):
             return match.start()
     return -1
 
 
-def _inside_special_token(text: str | bytes, cut: int, specials: Sequence[str | bytes]) -> bool:
+def _inside_special_token(text: str, cut: int, specials: Sequence[str]) -> bool:
     """Does an occurrence of a special token start before `cut` and end after it?"""
     return any(text.find(t, max(cut - len(t) + 1, 0), cut + len(t) - 1) >= 0 for t in specials)
 
@@ -74,23 +72,33 @@ def chunk_boundaries(
 ) -> list[int]:
     """Byte offsets [0, ..., file size] cutting the file into chunks of about `chunk_bytes`
     at safe points (see find_cut). A stretch with no safe point stays in one chunk."""
-    specials = [t.encode("utf-8") for t in special_tokens]
-    margin = max((len(t) for t in specials), default=1)
+    margin = max((len(t) for t in special_tokens), default=1)
     window = max(chunk_bytes // 4, 4096)
     size = os.path.getsize(path)
     bounds = [0]
     with open(path, "rb") as f:
-        pos = max(chunk_bytes, margin)
+        pos = chunk_bytes
         while pos < size:
-            f.seek(pos - margin)
-            data = f.read(window + 2 * margin)
-            cut = find_cut(data, margin, len(data) - margin, specials)
+            f.seek(pos)
+            skipped, text = _decode_window(f.read(window))
+            cut = find_cut(text, margin, len(text) - margin, special_tokens)
             if cut < 0:
                 pos += window
                 continue
-            bounds.append(pos - margin + cut)
+            bounds.append(pos + skipped + len(text[:cut].encode("utf-8", "surrogateescape")))
             pos = bounds[-1] + chunk_bytes
     return bounds + [size] if size else bounds
+
+
+def _decode_window(data: bytes) -> tuple[int, str]:
+    """Decode bytes read from inside a file: skip the tail of a character cut at the start (at
+    most 3 bytes) and leave out one cut at the end. Invalid bytes become one surrogate each, so
+    that text offsets map back to byte offsets. Returns (bytes skipped, text)."""
+    skipped = 0
+    while skipped < min(3, len(data)) and 0x80 <= data[skipped] < 0xC0:
+        skipped += 1
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    return skipped, decoder.decode(data[skipped:])
 
 
 def read_chunk(path: str | Path, start: int, end: int) -> str:
@@ -122,18 +130,23 @@ def _count_job(job: tuple) -> tuple[int, Counter[str]]:
     return end - start, count_chunk_pretokens(path, start, end, special_tokens)
 
 
-def parallel_map(
-    fn, jobs: list, num_workers: int, ordered: bool = True, initializer=None, initargs=()
-):
-    """Yield fn(job) for each job: in this process for one worker or one job, else in a pool
-    of `num_workers` processes (in job order if `ordered`, else as they finish)."""
+def parallel_map(fn, jobs: list, num_workers: int, initializer=None, initargs=()) -> Iterator:
+    """Yield fn(job) for each job, in order: in this process for one worker or one job, else in
+    a pool of processes. At most 4 jobs per worker are in flight, so results that wait for an
+    earlier, slower job cannot pile up in memory."""
     if num_workers <= 1 or len(jobs) <= 1:
         if initializer is not None:
             initializer(*initargs)
         yield from map(fn, jobs)
         return
     with multiprocessing.Pool(min(num_workers, len(jobs)), initializer, initargs) as pool:
-        yield from (pool.imap if ordered else pool.imap_unordered)(fn, jobs)
+        pending: deque = deque()
+        for job in jobs:
+            pending.append(pool.apply_async(fn, (job,)))
+            if len(pending) >= 4 * num_workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
 
 
 def count_pretokens(
@@ -150,7 +163,7 @@ def count_pretokens(
     with tqdm(
         total=bounds[-1], unit="B", unit_scale=True, desc="pre-tokenize", disable=not progress
     ) as bar:
-        for nbytes, counts in parallel_map(_count_job, jobs, num_workers, ordered=False):
+        for nbytes, counts in parallel_map(_count_job, jobs, num_workers):
             total.update(counts)
             bar.update(nbytes)
     return {word.encode("utf-8"): n for word, n in total.items()}

@@ -59,7 +59,7 @@ def test_basic_properties(tokenizer):
         tokenizer.token_id("<|nope|>")
 
 
-WHITESPACE = [" ", "  ", "\n", "\n\n", " \n", "\t", "\r\n", "\u3000"]
+WHITESPACE = [" ", "  ", "\n", "\n\n", " \n", "\t", "\r\n", "\u3000", "\x1c", "\x85", "\u2028"]
 text_with_specials = st.lists(
     st.one_of(
         st.text(max_size=30),
@@ -158,11 +158,12 @@ def test_encode_file_uses_uint32_for_large_vocabularies(tmp_path):
     assert ids.dtype == np.uint32 and ids.tolist() == [70_000, ord("c"), ord(" "), 70_000]
 
 
-def test_encode_file_failure_leaves_no_output(tokenizer, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_encode_file_failure_leaves_no_output(tokenizer, tmp_path, workers):
     (tmp_path / "bad.txt").write_bytes(b"fine text " * 100 + b"\xff")
-    with pytest.raises(ValueError, match="not valid UTF-8"):
+    with pytest.raises(ValueError, match="not valid UTF-8 at byte 1000"):
         tokenizer.encode_file(
-            tmp_path / "bad.txt", tmp_path / "out.npy", num_workers=1, progress=False
+            tmp_path / "bad.txt", tmp_path / "out.npy", workers, chunk_bytes=100, progress=False
         )
     assert [p.name for p in tmp_path.iterdir()] == ["bad.txt"]
 

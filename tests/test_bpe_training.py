@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from llm.bpe_training import train_bpe
-from llm.pretokenization import GPT2_PATTERN, chunk_boundaries, count_pretokens
+from llm.pretokenization import GPT2_PATTERN, WHITESPACE_CUT, chunk_boundaries, count_pretokens
 
 EOT = "<|endoftext|>"
 
@@ -126,6 +126,26 @@ def test_matches_naive_reference(tmp_path_factory, pieces, vocab_size):
     assert train(tmp_path, text, vocab_size, [EOT], chunk_bytes=8) == expected
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=3),
+            st.sampled_from([" ", "  ", "\n", "\t", "\x1c", "\x85", "\u3000", "!", "'s", "a", "1"]),
+        ),
+        max_size=20,
+    ).map("".join)
+)
+def test_whitespace_cuts_keep_the_pretokens(text):
+    pretokens = regex.findall(GPT2_PATTERN, text)
+    for match in WHITESPACE_CUT.finditer(text):
+        cut = match.start()
+        assert (
+            regex.findall(GPT2_PATTERN, text[:cut]) + regex.findall(GPT2_PATTERN, text[cut:])
+            == pretokens
+        )
+
+
 SPECIALS = [EOT, "<| |>", "<|a|>", "|><|"]  # one holds a space; "|><|" overlaps "<|a|><|a|>"
 
 
@@ -134,6 +154,7 @@ SPECIALS = [EOT, "<| |>", "<|a|>", "|><|"]  # one holds a space; "|><|" overlaps
     st.lists(
         st.sampled_from(
             ["a", "b", " ", "  ", "\n", "\t", " \n", "é", "!", "'ll", "<|", "|>", *SPECIALS]
+            + ["日本", "。", "\u3000", "\x1c", "\x85", "\u2028", "🙂"]
         ),
         max_size=80,
     )
@@ -159,6 +180,14 @@ def test_same_result_with_1_and_2_workers(tmp_path):
     two = train(tmp_path, text, 400, [EOT], num_workers=2, chunk_bytes=1000)
     assert one == two
     assert one == naive_train(text, 400, [EOT])
+
+
+def test_text_without_spaces_is_cut_at_newlines(tmp_path):
+    text = "日本語のテキスト。\n" * 200 + "終わり"
+    path = tmp_path / "c.txt"
+    path.write_text(text, encoding="utf-8")
+    assert len(chunk_boundaries(path, 64, [])) > 10
+    assert train(tmp_path, text, 300, chunk_bytes=64) == naive_train(text, 300, [])
 
 
 def test_file_without_special_tokens_is_cut_at_spaces(tmp_path):
