@@ -62,7 +62,7 @@ def plot_run(run_dir: str | Path, references: dict[str, float] | None = None) ->
         )
     ax.set(xlabel="optimizer step", ylabel="loss (nats / token)", title=f"{Path(run_dir).name}")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper right")
     loss_png = img / "loss.png"
     _save(fig, loss_png)
 
@@ -84,7 +84,7 @@ def _plot_bits_per_byte(evals: list[dict], img: Path, references: dict[str, floa
         points = [r for r in evals if bool(r.get("exact")) == exact]
         if points:
             ax.plot([r["train_seconds"] / 60 for r in points],
-                    [r["bits_per_byte"] for r in points], style, ms=4 if exact is False else 12,
+                    [r["bits_per_byte"] for r in points], style, ms=12 if exact else 4,
                     label=label)  # fmt: skip
     for name, value in references.items():
         ax.axhline(value, ls="--", lw=1, color="gray")
@@ -93,7 +93,8 @@ def _plot_bits_per_byte(evals: list[dict], img: Path, references: dict[str, floa
     ax.set(xlabel="training time (minutes, evaluation excluded)", ylabel="bits per byte",
            title="validation bits per byte")  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend()
+    if evals:
+        ax.legend(loc="upper right")
     path = img / "bits_per_byte.png"
     _save(fig, path)
     return path
