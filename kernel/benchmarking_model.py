@@ -18,24 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from llm.optim import AdamW
+from llm.training import peak_flops
 from llm.transformer import MODEL_PRESETS, Transformer, cross_entropy
-
-# Dense peak FLOP/s by device name and compute dtype, for MFU (NVIDIA datasheets, SXM parts).
-PEAK_FLOPS = {
-    ("H100", torch.bfloat16): 989e12,
-    ("H100", torch.float32): 495e12,  # TF32 tensor cores
-    ("H200", torch.bfloat16): 989e12,
-    ("H200", torch.float32): 495e12,
-    ("A100", torch.bfloat16): 312e12,
-    ("A100", torch.float32): 156e12,
-}
-
-
-def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for (gpu, d), peak in PEAK_FLOPS.items() if gpu in name and d == dtype), None)
 
 
 def hf_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -127,8 +111,6 @@ def main() -> None:
     if args.compile:
         models = {name: torch.compile(m) for name, m in models.items()}
 
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
-
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else nullcontext()
 
@@ -136,7 +118,7 @@ def main() -> None:
     ids = torch.randint(0, config.vocab_size, (args.batch_size, seq), device=device)
     targets = torch.randint(0, config.vocab_size, (args.batch_size, seq), device=device)
     tokens = args.batch_size * seq
-    peak = peak_flops(device, dtype)
+    peak = peak_flops(device, torch.bfloat16 if args.bf16 else None)  # known for bf16 only
     modes = ["forward", "backward", "train"] if args.mode == "all" else [args.mode]
 
     print(

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from llm.bpe_tokenizer import BpeTokenizer
 from llm.checkpoint import load_model
+from llm.training import resolve_device
 from llm.transformer import Transformer
 
 EOS_TOKEN = "<|endoftext|>"
@@ -292,25 +293,6 @@ class TextStream:
     def finish(self) -> str:
         """What is left: U+FFFD for a trailing incomplete character, else ''."""
         return self.decoder.decode(b"", final=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda, then mps, then cpu; otherwise the named device, checked to exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r} (try cpu, cuda, cuda:0, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} requested but MPS is not available here")
-    return device
 
 
 def load_model_and_tokenizer(path: Path, device: torch.device) -> tuple[Transformer, BpeTokenizer]:

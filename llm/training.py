@@ -196,7 +196,7 @@ def _train(config: TrainConfig, world: Distributed) -> dict:
         step_model = DistributedDataParallel(step_model, device_ids=device_ids)
     autocast_dtype = _autocast_dtype(config.dtype, device)
     tokens_per_step = config.batch_size * ctx
-    peak_flops = _peak_flops(device, autocast_dtype)
+    peak = peak_flops(device, autocast_dtype)
     flops_per_step = model.flops_per_token(ctx) * tokens_per_step
     if is_main:
         print(
@@ -286,9 +286,7 @@ def _train(config: TrainConfig, world: Distributed) -> dict:
                     "grad_norm": grad_norm.item() if grad_norm is not None else None,
                     "tokens": done * tokens_per_step,
                     "tokens_per_s": tokens_per_s,
-                    "mfu": tokens_per_s / tokens_per_step * flops_per_step / peak_flops
-                    if peak_flops
-                    else None,
+                    "mfu": tokens_per_s / tokens_per_step * flops_per_step / peak if peak else None,
                     "train_seconds": state["train_seconds"],
                 }
                 loss_sum.zero_()
@@ -480,7 +478,7 @@ def _progress_text(record: dict) -> str:
 
 def _setup_distributed(device_name: str) -> Distributed:
     """Single process, or one process of a torchrun job (WORLD_SIZE > 1 in the environment)."""
-    device = _pick_device(device_name)
+    device = resolve_device(device_name)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Distributed(0, 1, device)
@@ -491,14 +489,23 @@ def _setup_distributed(device_name: str) -> Distributed:
     return Distributed(dist.get_rank(), world_size, device)
 
 
-def _pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda, then mps, then cpu; otherwise the named device, checked to exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r} (try cpu, cuda, cuda:0, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} requested but MPS is not available here")
+    return device
 
 
 def _autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
@@ -512,7 +519,8 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
-def _peak_flops(device: torch.device, autocast_dtype: torch.dtype | None) -> float | None:
+def peak_flops(device: torch.device, autocast_dtype: torch.dtype | None) -> float | None:
+    """Dense bf16 peak FLOP/s of a known GPU, for MFU; None elsewhere."""
     if device.type != "cuda" or autocast_dtype is not torch.bfloat16:
         return None
     name = torch.cuda.get_device_name(device)
