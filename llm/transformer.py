@@ -179,25 +179,30 @@ class RoPE(nn.Module):
     """Rotary position embedding: rotate each pair (x[2i], x[2i+1]) by angle pos * theta^(-2i/d_k).
 
     The dot product of two rotated vectors then depends only on their relative position.
-    cos/sin tables are precomputed for every position up to max_seq_len and not saved in
-    checkpoints (they are a pure function of the config).
+    Rotating a pair (a, b) by t gives (a cos t - b sin t, b cos t + a sin t), so for the whole
+    vector: x * cos + swap_pairs(x) * signed_sin, with swap_pairs((a, b)) = (b, a) and the sine
+    negated on the first element of each pair. The tables hold each pair's angle twice, one
+    column per dimension, are precomputed up to max_seq_len and are not saved in checkpoints
+    (they are a pure function of the config).
     """
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None) -> None:
         super().__init__()
         inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
         positions = torch.arange(max_seq_len, device=device, dtype=torch.float64)
-        angles = torch.outer(positions, inv_freq)  # (max_seq_len, d_k / 2)
+        angles = torch.outer(positions, inv_freq).repeat_interleave(2, dim=-1)  # (max_seq_len, d_k)
+        signed_sin = angles.sin()
+        signed_sin[:, 0::2] *= -1
         self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.register_buffer("signed_sin", signed_sin.float(), persistent=False)
 
-    def forward(self, x: Tensor, token_positions: Tensor) -> Tensor:
-        """x: (..., seq, d_k); token_positions: (..., seq) broadcastable to x's leading dims."""
-        cos = self.cos[token_positions].to(x.dtype)  # (..., seq, d_k / 2)
-        sin = self.sin[token_positions].to(x.dtype)
-        x_even, x_odd = x[..., 0::2], x[..., 1::2]
-        rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
-        return rotated.flatten(-2)
+    def forward(self, x: Tensor, token_positions: Tensor | slice) -> Tensor:
+        """x: (..., seq, d_k); token_positions: (..., seq) broadcastable to x's leading dims, or a
+        slice for consecutive positions (a view of the tables, no lookup)."""
+        cos = self.cos[token_positions].to(x.dtype)  # (..., seq, d_k)
+        signed_sin = self.signed_sin[token_positions].to(x.dtype)
+        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (b, a) for each pair (a, b)
+        return x * cos + swapped * signed_sin
 
 
 @dataclass
@@ -253,13 +258,14 @@ class MultiHeadAttention(nn.Module):
         batch, seq, d_model = x.shape
         start = kv_cache.length if kv_cache is not None else 0
         if token_positions is None:
-            token_positions = torch.arange(start, start + seq, device=x.device)
-        # (batch, seq, 3 * d_model) -> 3 x (batch, heads, seq, d_head)
+            token_positions = slice(start, start + seq)
+        elif token_positions.ndim > 1:
+            token_positions = token_positions.unsqueeze(-2)  # (batch, 1, seq): same for all heads
+        # (batch, seq, 3 * d_model) -> (3, batch, heads, seq, d_head)
         qkv = self.qkv_proj(x).view(batch, seq, 3, self.num_heads, self.d_head)
-        # Rotate queries and keys together: (batch, seq, 2, heads, d_head), positions per seq.
-        qk = self.rope(qkv[:, :, :2], token_positions[..., None, None])
-        q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (batch, heads, seq, d)
+        qkv = qkv.permute(2, 0, 3, 1, 4)
+        qk = self.rope(qkv[:2], token_positions)  # rotate queries and keys in one call
+        q, k, v = qk[0], qk[1], qkv[2]  # (batch, heads, seq, d_head)
         if kv_cache is not None:
             k, v = kv_cache.append(layer, k, v)  # (batch, heads, start + seq, d_head)
         # A fresh sequence needs only the causal mask, which the fused kernel builds itself.
@@ -367,10 +373,8 @@ class Transformer(nn.Module):
     def forward(self, token_ids: Tensor, kv_cache: KVCache | None = None) -> Tensor:
         self._check_input(token_ids, kv_cache)
         x = self.embedding(token_ids)  # (batch, seq, d_model)
-        start = kv_cache.length if kv_cache is not None else 0
-        positions = torch.arange(start, start + token_ids.shape[1], device=token_ids.device)
         for layer, block in enumerate(self.blocks):
-            x = block(x, positions, kv_cache, layer)
+            x = block(x, None, kv_cache, layer)  # positions follow the cached tokens
         if kv_cache is not None:
             kv_cache.length += token_ids.shape[1]
         return self.lm_head(self.final_norm(x))  # (batch, seq, vocab_size)

@@ -170,6 +170,12 @@ def test_rope_takes_per_sequence_positions():
     torch.testing.assert_close(rope(x, positions), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_rope_takes_a_slice_for_consecutive_positions():
+    rope = RoPE(10_000.0, 8, max_seq_len=20)
+    x = torch.randn(3, 7, 8)
+    torch.testing.assert_close(rope(x, slice(5, 12)), rope(x, torch.arange(5, 12)))
+
+
 def test_rope_keeps_dot_products_relative():
     rope = RoPE(10_000.0, 8, max_seq_len=40)
     q, k = torch.randn(8), torch.randn(8)
@@ -179,11 +185,13 @@ def test_rope_keeps_dot_products_relative():
     torch.testing.assert_close(dot[0], dot[1])
 
 
-def reference_attention(mha: MultiHeadAttention, x: torch.Tensor) -> torch.Tensor:
+def reference_attention(
+    mha: MultiHeadAttention, x: torch.Tensor, positions: torch.Tensor | None = None
+) -> torch.Tensor:
     """Causal multi-head attention written out with PyTorch's own ops, head by head."""
     seq, d = x.shape[-2:]
     wq, wk, wv = mha.qkv_proj.weight.chunk(3)
-    positions = torch.arange(seq)
+    positions = torch.arange(seq) if positions is None else positions
     heads = []
     for h in range(mha.num_heads):
         rows = slice(h * mha.d_head, (h + 1) * mha.d_head)
@@ -198,6 +206,15 @@ def test_multihead_attention_matches_reference(attention):
     mha = MultiHeadAttention(32, 4, max_seq_len=16, attention=attention)
     x = torch.randn(3, 10, 32)
     torch.testing.assert_close(mha(x), reference_attention(mha, x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["ours", "fused"])
+def test_multihead_attention_takes_positions_per_sequence(attention):
+    mha = MultiHeadAttention(32, 4, max_seq_len=32, attention=attention)
+    x = torch.randn(2, 6, 32)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5], [9, 10, 11, 12, 13, 14]])
+    expected = torch.cat([reference_attention(mha, x[i : i + 1], positions[i]) for i in range(2)])
+    torch.testing.assert_close(mha(x, positions), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_block_is_pre_norm():
