@@ -32,7 +32,8 @@ def generate_by_recomputing(model: Transformer, prompt: list[int], new_tokens: i
     """Greedy decoding without a cache: each step is a forward pass over every token so far."""
     tokens = torch.tensor([prompt])
     for _ in range(new_tokens):
-        next_id = model(tokens[:, -model.config.context_length :])[:, -1].argmax(-1)
+        window = tokens[:, -model.config.context_length :]
+        next_id = model(window, last_only=True)[:, -1].argmax(-1)
         tokens = torch.cat([tokens, next_id[:, None]], dim=1)
     return tokens[0, len(prompt) :].tolist()
 

@@ -196,9 +196,9 @@ def _decode(
             if not window_real.all():
                 cache.key_mask = torch.ones(batch, context, dtype=torch.bool, device=device)
                 cache.key_mask[:, : n - start] = window_real
-            logits = model(tokens[:, start:n], kv_cache=cache)[:, -1]  # (batch, vocab)
+            logits = model(tokens[:, start:n], cache, last_only=True)[:, -1]  # (batch, vocab)
         else:  # decode: only the newest token goes through the model
-            logits = model(tokens[:, n - 1 : n], kv_cache=cache)[:, -1]
+            logits = model(tokens[:, n - 1 : n], cache, last_only=True)[:, -1]
         next_ids = sample_next(logits, temperature, top_p, top_k, generator)  # (batch,)
         if eos_id is not None:
             next_ids = next_ids.masked_fill(done, eos_id)

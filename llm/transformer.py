@@ -370,14 +370,20 @@ class Transformer(nn.Module):
             # init is kept, since std-1 embeddings would give huge initial logits.
             self.embedding.weight = self.lm_head.weight
 
-    def forward(self, token_ids: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self, token_ids: Tensor, kv_cache: KVCache | None = None, last_only: bool = False
+    ) -> Tensor:
+        """last_only: return only the last position's logits (batch, 1, vocab), all that
+        generation needs; this skips the output layer's matmul for the other positions."""
         self._check_input(token_ids, kv_cache)
         x = self.embedding(token_ids)  # (batch, seq, d_model)
         for layer, block in enumerate(self.blocks):
             x = block(x, None, kv_cache, layer)  # positions follow the cached tokens
         if kv_cache is not None:
             kv_cache.length += token_ids.shape[1]
-        return self.lm_head(self.final_norm(x))  # (batch, seq, vocab_size)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.final_norm(x))  # (batch, seq or 1, vocab_size)
 
     def _check_input(self, token_ids: Tensor, kv_cache: KVCache | None) -> None:
         if token_ids.ndim != 2:

@@ -299,6 +299,18 @@ def test_kv_cache_decoding_equals_full_recompute(attention, chunks):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_last_only_gives_the_last_positions_logits():
+    model = small_model().eval()
+    ids = torch.randint(0, SMALL.vocab_size, (3, 11))
+    with torch.no_grad():
+        last = model(ids, last_only=True)
+        assert last.shape == (3, 1, SMALL.vocab_size)
+        torch.testing.assert_close(last, model(ids)[:, -1:])
+        cache = model.new_kv_cache(batch_size=3)
+        model(ids[:, :7], kv_cache=cache)
+        torch.testing.assert_close(model(ids[:, 7:], cache, last_only=True), last)
+
+
 @pytest.mark.parametrize("attention", ["ours", "fused"])
 def test_kv_cache_key_mask_ignores_left_padding(attention):
     model = small_model(attention=attention).eval()
