@@ -13,7 +13,8 @@ the end the exact loss on the whole validation split. The run directory gets:
     checkpoint.pt    the latest checkpoint         img/loss.png, img/lr.png
 
 Checkpoints are saved every checkpoint_interval steps, at the end, and on Ctrl-C / SIGTERM
-(after the current step). A NaN or infinite loss stops the run, keeping the last checkpoint.
+(after the current step; under DDP at the next log, eval or checkpoint step, where the
+processes agree to stop). A NaN or infinite loss stops the run, keeping the last checkpoint.
 
 Data parallel (DDP): `torchrun --standalone --nproc_per_node=N -m llm.training CONFIG ...`
 (NCCL on GPUs, Gloo on CPU). batch_size is the global batch: each process computes
@@ -35,6 +36,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -139,8 +141,77 @@ class Distributed:
     device: torch.device
 
 
+@dataclass
+class _Data:
+    """The token splits, and what evaluating on the validation split needs."""
+
+    train: np.ndarray  # token ids of the training split
+    valid: np.ndarray | None = None  # token ids of the validation split (None = no validation)
+    valid_starts: np.ndarray | None = None  # the fixed windows of the periodic evaluations
+    token_bytes: np.ndarray | None = None  # bytes per token id, for bits/byte
+
+
+@dataclass
+class _Run:
+    """A training run: what the loop works with, and the progress it makes."""
+
+    config: TrainConfig
+    world: Distributed
+    data: _Data
+    model: Transformer
+    loss_model: nn.Module  # NextTokenLoss(model), compiled and wrapped in DDP as configured
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # data order (same on every rank)
+    autocast_dtype: torch.dtype | None  # None = plain float32
+    step: int = 0  # optimizer steps done
+    loss_sum: Tensor = field(init=False)  # train loss summed since the last log, on the device
+    loss_steps: int = 0  # steps summed in loss_sum
+    train_seconds: float = 0.0  # time spent in steps; evaluations and checkpoints not counted
+    interval_start: float = 0.0  # time.perf_counter() when the current timing interval began
+    interval_first_step: int = 0  # the step it began after
+    last_saved: int | None = None  # step of the newest checkpoint (on rank 0)
+    last_train: dict = field(default_factory=dict)  # the latest train record
+    last_eval: dict = field(default_factory=dict)  # the latest eval record
+    stopping: bool = False  # a stop was requested (Ctrl-C, SIGTERM)
+    tokens_per_step: int = field(init=False)
+    flops_per_step: float = field(init=False)  # training FLOPs of one step, for MFU
+    peak_flops: float | None = field(init=False)  # the device's peak FLOP/s (None = unknown)
+
+    def __post_init__(self) -> None:
+        ctx = self.config.model.context_length
+        self.loss_sum = torch.tensor(0.0, dtype=torch.float32, device=self.world.device)
+        self.tokens_per_step = self.config.batch_size * ctx
+        self.flops_per_step = self.model.flops_per_token(ctx) * self.tokens_per_step
+        self.peak_flops = peak_flops(self.world.device, self.autocast_dtype)
+
+    @property
+    def is_main(self) -> bool:
+        return self.world.rank == 0
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.run_dir)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / METRICS_NAME
+
+
+class _Due(NamedTuple):
+    """What the end of a step does besides counting it."""
+
+    log: bool  # a train record
+    evaluate: bool  # on the fixed validation windows
+    save: bool  # a checkpoint
+    out_of_time: bool  # max_train_seconds is reached: this is the last step
+
+
 def train(config: TrainConfig) -> dict:
-    """Run training as configured; returns the final metrics (see the end of _train)."""
+    """Run training as configured; returns the final metrics (see _summary)."""
     world = _setup_distributed(config.device)
     try:
         _check_config(config, world.world_size)
@@ -151,231 +222,205 @@ def train(config: TrainConfig) -> dict:
 
 
 def _train(config: TrainConfig, world: Distributed) -> dict:
-    is_main, device, ctx = world.rank == 0, world.device, config.model.context_length
+    run = _start_run(config, world)
+    _train_loop(run)
+    final_eval = run.data.valid is not None and config.final_eval != "none" and not run.stopping
+    if run.is_main and final_eval:
+        run.last_eval = _evaluate(run, exact=config.final_eval == "exact")
+    if run.is_main:
+        plot_run(run.run_dir)
+    return _summary(run)
+
+
+def _start_run(config: TrainConfig, world: Distributed) -> _Run:
+    """Check the run directory, load the data, build the model and optimizer, and restore them
+    from the checkpoint with --resume. Rank 0 prints the config and the model's size."""
+    _setup_torch(config)
+    if world.rank == 0:
+        _prepare_run_dir(config)
+        print(format_config(config))
+    data = _load_data(config)
+    model = Transformer(config.model).to(world.device)
+    optimizer = _build_optimizer(model, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    step, saved = _resume(config, world, model, optimizer, generator) if config.resume else (0, {})
+    loss_model = _loss_model(model, config, world)
+    autocast_dtype = _autocast_dtype(config.dtype, world.device)
+    run = _Run(config, world, data, model, loss_model, optimizer, generator, autocast_dtype)
+    if config.resume:
+        run.step = run.last_saved = step
+        run.train_seconds = saved.get("train_seconds", 0.0)
+        run.loss_sum.fill_(saved.get("loss_sum", 0.0))
+        run.loss_steps = saved.get("loss_steps", 0)
+    if run.is_main:
+        print(_describe(run))
+    return run
+
+
+def _setup_torch(config: TrainConfig) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
     _seed_everything(config.seed)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls for float32 on Ampere+ GPUs
-    run_dir = Path(config.run_dir)
-    checkpoint_path = run_dir / CHECKPOINT_NAME
-    if is_main:
-        _prepare_run_dir(config)
-        print(format_config(config))
-
-    train_tokens = load_tokens(config.train_data)
-    check_tokens(train_tokens, config.model.vocab_size, ctx, "train_data")
-    valid_tokens = load_tokens(config.valid_data) if config.valid_data else None
-    if valid_tokens is not None:
-        check_tokens(valid_tokens, config.model.vocab_size, ctx, "valid_data")
-        token_bytes = load_token_bytes(config.tokenizer_dir, config.model.vocab_size)
-        valid_starts = eval_starts(len(valid_tokens), ctx, config.eval_windows)
-
-    model = Transformer(config.model).to(device)
-    optimizer = _build_optimizer(model, config)
-    generator = torch.Generator().manual_seed(config.seed)  # data order (same on every rank)
-    state = {"train_seconds": 0.0, "loss_sum": 0.0, "loss_steps": 0}
-    start = 0
-    if config.resume:
-        checkpoint = read_checkpoint(checkpoint_path, map_location=device)
-        start = restore_checkpoint(
-            checkpoint, model, optimizer, data_generator=generator, restore_rng=True
-        )
-        state.update(checkpoint["extra"])
-        if is_main:
-            _truncate_metrics(run_dir / METRICS_NAME, start)
-            print(f"resumed from {checkpoint_path} at step {start}")
-    last_saved = start if config.resume else None
-
-    # The loss is computed inside the compiled module, so torch.compile fuses it with the
-    # output layer instead of materialising float32 logits in several eager passes.
-    step_model = NextTokenLoss(model)
-    if config.compile:
-        step_model = torch.compile(step_model)
-    if world.world_size > 1:
-        device_ids = [device.index] if device.type == "cuda" else None
-        step_model = DistributedDataParallel(step_model, device_ids=device_ids)
-    autocast_dtype = _autocast_dtype(config.dtype, device)
-    tokens_per_step = config.batch_size * ctx
-    peak = peak_flops(device, autocast_dtype)
-    flops_per_step = model.flops_per_token(ctx) * tokens_per_step
-    if is_main:
-        print(
-            f"model: {model.num_parameters():,} parameters "
-            f"({model.num_parameters(exclude_embeddings=True):,} without embeddings); "
-            f"{tokens_per_step:,} tokens per step; device {device}, "
-            f"{'bfloat16 autocast' if autocast_dtype else 'float32'}, "
-            f"{world.world_size} process(es)"
-        )
-
-    def evaluate(exact: bool) -> dict:
-        if exact:
-            result = evaluate_exact(
-                model, valid_tokens, config.eval_batch_size, device, token_bytes,
-                autocast_dtype, progress=True,
-            )  # fmt: skip
-        else:
-            result = evaluate_windows(
-                model, valid_tokens, valid_starts, config.eval_batch_size, device,
-                token_bytes, autocast_dtype,
-            )  # fmt: skip
-        record = {"type": "eval", "step": step + 1, "exact": exact, **result}
-        record["train_seconds"] = state["train_seconds"]
-        _append_metrics(run_dir / METRICS_NAME, record)
-        tqdm.write(
-            f"step {step + 1}: validation loss {result['loss']:.4f}, perplexity "
-            f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits/byte"
-            + (" (whole split)" if exact else "")
-        )
-        return record
-
-    loss_sum = torch.tensor(state["loss_sum"], dtype=torch.float32, device=device)
-    loss_steps = state["loss_steps"]
-    last_train, last_eval, stopping = {}, {}, False
-    interval_start, interval_first_step = time.perf_counter(), start
-    bar = tqdm(total=config.max_iters, initial=start, disable=not is_main, unit="step")
-    step = start - 1
-    with _StopRequest() as stop_request, bar:
-        for step in range(start, config.max_iters):
-            lr = cos_lr_scheduler(
-                step, config.max_lr, config.min_lr, config.warmup_iters, config.max_iters
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            starts = sample_starts(len(train_tokens), config.batch_size, ctx, generator)
-            loss, grad_norm = _train_step(
-                step_model, optimizer, train_tokens, starts, config, world, autocast_dtype
-            )
-            loss_sum += loss
-            loss_steps += 1
-            bar.update(1)
-
-            done = step + 1
-            elapsed = state["train_seconds"] + time.perf_counter() - interval_start
-            out_of_time = 0 < config.max_train_seconds <= elapsed
-            last = done == config.max_iters or out_of_time
-            log_now = done % config.log_interval == 0 or last
-            save_now = done % config.checkpoint_interval == 0 or last
-            eval_now = valid_tokens is not None and done % config.eval_interval == 0 and not last
-            if world.world_size == 1:
-                stopping = stop_request.requested
-            if not (log_now or save_now or eval_now or stopping):
-                continue
-
-            # A sync point: every rank reaches it at the same step.
-            mean_loss, stopping = _sync(loss_sum, loss_steps, stop_request.requested, world)
-            if not math.isfinite(mean_loss):
-                raise TrainingDiverged(
-                    f"the training loss is {mean_loss} at step {done} (learning rate {lr:.3g}); "
-                    "stopped. "
-                    + (
-                        f"The last good checkpoint, step {last_saved}, is {checkpoint_path}: "
-                        "lower max_lr or lengthen warmup_iters and continue it with --resume."
-                        if last_saved is not None
-                        else "No checkpoint was saved yet: lower max_lr or lengthen warmup_iters."
-                    )
-                )
-            now = time.perf_counter()
-            state["train_seconds"] += now - interval_start
-            tokens_per_s = (done - interval_first_step) * tokens_per_step / (now - interval_start)
-            if log_now:
-                last_train = {
-                    "type": "train",
-                    "step": done,
-                    "loss": mean_loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm.item() if grad_norm is not None else None,
-                    "tokens": done * tokens_per_step,
-                    "tokens_per_s": tokens_per_s,
-                    "mfu": tokens_per_s / tokens_per_step * flops_per_step / peak if peak else None,
-                    "train_seconds": state["train_seconds"],
-                }
-                loss_sum.zero_()
-                loss_steps = 0
-                if is_main:
-                    _append_metrics(run_dir / METRICS_NAME, last_train)
-                    bar.set_postfix_str(_progress_text(last_train))
-            if eval_now and is_main:
-                last_eval = evaluate(exact=False)
-            if (save_now or stopping) and is_main:
-                state.update(loss_sum=loss_sum.item(), loss_steps=loss_steps)
-                _check_finite(model, done)
-                save_checkpoint(
-                    model, optimizer, done, checkpoint_path, train_config=config,
-                    tokenizer_dir=config.tokenizer_dir or None, data_generator=generator,
-                    extra=dict(state),
-                )  # fmt: skip
-                last_saved = done
-            if stopping:
-                if is_main:
-                    tqdm.write(f"stopped at step {done}; checkpoint saved to {checkpoint_path}")
-                break
-            if out_of_time:
-                tqdm.write(f"stopped at step {done}: max_train_seconds reached")
-                break
-            interval_start, interval_first_step = time.perf_counter(), done
-
-    if is_main and valid_tokens is not None and config.final_eval != "none" and not stopping:
-        last_eval = evaluate(exact=config.final_eval == "exact")
-    if is_main:
-        plot_run(run_dir)
-    return {
-        "step": step + 1,
-        "interrupted": stopping,
-        "train_loss": last_train.get("loss"),
-        "tokens_per_s": last_train.get("tokens_per_s"),
-        "mfu": last_train.get("mfu"),
-        "train_seconds": state["train_seconds"],
-        "tokens": (step + 1) * tokens_per_step,
-        "val_loss": last_eval.get("loss"),
-        "val_perplexity": last_eval.get("perplexity"),
-        "val_bits_per_byte": last_eval.get("bits_per_byte"),
-        "val_exact": last_eval.get("exact"),
-        "checkpoint": str(checkpoint_path),
-        "run_dir": str(run_dir),
-    }
 
 
-class NextTokenLoss(nn.Module):
-    """The training objective as a module: mean cross-entropy of next-token predictions."""
+def _load_data(config: TrainConfig) -> _Data:
+    """The training split, and the validation split with what evaluating on it needs."""
+    vocab_size, ctx = config.model.vocab_size, config.model.context_length
+    train = load_tokens(config.train_data)
+    check_tokens(train, vocab_size, ctx, "train_data")
+    if not config.valid_data:
+        return _Data(train)
+    valid = load_tokens(config.valid_data)
+    check_tokens(valid, vocab_size, ctx, "valid_data")
+    token_bytes = load_token_bytes(config.tokenizer_dir, vocab_size)
+    return _Data(train, valid, eval_starts(len(valid), ctx, config.eval_windows), token_bytes)
 
-    def __init__(self, model: Transformer) -> None:
-        super().__init__()
-        self.model = model
 
-    def forward(self, inputs: Tensor, targets: Tensor) -> Tensor:  # (batch, seq) x 2 -> scalar
-        return cross_entropy(self.model(inputs), targets)
-
-
-def _train_step(
-    loss_model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    tokens: np.ndarray,
-    starts: Tensor,
+def _resume(
     config: TrainConfig,
     world: Distributed,
-    autocast_dtype: torch.dtype | None,
-) -> tuple[Tensor, Tensor | None]:
-    """One optimizer step on this rank's share of the batch; returns (mean loss, grad norm).
-    loss_model is a NextTokenLoss, possibly compiled and/or wrapped in DDP."""
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> tuple[int, dict]:
+    """Restore the model, optimizer and random states from the run's checkpoint; returns its
+    step and the run state saved with it (see _save)."""
+    path = Path(config.run_dir) / CHECKPOINT_NAME
+    checkpoint = read_checkpoint(path, map_location=world.device)
+    step = restore_checkpoint(
+        checkpoint, model, optimizer, data_generator=generator, restore_rng=True
+    )
+    if world.rank == 0:
+        _truncate_metrics(Path(config.run_dir) / METRICS_NAME, step)
+        print(f"resumed from {path} at step {step}")
+    return step, checkpoint["extra"]
+
+
+def _loss_model(model: Transformer, config: TrainConfig, world: Distributed) -> nn.Module:
+    """NextTokenLoss(model), compiled and wrapped in DDP as configured. The loss is computed
+    inside the compiled module, so torch.compile fuses it with the output layer instead of
+    materialising float32 logits in several eager passes."""
+    loss_model = NextTokenLoss(model)
+    if config.compile:
+        loss_model = torch.compile(loss_model)
+    if world.world_size > 1:
+        device_ids = [world.device.index] if world.device.type == "cuda" else None
+        loss_model = DistributedDataParallel(loss_model, device_ids=device_ids)
+    return loss_model
+
+
+def _describe(run: _Run) -> str:
+    model = run.model
+    return (
+        f"model: {model.num_parameters():,} parameters "
+        f"({model.num_parameters(exclude_embeddings=True):,} without embeddings); "
+        f"{run.tokens_per_step:,} tokens per step; device {run.world.device}, "
+        f"{'bfloat16 autocast' if run.autocast_dtype else 'float32'}, "
+        f"{run.world.world_size} process(es)"
+    )
+
+
+def _train_loop(run: _Run) -> None:
+    """Optimizer steps until max_iters, max_train_seconds or a stop request (Ctrl-C, SIGTERM).
+    The loss stays on the device until the next sync point, so most steps never wait for it."""
+    config = run.config
+    run.interval_start, run.interval_first_step = time.perf_counter(), run.step
+    bar = tqdm(total=config.max_iters, initial=run.step, disable=not run.is_main, unit="step")
+    with _StopRequest() as stop_request, bar:
+        for step in range(run.step, config.max_iters):
+            lr = _set_lr(run.optimizer, step, config)
+            starts = sample_starts(
+                len(run.data.train), config.batch_size, config.model.context_length, run.generator
+            )  # (batch_size,) window starts, the same on every rank
+            loss, grad_norm = _train_step(run, starts)
+            run.loss_sum += loss
+            run.loss_steps += 1
+            run.step = step + 1
+            bar.update(1)
+
+            due = _due(run)
+            if run.world.world_size == 1:
+                run.stopping = stop_request.requested  # under DDP the ranks agree on it in _sync
+            sync_now = due.log or due.evaluate or due.save or run.stopping
+            if sync_now and _sync_point(run, due, lr, grad_norm, stop_request.requested, bar):
+                break
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, step: int, config: TrainConfig) -> float:
+    """Set the learning rate of `step` (0-based): linear warm-up, then cosine decay."""
+    lr = cos_lr_scheduler(step, config.max_lr, config.min_lr, config.warmup_iters, config.max_iters)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _train_step(run: _Run, starts: Tensor) -> tuple[Tensor, Tensor | None]:
+    """One optimizer step on this rank's share of the batch; returns (mean loss, grad norm)."""
+    config, world = run.config, run.world
     accum, ctx = config.grad_accum_steps, config.model.context_length
     # (batch,) -> (micro-steps, ranks, micro-batch): this rank's windows for each micro-step.
     micro_starts = starts.view(accum, world.world_size, -1)[:, world.rank]
     total = torch.zeros((), device=world.device)
     for i, batch_starts in enumerate(micro_starts):
-        inputs, targets = read_windows(tokens, batch_starts, ctx, world.device)
+        inputs, targets = read_windows(run.data.train, batch_starts, ctx, world.device)
         # DDP all-reduces gradients during backward; skip it on all but the last micro-step.
         skip_sync = world.world_size > 1 and i < accum - 1
-        with loss_model.no_sync() if skip_sync else nullcontext():
-            with _autocast(world.device, autocast_dtype):
-                loss = loss_model(inputs, targets) / accum
+        with run.loss_model.no_sync() if skip_sync else nullcontext():
+            with _autocast(world.device, run.autocast_dtype):
+                loss = run.loss_model(inputs, targets) / accum
             loss.backward()
         total += loss.detach()
     grad_norm = (
-        gradient_clip(loss_model.parameters(), config.grad_clip) if config.grad_clip else None
+        gradient_clip(run.loss_model.parameters(), config.grad_clip) if config.grad_clip else None
     )
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
     return total, grad_norm
+
+
+def _due(run: _Run) -> _Due:
+    """What the end of step run.step does. Reads the clock but does not wait for the device."""
+    config, done = run.config, run.step
+    elapsed = run.train_seconds + time.perf_counter() - run.interval_start
+    out_of_time = 0 < config.max_train_seconds <= elapsed
+    last = done == config.max_iters or out_of_time
+    return _Due(
+        log=done % config.log_interval == 0 or last,
+        evaluate=run.data.valid is not None and done % config.eval_interval == 0 and not last,
+        save=done % config.checkpoint_interval == 0 or last,
+        out_of_time=out_of_time,
+    )
+
+
+def _sync_point(
+    run: _Run, due: _Due, lr: float, grad_norm: Tensor | None, stop: bool, bar: tqdm
+) -> bool:
+    """Every rank reaches this at the same step: check the loss, then log, evaluate and save
+    as due. Returns whether to stop."""
+    mean_loss, run.stopping = _sync(run.loss_sum, run.loss_steps, stop, run.world)
+    if not math.isfinite(mean_loss):
+        raise _diverged(run, mean_loss, lr)
+    seconds = time.perf_counter() - run.interval_start
+    run.train_seconds += seconds
+    if due.log:
+        _log_train(run, mean_loss, lr, grad_norm, seconds, bar)
+    if due.evaluate and run.is_main:
+        run.last_eval = _evaluate(run, exact=False)
+    if due.save or run.stopping:
+        _check_finite(run.model, run.step)  # on every rank, so that all of them stop together
+        if run.is_main:
+            _save(run)
+    if run.stopping:
+        if run.is_main:
+            tqdm.write(f"stopped at step {run.step}; checkpoint saved to {run.checkpoint_path}")
+        return True
+    if due.out_of_time:
+        tqdm.write(f"stopped at step {run.step}: max_train_seconds reached")
+        return True
+    # The next timing interval starts now: evaluation and checkpointing are not training time.
+    run.interval_start, run.interval_first_step = time.perf_counter(), run.step
+    return False
 
 
 def _sync(loss_sum: Tensor, loss_steps: int, stop: bool, world: Distributed) -> tuple[float, bool]:
@@ -388,6 +433,116 @@ def _sync(loss_sum: Tensor, loss_steps: int, stop: bool, world: Distributed) -> 
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         stop = bool(flag.item())
     return loss_sum.item() / max(loss_steps, 1), stop
+
+
+def _log_train(
+    run: _Run, mean_loss: float, lr: float, grad_norm: Tensor | None, seconds: float, bar: tqdm
+) -> None:
+    """Record the mean training loss and the throughput of the `seconds` since the last sync
+    point, and start a new mean."""
+    tokens_per_s = (run.step - run.interval_first_step) * run.tokens_per_step / seconds
+    peak = run.peak_flops
+    run.last_train = {
+        "type": "train",
+        "step": run.step,
+        "loss": mean_loss,
+        "lr": lr,
+        "grad_norm": grad_norm.item() if grad_norm is not None else None,
+        "tokens": run.step * run.tokens_per_step,
+        "tokens_per_s": tokens_per_s,
+        "mfu": tokens_per_s / run.tokens_per_step * run.flops_per_step / peak if peak else None,
+        "train_seconds": run.train_seconds,
+    }
+    run.loss_sum.zero_()
+    run.loss_steps = 0
+    if run.is_main:
+        _append_metrics(run.metrics_path, run.last_train)
+        bar.set_postfix_str(_progress_text(run.last_train))
+
+
+def _evaluate(run: _Run, exact: bool) -> dict:
+    """Validation loss on the fixed windows, or on the whole split (exact); recorded and
+    printed."""
+    config, data, device = run.config, run.data, run.world.device
+    if exact:
+        result = evaluate_exact(
+            run.model, data.valid, config.eval_batch_size, device, data.token_bytes,
+            run.autocast_dtype, progress=True,
+        )  # fmt: skip
+    else:
+        result = evaluate_windows(
+            run.model, data.valid, data.valid_starts, config.eval_batch_size, device,
+            data.token_bytes, run.autocast_dtype,
+        )  # fmt: skip
+    record = {"type": "eval", "step": run.step, "exact": exact, **result}
+    record["train_seconds"] = run.train_seconds
+    _append_metrics(run.metrics_path, record)
+    tqdm.write(
+        f"step {run.step}: validation loss {result['loss']:.4f}, perplexity "
+        f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits/byte"
+        + (" (whole split)" if exact else "")
+    )
+    return record
+
+
+def _save(run: _Run) -> None:
+    """Checkpoint the run, with the state that --resume needs to continue it exactly."""
+    extra = {
+        "train_seconds": run.train_seconds,
+        "loss_sum": run.loss_sum.item(),
+        "loss_steps": run.loss_steps,
+    }
+    save_checkpoint(
+        run.model, run.optimizer, run.step, run.checkpoint_path, train_config=run.config,
+        tokenizer_dir=run.config.tokenizer_dir or None, data_generator=run.generator,
+        extra=extra,
+    )  # fmt: skip
+    run.last_saved = run.step
+
+
+def _diverged(run: _Run, loss: float, lr: float) -> TrainingDiverged:
+    """The error for a NaN or infinite training loss, with how to recover."""
+    if run.last_saved is None:
+        advice = "No checkpoint was saved yet: lower max_lr or lengthen warmup_iters."
+    else:
+        advice = (
+            f"The last good checkpoint, step {run.last_saved}, is {run.checkpoint_path}: "
+            "lower max_lr or lengthen warmup_iters and continue it with --resume."
+        )
+    return TrainingDiverged(
+        f"the training loss is {loss} at step {run.step} (learning rate {lr:.3g}); stopped. "
+        + advice
+    )
+
+
+def _summary(run: _Run) -> dict:
+    """The final metrics that train() returns."""
+    return {
+        "step": run.step,
+        "interrupted": run.stopping,
+        "train_loss": run.last_train.get("loss"),
+        "tokens_per_s": run.last_train.get("tokens_per_s"),
+        "mfu": run.last_train.get("mfu"),
+        "train_seconds": run.train_seconds,
+        "tokens": run.step * run.tokens_per_step,
+        "val_loss": run.last_eval.get("loss"),
+        "val_perplexity": run.last_eval.get("perplexity"),
+        "val_bits_per_byte": run.last_eval.get("bits_per_byte"),
+        "val_exact": run.last_eval.get("exact"),
+        "checkpoint": str(run.checkpoint_path),
+        "run_dir": str(run.run_dir),
+    }
+
+
+class NextTokenLoss(nn.Module):
+    """The training objective as a module: mean cross-entropy of next-token predictions."""
+
+    def __init__(self, model: Transformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: Tensor, targets: Tensor) -> Tensor:  # (batch, seq) x 2 -> scalar
+        return cross_entropy(self.model(inputs), targets)
 
 
 def _build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -411,6 +566,9 @@ def _check_config(config: TrainConfig, world_size: int) -> None:
     for key in positive:
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be at least 1, not {getattr(config, key)}")
+    for key in ["warmup_iters", "grad_clip", "max_train_seconds", "weight_decay"]:
+        if getattr(config, key) < 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = off), not {getattr(config, key)}")
     per_pass = config.grad_accum_steps * world_size
     if config.batch_size % per_pass:
         raise ConfigError(
