@@ -70,7 +70,7 @@ def load_token_file(path: Path) -> np.ndarray:
         raise InspectError(f"token file {path} does not exist; encode a text file to .npy first")
     try:
         ids = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
+    except (ValueError, EOFError) as e:  # EOFError: an empty file
         raise InspectError(f"{path} is not a .npy array of token ids: {e}") from e
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise InspectError(f"{path} must hold a 1-D integer array, got {ids.dtype} {ids.shape}")

@@ -122,8 +122,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"refusing to load {path}: it holds more than tensors and plain data (a pickle that "
             f"could run code), or is not a checkpoint. Details: {str(e).splitlines()[0]}"
         ) from None
-    except (RuntimeError, EOFError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated?): {e}") from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
+        # A file cut short (full disk, interrupted copy) fails in the zip reader or unpickler.
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or damaged?): {e!r}"
+        ) from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model' entry)")
     return checkpoint

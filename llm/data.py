@@ -34,7 +34,7 @@ def load_tokens(path: str | Path) -> np.ndarray:
         )
     try:
         tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
+    except (ValueError, EOFError) as e:  # EOFError: an empty file
         raise DataError(f"{path} is not a .npy array of token ids: {e}") from None
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
         raise DataError(

@@ -233,6 +233,9 @@ def test_hugging_face_files_load_in_ours(corpus_path, tmp_path):
         ('{\n"a": 0,\n"b": 0\n}', "", r"vocab.json:3: token 'b' or id 0 appears twice"),
         (None, "#version: 0.2\nĠ t\nĠ t h\n", r"merges.txt:3: expected two tokens"),
         (None, "#version: 0.2\nĠ t\nq zz\n", r"merges.txt:3: 'zz' is not in the vocabulary"),
+        ('{\n"a": 0,\n"b": -1\n}', "", r"vocab.json:3: the id of 'b' is -1, not an int >= 0"),
+        ('{\n"a": 0,\n"b": true\n}', "", r"vocab.json:3: the id of 'b' is True"),
+        (None, "#version: 0.2\nĠ t\na b\n", r"merges.txt:3: 'ab' is not in the vocabulary"),
     ],
 )
 def test_malformed_files_name_file_and_line(tmp_path, vocab_text, merges_text, message):
@@ -295,17 +298,15 @@ def test_cli_train_and_encode(corpus_path, tmp_path):
 def test_cli_default_pipeline(corpus_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
-    for split in ("train", "valid"):
-        (tmp_path / f"data/TinyStoriesV2-GPT4-{split}.txt").write_text(
-            corpus_path.read_text(encoding="utf-8")
-        )
+    text = corpus_path.read_text(encoding="utf-8")
+    (tmp_path / "data/TinyStoriesV2-GPT4-train.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "data/TinyStoriesV2-GPT4-valid.txt").write_text(text[:2000], encoding="utf-8")
     main(["--vocab-size", "300", "--workers", "1"])
     out = tmp_path / "data/tinystories-bpe-10k"
     tok = BpeTokenizer.load(out)
-    assert np.load(out / "valid.npy").tolist() == tok.encode(
-        corpus_path.read_text(encoding="utf-8")
-    )
-    assert (out / "train.npy").is_file()
+    for split in ("train", "valid"):
+        text = (tmp_path / f"data/TinyStoriesV2-GPT4-{split}.txt").read_text(encoding="utf-8")
+        assert np.load(out / f"{split}.npy").tolist() == tok.encode(text)
 
 
 def cli_error(argv) -> str:
@@ -361,3 +362,76 @@ def test_cli_error_has_no_traceback(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: {tmp_path}: no vocab.json; is this a tokenizer directory?"
     ]
+
+
+def test_token_id_of_ordinary_tokens_equals_tiktoken(tokenizer, tiktoken_encoding):
+    texts = [tokenizer.vocab[i].decode("utf-8", "replace") for i in range(257, 400)]
+    texts = [t for t in texts if t.encode("utf-8") in tokenizer.ranks]  # whole characters
+    assert len(texts) > 50
+    for text in ["a", " ", "\n", *texts]:
+        assert tokenizer.token_id(text) == tiktoken_encoding.encode_single_token(text)
+
+
+def test_special_token_with_a_space_survives_streaming(tokenizer, monkeypatch):
+    # A special token holding whitespace must not be cut at a piece boundary: the streaming
+    # cut keeps a margin of the longest special token's length from the end of the buffer.
+    tok = BpeTokenizer(tokenizer.vocab, tokenizer.merges, [EOT, "<| |>"])
+    monkeypatch.setattr(bpe_tokenizer, "STREAM_CHARS", 8)
+    text = "ab<| |>cd  <| |><| |> x<|endoftext|>y <| |>" * 20
+    expected = tok.encode(text)
+    assert expected.count(tok.token_id("<| |>")) == 80
+    for size in (1, 2, 3, 5, 7):
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        assert list(tok.encode_iterable(pieces)) == expected, size
+
+
+def test_empty_special_token_is_refused(tokenizer):
+    with pytest.raises(ValueError, match="a special token is empty"):
+        BpeTokenizer(tokenizer.vocab, tokenizer.merges, [EOT, ""])
+
+
+@pytest.mark.parametrize("largest_id, dtype", [(65_535, np.uint16), (65_536, np.uint32)])
+def test_encode_file_dtype_at_the_uint16_boundary(tmp_path, largest_id, dtype):
+    vocab = {i: bytes([i]) for i in range(256)} | {largest_id: b"ab"}
+    tok = BpeTokenizer(vocab, [(b"a", b"b")])
+    (tmp_path / "in.txt").write_text("ab c")
+    tok.encode_file(tmp_path / "in.txt", tmp_path / "out.npy", num_workers=1, progress=False)
+    ids = np.load(tmp_path / "out.npy")
+    assert ids.dtype == dtype and ids.tolist() == [largest_id, ord(" "), ord("c")]
+
+
+def test_encode_file_missing_or_empty_input(tokenizer, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.txt: no such file"):
+        tokenizer.encode_file(tmp_path / "missing.txt", tmp_path / "out.npy", progress=False)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty.txt: the file is empty"):
+        tokenizer.encode_file(tmp_path / "empty.txt", tmp_path / "out.npy", progress=False)
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_written_files_are_readable_by_others(tokenizer, corpus_path, tmp_path):
+    # Temporary files are private (0o600); the finished files get the usual 0o644.
+    tokenizer.save(tmp_path / "tok")
+    tokenizer.encode_file(corpus_path, tmp_path / "ids.npy", num_workers=1, progress=False)
+    paths = [*(tmp_path / "tok").iterdir(), tmp_path / "ids.npy"]
+    assert len(paths) == 4
+    for path in paths:
+        assert path.stat().st_mode & 0o777 == 0o644, path.name
+
+
+def test_cli_workers_must_be_positive(corpus_path, tmp_path, capsys):
+    argv = ["train", "--input", str(corpus_path), "--vocab-size", "300", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--workers", "0"])
+    assert exit_info.value.code == 2  # an argparse usage error
+    assert "expected a positive integer, got '0'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_default_pipeline_needs_the_validation_split(corpus_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/TinyStoriesV2-GPT4-train.txt").write_text("some text")
+    message = cli_error(["--vocab-size", "300", "--workers", "1"])
+    assert "TinyStoriesV2-GPT4-valid.txt not found" in message and "--valid FILE" in message
+    assert not (tmp_path / "data/tinystories-bpe-10k").exists()  # checked before training

@@ -222,3 +222,16 @@ def test_invalid_utf8_names_the_offset(tmp_path):
     path.write_bytes(b"hello \xff world")
     with pytest.raises(ValueError, match="not valid UTF-8 at byte 6"):
         train_bpe(path, 300, [], num_workers=1, progress=False)
+    # In a later chunk, the offset is still the one in the file, not in the chunk.
+    path.write_bytes(b"fine text " * 100 + b"\xff")
+    with pytest.raises(ValueError, match="not valid UTF-8 at byte 1000"):
+        train_bpe(path, 300, [], num_workers=1, chunk_bytes=64, progress=False)
+
+
+def test_longer_special_token_wins_over_its_prefix(tmp_path):
+    # "<s>" is a prefix of "<s>>": cut out "<s>>" whole, or a stray ">" pre-token would remain.
+    path = tmp_path / "corpus.txt"
+    path.write_text("a<s>>b<s>c", encoding="utf-8")
+    for specials in (["<s>", "<s>>"], ["<s>>", "<s>"]):
+        counts = count_pretokens(path, specials, 1, progress=False)
+        assert counts == {b"a": 1, b"b": 1, b"c": 1}

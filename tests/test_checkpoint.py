@@ -185,7 +185,7 @@ def test_unreadable_and_missing_checkpoints(tmp_path):
     model, optimizer = _trained(1)
     path = save_checkpoint(model, optimizer, 1, tmp_path / "c.pt")
     (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:200])
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
         read_checkpoint(tmp_path / "cut.pt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "notours.pt")
     with pytest.raises(CheckpointError, match="no 'model' entry"):
@@ -202,3 +202,64 @@ def test_load_model_from_file_or_run_dir(tmp_path):
         assert checkpoint["tokenizer_dir"] == "tok" and checkpoint["iteration"] == 2
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+def test_load_model_needs_a_model_config_this_code_understands(tmp_path):
+    model, optimizer = _trained(1)
+    save_checkpoint(model, optimizer, 1, tmp_path / "c.pt")
+    checkpoint = read_checkpoint(tmp_path / "c.pt")
+    torch.save({**checkpoint, "model_config": None}, tmp_path / "no_config.pt")
+    with pytest.raises(CheckpointError, match="holds no model_config; cannot rebuild the model"):
+        load_model(tmp_path / "no_config.pt")
+    future = {**checkpoint["model_config"], "num_experts": 8}  # written by newer code
+    torch.save({**checkpoint, "model_config": future}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="does not fit this code: unknown config key"):
+        load_model(tmp_path / "future.pt")
+
+
+def test_resuming_needs_the_optimizer_and_data_sampler_states(tmp_path):
+    model, _ = _trained(1)
+    save_checkpoint(model, None, 1, tmp_path / "weights_only.pt")  # as for generation
+    fresh = Transformer(SMALL)
+    with pytest.raises(CheckpointError, match="holds no optimizer state; cannot resume"):
+        load_checkpoint(tmp_path / "weights_only.pt", fresh, AdamW(fresh.parameters()))
+    with pytest.raises(CheckpointError, match="holds no data-sampler state; cannot resume"):
+        load_checkpoint(
+            tmp_path / "weights_only.pt", fresh, data_generator=torch.Generator(), restore_rng=True
+        )
+    assert load_checkpoint(tmp_path / "weights_only.pt", fresh) == 1  # weights alone: fine
+
+
+def test_many_mismatches_are_listed_up_to_ten(tmp_path):
+    model, optimizer = _trained(1)
+    save_checkpoint(model, optimizer, 1, tmp_path / "c.pt")
+    deeper = Transformer(ModelConfig(**{**SMALL.__dict__, "num_layers": 4}))
+    with pytest.raises(CheckpointError, match=r"\(\d+ problems\)") as error:
+        load_checkpoint(tmp_path / "c.pt", deeper)
+    message = str(error.value)
+    count = int(message.split("(")[1].split(" problems")[0])
+    assert count == sum(k.startswith(("blocks.1.", "blocks.2.", "blocks.3.")) for k in
+                        deeper.state_dict())  # fmt: skip
+    assert message.count("\n  missing ") == 10 and "\n  ..." in message
+    assert "num_layers=1 (model has 4)" in message
+
+
+def test_damaged_checkpoint_files_are_checkpoint_errors(tmp_path):
+    """A checkpoint cut short by a full disk or an interrupted copy (torch.load raises OSError at
+    most cut points) and a file that is not a checkpoint at all (KeyError from the unpickler)
+    are both CheckpointError, which the training and generation commands report in one line."""
+    model, optimizer = _trained(1)
+    good = save_checkpoint(model, optimizer, 1, tmp_path / "c.pt").read_bytes()
+    damaged = {f"cut_{n}": good[:n] for n in (200, len(good) // 4, len(good) // 2, len(good) - 100)}
+    damaged["text"] = b"hello world, not a checkpoint at all"
+    failures = {}
+    for name, data in damaged.items():
+        (tmp_path / name).write_bytes(data)
+        try:
+            read_checkpoint(tmp_path / name)
+            failures[name] = "no error"
+        except CheckpointError:
+            pass
+        except Exception as e:  # noqa: BLE001 - the test reports which errors escape
+            failures[name] = f"{type(e).__name__}: {e}"
+    assert failures == {}

@@ -125,3 +125,22 @@ def test_download_command_dispatches_to_llm_download(monkeypatch):
     assert calls == [["tinystories", "--dir", "x"]]
     with pytest.raises(SystemExit, match="usage"):
         data.main([])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header only", "not npy"])
+def test_load_tokens_rejects_damaged_files(arange_file, tmp_path, damage):
+    good = arange_file.read_bytes()
+    data = {"truncated": good[:500], "header only": good[:50], "not npy": b"hello world"}[damage]
+    path = tmp_path / "damaged.npy"
+    path.write_bytes(data)
+    with pytest.raises(DataError, match="is not a .npy array of token ids"):
+        load_tokens(path)
+
+
+def test_load_tokens_rejects_an_empty_file(tmp_path):
+    """An empty file (a `touch`ed or zero-length copy) is a DataError, which `llm.training`
+    prints as one line, not np.load's bare EOFError."""
+    path = tmp_path / "empty.npy"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match="is not a .npy array of token ids"):
+        load_tokens(path)

@@ -11,6 +11,7 @@ import socket
 import threading
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +51,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            first = 0 if srv.wrong_range else start  # a broken server: the range it was not asked
+            self.send_header("Content-Range", f"bytes {first}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
         self.send_header("Content-Length", str(len(body) - start))
@@ -64,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
 def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.files, srv.etags, srv.requests = {}, {}, []
-    srv.ignore_range, srv.cut_after, srv.bytes_sent = False, None, 0
+    srv.ignore_range, srv.cut_after, srv.bytes_sent, srv.wrong_range = False, None, 0, False
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
     thread = threading.Thread(target=srv.serve_forever, args=(0.01,), daemon=True)
     thread.start()
@@ -264,3 +266,41 @@ def test_real_dataset_table_names_the_expected_files():
     }
     assert all(r.url.startswith("https://huggingface.co/datasets/") for r in
                download.DATASETS["tinystories"] + download.DATASETS["owt"])  # fmt: skip
+
+
+def test_server_sending_the_wrong_range_is_an_error_and_the_part_is_kept(server, tmp_path):
+    remote = _serve(server, "stories.txt", DATA)
+    server.wrong_range = True
+    part = tmp_path / "stories.txt.part"
+    part.write_bytes(DATA[:1000])
+    with pytest.raises(DownloadError, match="the server sent the wrong range; delete"):
+        download.download_file(remote, tmp_path, progress=False)
+    assert part.read_bytes() == DATA[:1000]  # nothing appended at the wrong place
+    assert not (tmp_path / "stories.txt").exists()
+
+
+def test_known_hash_may_be_written_in_upper_case(server, tmp_path):
+    _serve(server, "a.txt", DATA)
+    remote = RemoteFile(
+        "train", f"{server.url}/resolve/a.txt", hashlib.sha256(DATA).hexdigest().upper()
+    )
+    assert download.download_file(remote, tmp_path, progress=False).read_bytes() == DATA
+
+
+def test_unknown_dataset_is_named():
+    with pytest.raises(
+        DownloadError, match="unknown dataset 'wiki'; choose one of tinystories, owt"
+    ):
+        download.download_dataset("wiki", Path("unused"))
+
+
+def test_offline_error_lists_only_the_files_still_missing(tmp_path, monkeypatch):
+    base = f"http://127.0.0.1:{_closed_port()}"
+    remotes = (RemoteFile("train", f"{base}/x/t_train.txt"),
+               RemoteFile("valid", f"{base}/x/t_valid.txt"))  # fmt: skip
+    monkeypatch.setitem(download.DATASETS, "tinystories", remotes)
+    (tmp_path / "t_valid.txt").write_text("downloaded earlier")
+    with pytest.raises(OfflineError) as err:
+        download.download_dataset("tinystories", tmp_path, progress=False)
+    assert remotes[0].url in str(err.value) and remotes[1].url not in str(err.value)
+    assert (tmp_path / "t_valid.txt").read_text() == "downloaded earlier"

@@ -18,6 +18,7 @@ from llm.generating import (
     main,
     sample_next,
     stream,
+    stream_batch,
     top_k_filter,
     top_p_filter,
 )
@@ -326,6 +327,7 @@ def write_checkpoint(path: Path, vocab_size: int, tokenizer_dir: str) -> None:
         (["--temperature", "-1"], "temperature must be >= 0"),
         (["--top-k", "-3"], "top_k must be >= 0"),
         (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+        (["--num-samples", "0"], "--num-samples must be >= 1"),
         (["--device", "banana"], "unknown device 'banana'"),
     ],
 )
@@ -370,3 +372,50 @@ def test_generation_on_cuda(run_dir, capsys):
     main(["--checkpoint", str(run_dir), "--prompt", "the", "--device", "cuda",
           "--max-new-tokens", "5", "--temperature", "0"])  # fmt: skip
     assert capsys.readouterr().out.startswith("the")
+
+
+def test_stream_batch_repeats_eos_after_it_and_ends_when_every_row_has_it(model64):
+    prompts = [random_prompt(5, seed=10), random_prompt(12, seed=11)]
+    free = generate(model64, prompts, 12, temperature=0)
+    eos = free[0][2]
+    first = free[0].index(eos)
+    steps = [s.tolist() for s in stream_batch(model64, prompts, 12, temperature=0, eos_id=eos)]
+    rows = list(zip(*steps, strict=True))
+    assert list(rows[0]) == free[0][:first] + [eos] * (len(steps) - first)  # eos, then eos
+    assert eos not in free[1] and list(rows[1]) == free[1]  # the other row goes on, untouched
+    same = list(stream_batch(model64, [prompts[0]] * 2, 12, temperature=0, eos_id=eos))
+    assert len(same) == first + 1  # every row has ended: no more steps
+
+
+def test_prompts_as_tensors(model64):
+    prompts = [random_prompt(6, seed=12), random_prompt(6, seed=13)]
+    expected = generate(model64, prompts, 5, temperature=0)
+    assert generate(model64, torch.tensor(prompts[0]), 5, temperature=0) == expected[0]
+    assert generate(model64, torch.tensor(prompts), 5, temperature=0) == expected
+
+
+def test_negative_max_new_tokens_is_an_error_and_zero_gives_nothing(model):
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 0, got -1"):
+        generate(model, [1, 2], -1)
+    assert generate(model, [1, 2], 0) == [] and generate(model, [[1], [2, 3]], 0) == [[], []]
+
+
+def test_cli_empty_prompt_starts_a_document_after_end_of_text(run_dir, capsys):
+    main(["--checkpoint", str(run_dir), "--prompt", "", "--temperature", "0",
+          "--max-new-tokens", "10", "--device", "cpu"])  # fmt: skip
+    model, _ = load_model(run_dir)
+    tokenizer = BpeTokenizer.load(run_dir / "tokenizer")
+    eos = tokenizer.token_id(EOS_TOKEN)
+    new = generate(model, [eos], 10, temperature=0, eos_id=eos)
+    assert capsys.readouterr().out == tokenizer.decode(new) + "\n"
+
+
+def test_cli_checkpoint_without_tokenizer_uses_raw_bytes(tmp_path, capsys):
+    write_checkpoint(tmp_path / "bytes.pt", 256, "")
+    main(["--checkpoint", str(tmp_path / "bytes.pt"), "--prompt", "hé", "--temperature", "0",
+          "--max-new-tokens", "12", "--device", "cpu"])  # fmt: skip
+    model, _ = load_model(tmp_path / "bytes.pt")
+    new = generate(model, list("hé".encode()), 12, temperature=0)
+    assert capsys.readouterr().out == "hé" + bytes(new).decode("utf-8", "replace") + "\n"
+    with pytest.raises(SystemExit, match="the prompt is empty and the tokenizer has no"):
+        main(["--checkpoint", str(tmp_path / "bytes.pt"), "--prompt", "", "--device", "cpu"])

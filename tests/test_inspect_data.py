@@ -152,3 +152,76 @@ def test_error_on_too_little_data(data, capsys, tmp_path):
             ["--tokens", str(tmp_path / "short.npy"), "--tokenizer", str(root / "tok")]
         )
     assert "fewer than context_length + 1" in str(exit_.value.code)
+
+
+def test_frequent_tokens_and_document_statistics(data, capsys):
+    root, tokenizer, text, ids = data
+    out = _run(capsys, "--tokens", str(root / "valid.npy"), "--tokenizer", str(root / "tok"),
+               "--png", str(root / "stats.png"), "--top", "7")  # fmt: skip
+    counts = Counter(ids.tolist())
+    table = out.split("most frequent")[1].split("batch diversity")[0].splitlines()[1:]
+    rows = [line.split() for line in table]
+    assert [int(r[0]) for r in rows] == list(range(1, 8))  # exactly --top rows, ranked
+    listed = [(int(r[1]), int(r[2].replace(",", ""))) for r in rows]
+    assert [c for _, c in listed] == sorted(counts.values(), reverse=True)[:7]
+    assert all(counts[i] == c for i, c in listed)
+    assert all(f"{c / len(ids):.2%}" in line for (_, c), line in zip(listed, table, strict=True))
+    # Document lengths: the tokens before each end-of-text token (the file ends with "\n" after
+    # the last one, which is not a document).
+    docs = np.diff([-1, *np.flatnonzero(ids == tokenizer.token_id(EOT))]) - 1
+    assert f"median {np.median(docs):.0f}, 90th percentile {np.percentile(docs, 90):.0f}" in out
+    assert f"min {docs.min():,}, max {docs.max():,}" in out
+    longer = int((docs > 32).sum())
+    assert f"{longer:,} ({longer / len(docs):.1%}) are longer than the context length 32" in out
+
+
+def test_data_without_end_of_text_is_one_document_with_a_warning(data, capsys, tmp_path):
+    root, tokenizer, text, _ = data
+    ids = np.array(tokenizer.encode(text.replace(EOT, "")), dtype=np.uint16)
+    np.save(tmp_path / "plain.npy", ids)
+    out = _run(capsys, "--tokens", str(tmp_path / "plain.npy"), "--tokenizer", str(root / "tok"),
+               "--png", str(tmp_path / "plain.png"))  # fmt: skip
+    assert f"warning           no {EOT} in the data: it is one long document" in out
+    assert f"documents         1; tokens per document: mean {len(ids):.1f}" in out
+
+
+def test_error_on_empty_token_array_or_non_utf8_text(data, capsys, tmp_path):
+    root, *_ = data
+    np.save(tmp_path / "none.npy", np.zeros(0, dtype=np.uint16))
+    message = _error(
+        capsys, "--tokens", str(tmp_path / "none.npy"), "--tokenizer", str(root / "tok")
+    )
+    assert "none.npy holds no tokens" in message
+    (tmp_path / "latin1.txt").write_bytes("café au lait\n".encode("latin-1"))
+    message = _error(
+        capsys, "--text", str(tmp_path / "latin1.txt"), "--tokenizer", str(root / "tok")
+    )
+    assert "latin1.txt is not UTF-8 text" in message
+
+
+def test_error_on_an_empty_or_damaged_token_file(data, capsys, tmp_path):
+    """An empty file (np.load raises EOFError) and a truncated .npy both get the one-line error."""
+    root, *_ = data
+    good = (root / "valid.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(good[:300])
+    message = _error(
+        capsys, "--tokens", str(tmp_path / "cut.npy"), "--tokenizer", str(root / "tok")
+    )
+    assert "cut.npy is not a .npy array of token ids" in message
+    (tmp_path / "empty.npy").write_bytes(b"")
+    message = _error(
+        capsys, "--tokens", str(tmp_path / "empty.npy"), "--tokenizer", str(root / "tok")
+    )
+    assert "empty.npy is not a .npy array of token ids" in message
+
+
+def test_documents_longer_than_the_context_are_counted_strictly(data):
+    _, tokenizer, _, _ = data
+    eot, a = tokenizer.token_id(EOT), tokenizer.token_id("a")
+    ids = np.array([a] * 32 + [eot] + [a] * 33 + [eot] + [a] * 5 + [eot] + [a] * 40)
+    report = inspect_data.build_report(
+        ids, tokenizer, "synthetic", context_length=32, batch_size=2, num_batches=3, num_bytes=1
+    )
+    assert report.doc_lengths.tolist() == [32, 33, 5, 40]  # the tail is a document too
+    text = inspect_data.format_report(report)
+    assert "2 (50.0%) are longer than the context length 32" in text  # 33 and 40, not 32

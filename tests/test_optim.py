@@ -109,3 +109,78 @@ def test_param_groups_skip_weight_decay_on_norm_gains():
     assert all(p.ndim == 2 for p in decay["params"])
     # Every parameter once (the tied embedding/output matrix is not counted twice).
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_adamw_matches_torch_where_eps_decay_and_lr_changes_matter():
+    # A large eps and weight decay make their placement visible, a lr changed between steps
+    # (as the schedule does) must be used, and a parameter without a gradient is left alone.
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(4, 3, generator=gen)
+    ours, theirs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    frozen = torch.nn.Parameter(torch.ones(2))
+    kwargs = dict(lr=0.1, betas=(0.8, 0.9), eps=0.1, weight_decay=0.3)
+    opt_ours = AdamW([ours, frozen], **kwargs)
+    opt_theirs = torch.optim.AdamW([theirs], foreach=False, **kwargs)
+    for step in range(6):
+        grad = torch.randn(4, 3, generator=gen) * 0.1
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        for opt in (opt_ours, opt_theirs):
+            opt.param_groups[0]["lr"] = 0.1 / (step + 1)
+            opt.step()
+    torch.testing.assert_close(ours.detach(), theirs.detach(), atol=1e-6, rtol=0)
+    assert (ours.detach() - start).abs().min() > 1e-3  # every element moved
+    assert torch.equal(frozen.detach(), torch.ones(2)) and frozen not in opt_ours.state
+
+
+def test_sgd_decay_with_weight_decay_by_hand():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = SGDDecay([p], lr=0.1, weight_decay=0.5)
+    expected = torch.tensor([1.0, -2.0])
+    for t in range(3):
+        grad = torch.tensor([0.5, 1.0]) * (t + 1)
+        p.grad = grad.clone()
+        optimizer.step()
+        expected = expected * (1 - 0.1 * 0.5) - 0.1 / math.sqrt(t + 1) * grad
+    torch.testing.assert_close(p.detach(), expected)
+
+
+@pytest.mark.parametrize("optimizer_cls", [AdamW, SGDDecay])
+def test_step_calls_the_closure_with_grad_enabled_and_returns_its_loss(optimizer_cls):
+    p = torch.nn.Parameter(torch.tensor([2.0]))
+    optimizer = optimizer_cls([p], lr=0.1)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (p**2).sum()
+        loss.backward()  # fails if the closure ran under no_grad
+        return loss
+
+    loss = optimizer.step(closure)
+    assert loss.item() == 4.0 and p.item() < 2.0
+
+
+def test_optimizers_reject_each_bad_hyperparameter():
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    bad = [dict(lr=-1), dict(eps=-1), dict(weight_decay=-0.1), dict(betas=(-0.1, 0.9))]
+    bad += [dict(betas=(0.9, 1.0))]
+    for kwargs in bad:
+        with pytest.raises(ValueError, match="AdamW needs"):
+            AdamW(p, **kwargs)
+    with pytest.raises(ValueError, match="SGDDecay needs"):
+        SGDDecay(p, weight_decay=-1)
+
+
+def test_gradient_clip_without_gradients_returns_zero():
+    params = [torch.nn.Parameter(torch.ones(3))]
+    assert gradient_clip(params, 1.0).item() == 0.0
+    assert params[0].grad is None
+
+
+def test_param_groups_leave_out_frozen_parameters():
+    model = Transformer(SMALL)
+    model.embedding.weight.requires_grad_(False)
+    model.final_norm.weight.requires_grad_(False)
+    decay, no_decay = param_groups(model, 0.1)
+    grouped = {id(p) for p in decay["params"] + no_decay["params"]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert grouped == trainable and id(model.embedding.weight) not in grouped

@@ -30,10 +30,20 @@ def test_same_seed_same_stories_other_seed_or_stream_differs():
 
 
 def test_exactly_one_size_argument():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="exactly one of num_stories or target_bytes"):
         next(generate_stories(seed=0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="exactly one of num_stories or target_bytes"):
         next(generate_stories(num_stories=3, target_bytes=100, seed=0))
+
+
+def test_sizes_must_be_positive(tmp_path, capsys):
+    with pytest.raises(ValueError, match="sizes must be positive"):
+        write_corpus(tmp_path, 1000, 0, progress=False)
+    with pytest.raises(SystemExit) as exit_info:
+        stories.main(["--out", str(tmp_path), "--train-mb", "-1"])
+    assert exit_info.value.code == 2
+    assert "--train-mb and --valid-mb must be positive" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_corpus_files_format_size_and_disjointness(tmp_path):

@@ -350,3 +350,180 @@ def test_main_reports_errors_without_a_traceback():
         plots.main([])
     with pytest.raises(SystemExit, match="NAME=BITS_PER_BYTE"):
         plots.main(["runs/x", "--reference", "nanoGPT"])
+
+
+# --- the training step against a plain PyTorch reference ---------------------------------------
+
+
+def schedule(t: int, c: TrainConfig) -> float:
+    """Linear warm-up from 0, then a half cosine from max_lr down to min_lr at max_iters."""
+    if t < c.warmup_iters:
+        return c.max_lr * t / c.warmup_iters
+    progress = (t - c.warmup_iters) / (c.max_iters - c.warmup_iters)
+    return c.min_lr + (c.max_lr - c.min_lr) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def reference_training(config: TrainConfig, initial: dict, batches: list, tokens: np.ndarray):
+    """The run written with torch's own loss, clipping and AdamW (or SGD with lr / sqrt(t + 1)
+    by hand), on the same initial weights and windows. Returns (weights, [(loss, norm, lr)])."""
+    model = Transformer(config.model)
+    model.load_state_dict(initial)
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    adamw = torch.optim.AdamW(groups, betas=config.betas, eps=config.eps, foreach=False)
+    ctx, records = config.model.context_length, []
+    for t, starts in enumerate(batches):
+        lr = schedule(t, config)
+        windows = np.stack([tokens[s : s + ctx + 1] for s in starts.tolist()]).astype(np.int64)
+        windows = torch.from_numpy(windows)
+        logits = model(windows[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
+        loss.backward()
+        norm = (
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if config.grad_clip else None
+        )
+        with torch.no_grad():
+            if config.optimizer == "adamw":
+                for group in adamw.param_groups:
+                    group["lr"] = lr
+                adamw.step()
+            else:
+                for group in groups:
+                    for p in group["params"]:
+                        p.mul_(1 - lr * group["weight_decay"])
+                        p.add_(p.grad, alpha=-lr / math.sqrt(t + 1))
+        model.zero_grad(set_to_none=True)
+        records.append((loss.item(), None if norm is None else norm.item(), lr))
+    return model.state_dict(), records
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # A large eps and weight decay, and a clip that bites, so that each one shows.
+        dict(optimizer="adamw", max_lr=1e-3, eps=1e-4, weight_decay=0.5, grad_clip=0.05),
+        dict(optimizer="sgd", max_lr=0.5, weight_decay=0.2, grad_clip=0.0),
+    ],
+)
+def test_training_steps_equal_a_plain_pytorch_reference(data_dir, tmp_path, monkeypatch, overrides):
+    initial, batches = {}, []
+    make_model, sample = training.Transformer, training.sample_starts
+
+    def spy_model(*args, **kwargs):
+        model = make_model(*args, **kwargs)
+        initial.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+
+    def spy_starts(*args, **kwargs):
+        batches.append(sample(*args, **kwargs).clone())
+        return batches[-1]
+
+    monkeypatch.setattr(training, "Transformer", spy_model)
+    monkeypatch.setattr(training, "sample_starts", spy_starts)
+    config = small_config(
+        data_dir, tmp_path / "run", max_iters=4, warmup_iters=1, min_lr=1e-4, betas=(0.8, 0.9),
+        grad_accum_steps=2, log_interval=1, valid_data="", **overrides,
+    )  # fmt: skip
+    train(config)
+    monkeypatch.undo()
+    assert len(batches) == 4 and all(b.shape == (8,) for b in batches)
+
+    tokens = np.load(data_dir / "train.npy")
+    weights, records = reference_training(config, initial, batches, tokens)
+    ours = read_checkpoint(tmp_path / "run")["model"]
+    torch.testing.assert_close(ours, weights, atol=2e-6, rtol=0)
+    moved = max((weights[k] - initial[k]).abs().max().item() for k in weights)
+    assert moved > 1e-3  # the tolerance is far below how far the weights moved
+    logged = [r for r in plots.read_metrics(tmp_path / "run") if r["type"] == "train"]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4]
+    assert [r["tokens"] for r in logged] == [s * 8 * 64 for s in (1, 2, 3, 4)]
+    for record, (loss, norm, lr) in zip(logged, records, strict=True):
+        assert record["loss"] == pytest.approx(loss, rel=1e-5)
+        assert record["lr"] == pytest.approx(lr, rel=1e-12, abs=1e-15)
+        if norm is None:
+            assert record["grad_norm"] is None
+        else:
+            assert record["grad_norm"] == pytest.approx(norm, rel=1e-5)
+            assert norm > config.grad_clip  # the clip did bite
+
+
+def test_logged_loss_is_the_mean_over_the_log_interval(data_dir, tmp_path):
+    losses = {}
+    for interval in (1, 3):
+        config = small_config(
+            data_dir, tmp_path / str(interval), max_iters=7, log_interval=interval, valid_data=""
+        )
+        train(config)
+        losses[interval] = {
+            r["step"]: r["loss"] for r in plots.read_metrics(config.run_dir) if r["type"] == "train"
+        }
+    per_step = losses[1]
+    assert list(losses[3]) == [3, 6, 7]  # and the last step, mid-interval
+    for step, first in ((3, 1), (6, 4), (7, 7)):
+        expected = np.mean([per_step[s] for s in range(first, step + 1)])
+        assert losses[3][step] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("final_eval", ["sampled", "none"])
+def test_final_evaluation_modes(data_dir, tmp_path, final_eval):
+    run = tmp_path / "run"
+    result = train(small_config(data_dir, run, max_iters=6, eval_interval=4, final_eval=final_eval))
+    evals = [(r["step"], r["exact"]) for r in plots.read_metrics(run) if r["type"] == "eval"]
+    if final_eval == "sampled":  # the fixed windows again, at the last step
+        assert evals == [(4, False), (6, False)] and result["val_exact"] is False
+    else:  # no final evaluation: the result holds the last periodic one
+        assert evals == [(4, False)] and result["val_exact"] is False
+    last = [r for r in plots.read_metrics(run) if r["type"] == "eval"][-1]
+    assert result["val_loss"] == last["loss"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(optimizer="adam"), "optimizer must be one of \\('adamw', 'sgd'\\), not 'adam'"),
+        (dict(dtype="float16"), "dtype must be one of"),
+        (dict(final_eval="all"), "final_eval must be one of"),
+        (dict(max_iters=0), "max_iters must be at least 1, not 0"),
+        (dict(batch_size=0), "batch_size must be at least 1"),
+        (dict(log_interval=0), "log_interval must be at least 1"),
+        (dict(eval_batch_size=0), "eval_batch_size must be at least 1"),
+        (dict(checkpoint_interval=0), "checkpoint_interval must be at least 1"),
+        (dict(train_data=""), "train_data is not set"),
+        (dict(warmup_iters=-1), "warmup_iters must be >= 0"),
+        (dict(grad_clip=-1.0), "grad_clip must be >= 0"),
+        (dict(max_train_seconds=-5.0), "max_train_seconds must be >= 0"),
+    ],
+)
+def test_bad_settings_are_named_before_anything_is_written(data_dir, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(small_config(data_dir, tmp_path / "run", **overrides))
+    assert not (tmp_path / "run").exists()
+
+
+def test_resolve_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert training.resolve_device("auto") == torch.device("cpu")
+    assert training.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="'cuda:1' requested but CUDA is not available"):
+        training.resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="'mps' requested but MPS is not available"):
+        training.resolve_device("mps")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        training.resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert training.resolve_device("auto") == torch.device("cuda")
+
+
+def test_peak_flops_for_mfu(monkeypatch):
+    names = {0: "NVIDIA H100 PCIe", 1: "NVIDIA H100 80GB HBM3", 2: "NVIDIA GeForce RTX 4090"}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: names[device.index])
+    bf16 = torch.bfloat16
+    assert training.peak_flops(torch.device("cuda", 0), bf16) == 756e12  # not the SXM figure
+    assert training.peak_flops(torch.device("cuda", 1), bf16) == 989e12
+    assert training.peak_flops(torch.device("cuda", 2), bf16) is None  # unknown GPU: no MFU
+    assert training.peak_flops(torch.device("cuda", 1), None) is None  # float32: no MFU
+    assert training.peak_flops(torch.device("cpu"), bf16) is None
