@@ -274,9 +274,10 @@ class MultiHeadAttention(nn.Module):
         q, k, v = qk[0], qk[1], qkv[2]  # (batch, heads, seq, d_head)
         if kv_cache is not None:
             k, v = kv_cache.append(layer, k, v)  # (batch, heads, start + seq, d_head)
-        # A fresh sequence needs only the causal mask, which the fused kernel builds itself.
-        is_causal = kv_cache is None or (start == 0 and kv_cache.key_mask is None)
-        mask = None if is_causal else self._mask(seq, start, x.device, kv_cache)
+        if kv_cache is None or (start == 0 and kv_cache.key_mask is None):
+            is_causal, mask = True, None  # a fresh sequence: the fused kernel builds the mask
+        else:
+            is_causal, mask = False, self._mask(seq, start, x.device, kv_cache)
         if self.attention == "fused":
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         else:
