@@ -299,6 +299,20 @@ def test_kv_cache_decoding_equals_full_recompute(attention, chunks):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_kv_cache_decoding_traces_as_one_graph_for_torch_compile():
+    """fullgraph=True raises on any graph break (e.g. a symbolic cache length reaching SDPA's
+    is_causal); the "eager" backend traces without compiling, so the test stays fast."""
+    model = small_model().eval()
+    compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=True)
+    ids = torch.randint(0, SMALL.vocab_size, (1, 12))
+    cache = model.new_kv_cache(batch_size=1)
+    with torch.no_grad():
+        steps = [compiled(ids[:, :8], cache, last_only=True)]
+        steps += [compiled(ids[:, i : i + 1], cache, last_only=True) for i in range(8, 12)]
+        expected = model(ids)[:, 7:]
+    torch.testing.assert_close(torch.cat(steps, dim=1), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_last_only_gives_the_last_positions_logits():
     model = small_model().eval()
     ids = torch.randint(0, SMALL.vocab_size, (3, 11))
