@@ -169,7 +169,7 @@ class _Run:
     train_seconds: float = 0.0  # time spent in steps; evaluations and checkpoints not counted
     interval_start: float = 0.0  # time.perf_counter() when the current timing interval began
     interval_first_step: int = 0  # the step it began after
-    last_saved: int | None = None  # step of the newest checkpoint (on rank 0)
+    last_saved: int | None = None  # step of the newest checkpoint (rank 0 writes it)
     last_train: dict = field(default_factory=dict)  # the latest train record
     last_eval: dict = field(default_factory=dict)  # the latest eval record
     stopping: bool = False  # a stop was requested (Ctrl-C, SIGTERM)
@@ -411,6 +411,7 @@ def _sync_point(
         _check_finite(run.model, run.step)  # on every rank, so that all of them stop together
         if run.is_main:
             _save(run)
+        run.last_saved = run.step  # on every rank, for the divergence message
     if run.stopping:
         if run.is_main:
             tqdm.write(f"stopped at step {run.step}; checkpoint saved to {run.checkpoint_path}")
@@ -497,7 +498,6 @@ def _save(run: _Run) -> None:
         tokenizer_dir=run.config.tokenizer_dir or None, data_generator=run.generator,
         extra=extra,
     )  # fmt: skip
-    run.last_saved = run.step
 
 
 def _diverged(run: _Run, loss: float, lr: float) -> TrainingDiverged:
