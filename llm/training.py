@@ -448,6 +448,7 @@ def _log_train(
         "step": run.step,
         "loss": mean_loss,
         "lr": lr,
+        # The last step's global gradient norm, before clipping (None when clipping is off).
         "grad_norm": grad_norm.item() if grad_norm is not None else None,
         "tokens": run.step * run.tokens_per_step,
         "tokens_per_s": tokens_per_s,
