@@ -113,14 +113,12 @@ class RmsNorm(nn.Module):
         self.register_buffer("eps_tensor", torch.tensor(eps, device=device), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model)
-        in_dtype = x.dtype
-        compute_dtype = torch.promote_types(in_dtype, torch.float32)
-        if in_dtype != compute_dtype:
-            x = x.to(compute_dtype)
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # sqrt(sum of x^2), (..., 1)
+        half = x.dtype in (torch.float16, torch.bfloat16)
+        x32 = x.float() if half else x
+        norm = torch.linalg.vector_norm(x32, dim=-1, keepdim=True)  # sqrt(sum of x^2), (..., 1)
         mean_square_eps = torch.addcmul(self.eps_tensor, norm, norm, value=1 / x.shape[-1])
-        x = x * torch.rsqrt(mean_square_eps) * self.weight
-        return x if in_dtype == compute_dtype else x.to(in_dtype)
+        out = x32 * torch.rsqrt(mean_square_eps) * self.weight
+        return out.to(x.dtype) if half else out
 
 
 def silu(x: Tensor) -> Tensor:
@@ -205,8 +203,9 @@ class RoPE(nn.Module):
     def forward(self, x: Tensor, token_positions: Tensor | slice) -> Tensor:
         """x: (..., seq, d_k); token_positions: (..., seq) broadcastable to x's leading dims, or a
         slice for consecutive positions (a view of the tables, no lookup)."""
-        cos = self.cos[token_positions].to(x.dtype)  # (..., seq, d_k)
-        signed_sin = self.signed_sin[token_positions].to(x.dtype)
+        cos, signed_sin = self.cos[token_positions], self.signed_sin[token_positions]  # (.., d_k)
+        if cos.dtype != x.dtype:  # e.g. bfloat16 queries under autocast
+            cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
         swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (b, a) for each pair (a, b)
         return x * cos + swapped * signed_sin
 
@@ -271,7 +270,7 @@ class MultiHeadAttention(nn.Module):
         qkv = self.qkv_proj(x).view(batch, seq, 3, self.num_heads, self.d_head)
         qkv = qkv.permute(2, 0, 3, 1, 4)
         qk = self.rope(qkv[:2], token_positions)  # rotate queries and keys in one call
-        q, k, v = qk[0], qk[1], qkv[2]  # (batch, heads, seq, d_head)
+        (q, k), v = qk.unbind(0), qkv[2]  # (batch, heads, seq, d_head)
         if kv_cache is not None:
             k, v = kv_cache.append(layer, k, v)  # (batch, heads, start + seq, d_head)
         if kv_cache is None or (start == 0 and kv_cache.key_mask is None):
