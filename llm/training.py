@@ -175,14 +175,14 @@ class _Run:
     stopping: bool = False  # a stop was requested (Ctrl-C, SIGTERM)
     tokens_per_step: int = field(init=False)
     flops_per_step: float = field(init=False)  # training FLOPs of one step, for MFU
-    peak_flops: float | None = field(init=False)  # the device's peak FLOP/s (None = unknown)
+    device_peak_flops: float | None = field(init=False)  # peak FLOP/s (None = unknown)
 
     def __post_init__(self) -> None:
         ctx = self.config.model.context_length
         self.loss_sum = torch.tensor(0.0, dtype=torch.float32, device=self.world.device)
         self.tokens_per_step = self.config.batch_size * ctx
         self.flops_per_step = self.model.flops_per_token(ctx) * self.tokens_per_step
-        self.peak_flops = peak_flops(self.world.device, self.autocast_dtype)
+        self.device_peak_flops = peak_flops(self.world.device, self.autocast_dtype)
 
     @property
     def is_main(self) -> bool:
@@ -306,7 +306,10 @@ def _loss_model(model: Transformer, config: TrainConfig, world: Distributed) -> 
         loss_model = torch.compile(loss_model)
     if world.world_size > 1:
         device_ids = [world.device.index] if world.device.type == "cuda" else None
-        loss_model = DistributedDataParallel(loss_model, device_ids=device_ids)
+        # No buffer broadcasts: the only buffers (RoPE tables, RmsNorm eps) come from the config.
+        loss_model = DistributedDataParallel(
+            loss_model, device_ids=device_ids, broadcast_buffers=False
+        )
     return loss_model
 
 
@@ -442,7 +445,7 @@ def _log_train(
     """Record the mean training loss and the throughput of the `seconds` since the last sync
     point, and start a new mean."""
     tokens_per_s = (run.step - run.interval_first_step) * run.tokens_per_step / seconds
-    peak = run.peak_flops
+    peak = run.device_peak_flops
     run.last_train = {
         "type": "train",
         "step": run.step,

@@ -110,15 +110,18 @@ class RmsNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
-        self.register_buffer("eps_tensor", torch.tensor(eps, device=device), persistent=False)
+        self.register_buffer(
+            "eps_tensor", torch.tensor(eps, device=device, dtype=dtype), persistent=False
+        )
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model)
-        half = x.dtype in (torch.float16, torch.bfloat16)
-        x32 = x.float() if half else x
-        norm = torch.linalg.vector_norm(x32, dim=-1, keepdim=True)  # sqrt(sum of x^2), (..., 1)
+        low_precision = x.dtype in (torch.float16, torch.bfloat16)
+        x_compute = x.float() if low_precision else x
+        norm = torch.linalg.vector_norm(x_compute, dim=-1, keepdim=True)  # sqrt(sum x^2), (..., 1)
+        # mean(x^2) + eps = eps + norm * norm / d_model
         mean_square_eps = torch.addcmul(self.eps_tensor, norm, norm, value=1 / x.shape[-1])
-        out = x32 * torch.rsqrt(mean_square_eps) * self.weight
-        return out.to(x.dtype) if half else out
+        out = x_compute * torch.rsqrt(mean_square_eps) * self.weight
+        return out.to(x.dtype) if low_precision else out
 
 
 def silu(x: Tensor) -> Tensor:
@@ -270,7 +273,8 @@ class MultiHeadAttention(nn.Module):
         qkv = self.qkv_proj(x).view(batch, seq, 3, self.num_heads, self.d_head)
         qkv = qkv.permute(2, 0, 3, 1, 4)
         qk = self.rope(qkv[:2], token_positions)  # rotate queries and keys in one call
-        (q, k), v = qk.unbind(0), qkv[2]  # (batch, heads, seq, d_head)
+        q, k = qk.unbind(0)  # (batch, heads, seq, d_head)
+        v = qkv[2]
         if kv_cache is not None:
             k, v = kv_cache.append(layer, k, v)  # (batch, heads, start + seq, d_head)
         if kv_cache is None or (start == 0 and kv_cache.key_mask is None):
