@@ -278,6 +278,30 @@ def test_resume_after_interrupt_is_bit_exact(data_dir, tmp_path, monkeypatch):
     assert torch.equal(a["rng"]["data"], b["rng"]["data"])
 
 
+def test_sigterm_stops_after_the_step_saves_and_restores_the_handler(
+    data_dir, tmp_path, monkeypatch
+):
+    schedule = training.cos_lr_scheduler
+
+    def sigterm_during_step_2(t, *args):
+        if t == 2:
+            signal.raise_signal(signal.SIGTERM)  # what a cluster scheduler sends before a kill
+        return schedule(t, *args)
+
+    def outside_handler(signum, frame):  # reached only if training did not catch SIGTERM
+        raise RuntimeError("SIGTERM reached the handler installed outside train()")
+
+    monkeypatch.setattr(training, "cos_lr_scheduler", sigterm_during_step_2)
+    previous = signal.signal(signal.SIGTERM, outside_handler)
+    try:
+        result = train(small_config(data_dir, tmp_path / "run"))
+        assert signal.getsignal(signal.SIGTERM) is outside_handler  # restored afterwards
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result["interrupted"] and result["step"] == 3
+    assert read_checkpoint(tmp_path / "run")["iteration"] == 3
+
+
 def test_max_train_seconds_ends_the_run_early_with_a_final_evaluation(
     data_dir, tmp_path, monkeypatch
 ):
