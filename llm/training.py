@@ -292,7 +292,8 @@ def _resume(
         checkpoint, model, optimizer, data_generator=generator, restore_rng=True
     )
     if world.rank == 0:
-        _truncate_metrics(Path(config.run_dir) / METRICS_NAME, step)
+        finished = step == config.max_iters
+        _truncate_metrics(Path(config.run_dir) / METRICS_NAME, step, finished)
         print(f"resumed from {path} at step {step}")
     return step, checkpoint["extra"]
 
@@ -601,18 +602,22 @@ def _prepare_run_dir(config: TrainConfig) -> None:
     _write_text_atomic(run_dir / "config.json", json.dumps(config_to_dict(config), indent=2))
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records after `step` (logged after the checkpoint we resume from)."""
+def _truncate_metrics(path: Path, step: int, finished: bool) -> None:
+    """Drop the records logged after the checkpoint we resume from, at `step`. A finished run's
+    final evaluation is logged at `step` too, after the checkpoint: resuming repeats it, so it
+    goes as well."""
     if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if _record_step(line) <= step]
+        kept = [line for line in path.read_text().splitlines() if _keep(line, step, finished)]
         _write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def _record_step(line: str) -> float:
+def _keep(line: str, step: int, finished: bool) -> bool:
     try:
-        return json.loads(line)["step"]
+        record = json.loads(line)
+        final_eval = finished and record["type"] == "eval" and record["step"] == step
+        return record["step"] <= step and not final_eval
     except (json.JSONDecodeError, KeyError, TypeError):
-        return math.inf  # a torn line: drop it
+        return False  # a torn line
 
 
 def _append_metrics(path: Path, record: dict) -> None:

@@ -278,6 +278,15 @@ def test_resume_after_interrupt_is_bit_exact(data_dir, tmp_path, monkeypatch):
     assert torch.equal(a["rng"]["data"], b["rng"]["data"])
 
 
+def test_resuming_a_finished_run_repeats_only_its_final_evaluation(data_dir, tmp_path):
+    run = tmp_path / "run"
+    first = train(small_config(data_dir, run))
+    before = metrics(run)
+    again = train(load_train_config(["--run_dir", str(run), "--resume"]))
+    assert again["step"] == first["step"] == 12 and again["val_loss"] == first["val_loss"]
+    assert metrics(run) == before  # one final evaluation, not two
+
+
 def test_sigterm_stops_after_the_step_saves_and_restores_the_handler(
     data_dir, tmp_path, monkeypatch
 ):
