@@ -35,10 +35,7 @@ class AdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _call_closure(closure)
         for group in self.param_groups:
             lr, (beta1, beta2) = group["lr"], group["betas"]
             for p in group["params"]:
@@ -74,10 +71,7 @@ class SGDDecay(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _call_closure(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -88,6 +82,14 @@ class SGDDecay(torch.optim.Optimizer):
                 p.add_(p.grad, alpha=-group["lr"] / math.sqrt(t + 1))
                 state["t"] = t + 1
         return loss
+
+
+def _call_closure(closure: Callable[[], float] | None) -> float | None:
+    """The loss from the optional closure, which re-evaluates the model (so needs grad mode)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def cos_lr_scheduler(
