@@ -108,18 +108,16 @@ class RmsNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None) -> None:
         super().__init__()
-        self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
-        self.register_buffer(
-            "eps_tensor", torch.tensor(eps, device=device, dtype=dtype), persistent=False
-        )
+        # A 0-dim tensor, not a float: addcmul takes it without a per-call conversion.
+        self.register_buffer("eps", torch.tensor(eps, device=device, dtype=dtype), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model)
         low_precision = x.dtype in (torch.float16, torch.bfloat16)
         x_compute = x.float() if low_precision else x
         norm = torch.linalg.vector_norm(x_compute, dim=-1, keepdim=True)  # sqrt(sum x^2), (..., 1)
         # mean(x^2) + eps = eps + norm * norm / d_model
-        mean_square_eps = torch.addcmul(self.eps_tensor, norm, norm, value=1 / x.shape[-1])
+        mean_square_eps = torch.addcmul(self.eps, norm, norm, value=1 / x.shape[-1])
         out = x_compute * torch.rsqrt(mean_square_eps) * self.weight
         return out.to(x.dtype) if low_precision else out
 
