@@ -1,22 +1,18 @@
-"""Dataclass configs from TOML files and `--key value` command-line flags.
+"""Config dataclasses from dicts and TOML files, and back.
 
-Values are layered, later ones winning:
-
-    the dataclass defaults (or a preset)  <-  a TOML file (--config FILE)  <-  --key value flags
-
-A nested dataclass field is a TOML table (`[model]` then `d_model = 256`) and a dotted flag
-(`--model.d_model 256`). Every key is checked against the dataclass and converted to the field's
-type before any work starts, so a typo or a wrong type is an immediate, named error.
-`--help` lists every key with its type, default and the comment written beside the field.
+A config is a dataclass; a nested dataclass field is a TOML table (`[model]` then
+`d_model = 256`). Every key is checked against the dataclass and converted to the field's type
+before any work starts, so a typo or a wrong type is an immediate, named error. A field with no
+default is required. The command line (`llm/cli.py`) layers flags over a TOML file over the
+defaults with the same functions.
 """
 
 import dataclasses
 import inspect
 import re
-import sys
 import tomllib
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -42,45 +38,10 @@ def load_toml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
-def read_args(argv: list[str]) -> tuple[dict, bool]:
-    """Parse `[FILE.toml] [--config FILE] [--key value | --key=value | --flag]... [--help]`.
-
-    Returns (values, help_requested). Values from the TOML file come first and flags override
-    them; a dotted key (--model.d_model) goes into the nested table. A flag with no value (the
-    next word is another flag, or there is none) means true.
-    """
-    toml_values: dict = {}
-    flag_values: dict = {}
-    show_help = False
-    i = 0
-    while i < len(argv):
-        word = argv[i]
-        i += 1
-        if word in ("-h", "--help"):
-            show_help = True
-            continue
-        if not word.startswith("--"):
-            if word.endswith(".toml"):
-                _merge(toml_values, load_toml(word))
-                continue
-            raise ConfigError(f"unexpected argument {word!r}: flags are written --key value")
-        key, has_value, value = word[2:].partition("=")
-        if not has_value:
-            if i < len(argv) and not argv[i].startswith("--"):
-                value = argv[i]
-                i += 1
-            else:
-                value = "true"
-        if key == "config":
-            _merge(toml_values, load_toml(value))
-        else:
-            _set_dotted(flag_values, key, value)
-    return _merge(toml_values, flag_values), show_help
-
-
 def config_from_dict(cls: type[T], values: Mapping[str, Any], base: T | None = None) -> T:
-    """Build a `cls` from `base` (default: cls()) with `values` applied, checked and converted."""
-    return _apply(cls, values, cls() if base is None else base, prefix="")
+    """Build a `cls` from `base` (default: the dataclass defaults) with `values` applied,
+    checked and converted. Without a base, every field that has no default must be given."""
+    return _apply(cls, values, base, prefix="")
 
 
 def config_from_toml(cls: type[T], path: str | Path, base: T | None = None) -> T:
@@ -93,38 +54,14 @@ def config_to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
-def parse_config(
-    cls: type[T],
-    argv: list[str] | None = None,
-    base: T | Callable[[dict], T] | None = None,
-    description: str = "",
-) -> T:
-    """The config for a command-line program: defaults <- TOML <- flags; prints help and exits
-    on --help. `base` may be a function of the raw values, so that a key such as a preset name
-    can choose the defaults the other keys then override."""
-    values, show_help = read_args(sys.argv[1:] if argv is None else argv)
-    if callable(base):
-        base = base(values)
-    if show_help:
-        print(help_text(cls, base, description))
-        raise SystemExit(0)
-    return config_from_dict(cls, values, base)
-
-
-def help_text(cls: type, base: Any = None, description: str = "") -> str:
-    """Every key with its type, default and comment."""
-    base = cls() if base is None else base
-    lines = [description.strip(), ""] if description else []
-    lines += [
-        "usage: [CONFIG.toml] [--config CONFIG.toml] [--key value]...",
-        "Values: defaults <- TOML file <- flags. Nested keys: [table] in TOML, --table.key flag.",
-        "",
+def required_fields(cls: type) -> list[str]:
+    """The fields of `cls` with no default value."""
+    missing = dataclasses.MISSING
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is missing and f.default_factory is missing and f.init
     ]
-    for key, type_name, default, comment in _describe(cls, base, prefix=""):
-        lines.append(f"  --{key:<26} {type_name:<16} default: {default!r}")
-        if comment:
-            lines.append(f"      {comment}")
-    return "\n".join(lines)
 
 
 def format_config(config: Any) -> str:
@@ -137,7 +74,7 @@ def format_config(config: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _apply(cls: type[T], values: Mapping[str, Any], base: T, prefix: str) -> T:
+def _apply(cls: type[T], values: Mapping[str, Any], base: T | None, prefix: str) -> T:
     if not isinstance(values, Mapping):
         raise ConfigError(f"{prefix.rstrip('.')} is a table of keys, not {values!r}")
     hints = get_type_hints(cls)
@@ -149,11 +86,16 @@ def _apply(cls: type[T], values: Mapping[str, Any], base: T, prefix: str) -> T:
             raise ConfigError(f"unknown config key {prefix + key!r}; valid keys are: {valid}")
         field_type = hints[key]
         if dataclasses.is_dataclass(field_type):
-            changes[key] = _apply(field_type, value, getattr(base, key), prefix + key + ".")
+            inner = None if base is None else getattr(base, key)
+            changes[key] = _apply(field_type, value, inner, prefix + key + ".")
         else:
             changes[key] = _convert(value, field_type, prefix + key)
+    if base is None:
+        missing = [prefix + name for name in required_fields(cls) if name not in changes]
+        if missing:
+            raise ConfigError(f"missing required setting: {', '.join('--' + k for k in missing)}")
     try:
-        return dataclasses.replace(base, **changes)
+        return cls(**changes) if base is None else dataclasses.replace(base, **changes)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"invalid {cls.__name__}: {e}") from None
 
@@ -205,18 +147,33 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
 
 
-def _describe(cls: type, base: Any, prefix: str) -> list[tuple[str, str, Any, str]]:
-    """(dotted key, type name, current value, comment) for every leaf field."""
+REQUIRED = "(required)"  # the value describe_fields shows for a field with no default
+
+
+def describe_fields(cls: type, base: Any = None) -> list[tuple[str, str, Any, str | None]]:
+    """(dotted key, type name, value in `base` or default, comment) for every leaf field."""
+    return _describe(cls, base, prefix="")
+
+
+def _describe(cls: type, base: Any, prefix: str) -> list[tuple[str, str, Any, str | None]]:
     hints = get_type_hints(cls)
     comments = _field_comments(cls)
     rows = []
     for f in dataclasses.fields(cls):
-        value = getattr(base, f.name)
+        value = getattr(base, f.name) if base is not None else _default(f)
         if dataclasses.is_dataclass(hints[f.name]):
             rows += _describe(hints[f.name], value, prefix + f.name + ".")
         else:
             rows.append((prefix + f.name, _type_name(hints[f.name]), value, comments.get(f.name)))
     return rows
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return REQUIRED
 
 
 def _field_comments(cls: type) -> dict[str, str]:
@@ -233,22 +190,3 @@ def _type_name(tp: Any) -> str:
     if isinstance(tp, type) and get_origin(tp) is None:
         return tp.__name__
     return str(tp).replace("typing.", "")
-
-
-def _set_dotted(values: dict, key: str, value: str) -> None:
-    *tables, leaf = key.split(".")
-    for table in tables:
-        values = values.setdefault(table, {})
-        if not isinstance(values, dict):
-            raise ConfigError(f"--{key}: {table} is not a table of keys")
-    values[leaf] = value
-
-
-def _merge(into: dict, other: Mapping) -> dict:
-    """Recursively merge `other` into `into` (other wins) and return `into`."""
-    for key, value in other.items():
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-    return into

@@ -52,13 +52,8 @@ from llm.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from llm.config import (
-    ConfigError,
-    config_from_dict,
-    config_to_dict,
-    format_config,
-    parse_config,
-)
+from llm.cli import parse
+from llm.config import ConfigError, config_from_dict, config_to_dict, format_config
 from llm.data import (
     DataError,
     check_tokens,
@@ -118,7 +113,9 @@ class TrainingDiverged(RuntimeError):
 
 def load_train_config(argv: list[str] | None = None) -> TrainConfig:
     """TrainConfig from `[CONFIG.toml] [--key value]...` (see --help)."""
-    return parse_config(TrainConfig, argv, base=_base_config, description=__doc__)
+    return parse(
+        TrainConfig, argv, base=_base_config, description=__doc__, prog="uv run -m llm.training"
+    )
 
 
 def _base_config(values: dict) -> TrainConfig:
