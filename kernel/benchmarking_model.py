@@ -17,8 +17,8 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from llm.device import peak_flops
 from llm.optim import AdamW
-from llm.training import peak_flops
 from llm.transformer import MODEL_PRESETS, Transformer, cross_entropy
 
 

@@ -11,13 +11,12 @@ A checkpoint is one file written with torch.save holding plain data only:
     rng            python, numpy, torch (+ cuda) and data-sampler generator states
     extra          small run state the trainer wants back (a dict of plain values)
 
-It is written atomically (temp file, fsync, rename), so a crash or a kill mid-save leaves the
-previous checkpoint whole, and read with torch.load(weights_only=True), which refuses anything
-but tensors and plain containers: a checkpoint from elsewhere cannot run code.
+It is written atomically (llm/atomic_write.py: temp file, fsync, rename), so a crash or a kill
+mid-save leaves the previous checkpoint whole, and read with torch.load(weights_only=True), which
+refuses anything but tensors and plain containers: a checkpoint from elsewhere cannot run code.
 """
 
 import dataclasses
-import os
 import pickle
 import random
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from llm.atomic_write import atomic_write
 from llm.config import ConfigError, config_from_dict, config_to_dict
 from llm.transformer import ModelConfig, Transformer
 
@@ -88,24 +88,10 @@ def save_checkpoint(
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same directory, fsync, then rename over `path`: readers
-    see the old file or the new one, never a partial write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """torch.save through atomic_write: readers see the old file or the new one, never a
+    partial write."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from llm.bpe_tokenizer import BpeTokenizer
 from llm.checkpoint import load_model
-from llm.training import resolve_device
+from llm.device import resolve_device
 from llm.transformer import Transformer
 
 EOS_TOKEN = "<|endoftext|>"

@@ -9,28 +9,13 @@ finished or still going; a reference draws a horizontal line, e.g. another model
 """
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
-METRICS_NAME = "metrics.jsonl"
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The records of run_dir/metrics.jsonl (a torn last line from a crash is skipped)."""
-    path = Path(run_dir) / METRICS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no metrics log at {path}: is {run_dir} a training run directory?")
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+from llm.run_dir import read_metrics
 
 
 def plot_run(run_dir: str | Path, references: dict[str, float] | None = None) -> list[Path]:

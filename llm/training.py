@@ -52,7 +52,7 @@ from llm.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from llm.cli import parse
+from llm.cli import parse, run_main
 from llm.config import ConfigError, config_from_dict, config_to_dict, format_config
 from llm.data import (
     DataError,
@@ -62,13 +62,20 @@ from llm.data import (
     read_windows,
     sample_starts,
 )
+from llm.device import (
+    Distributed,
+    autocast,
+    autocast_dtype,
+    mfu,
+    peak_flops,
+    resolve_device,
+    setup_distributed,
+)
 from llm.evaluation import evaluate_exact, evaluate_windows, load_token_bytes
 from llm.optim import AdamW, SGDDecay, cos_lr_scheduler, gradient_clip, param_groups
-from llm.plots import METRICS_NAME, plot_run
+from llm.plots import plot_run
+from llm.run_dir import METRICS_NAME, append_metrics, check_run_dir, start_run_dir
 from llm.transformer import MODEL_PRESETS, ModelConfig, Transformer, cross_entropy
-
-# Dense bf16 tensor-core peak FLOP/s, for MFU (model FLOPs utilisation). First match wins.
-PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 @dataclass
@@ -132,13 +139,6 @@ def _base_config(values: dict) -> TrainConfig:
 
 
 @dataclass
-class Distributed:
-    rank: int  # this process, 0 .. world_size - 1; rank 0 logs, evaluates and writes files
-    world_size: int
-    device: torch.device
-
-
-@dataclass
 class _Data:
     """The token splits, and what evaluating on the validation split needs."""
 
@@ -183,7 +183,7 @@ class _Run:
 
     @property
     def is_main(self) -> bool:
-        return self.world.rank == 0
+        return self.world.is_main
 
     @property
     def run_dir(self) -> Path:
@@ -209,9 +209,9 @@ class _Due(NamedTuple):
 
 def train(config: TrainConfig) -> dict:
     """Run training as configured; returns the final metrics (see _summary)."""
-    world = _setup_distributed(config.device)
+    _check_config(config, int(os.environ.get("WORLD_SIZE", "1")))
+    world = setup_distributed(config.device)
     try:
-        _check_config(config, world.world_size)
         return _train(config, world)
     finally:
         if world.world_size > 1:
@@ -226,24 +226,29 @@ def _train(config: TrainConfig, world: Distributed) -> dict:
         run.last_eval = _evaluate(run, exact=config.final_eval == "exact")
     if run.is_main:
         plot_run(run.run_dir)
+        print(_closing_line(run))
     return _summary(run)
 
 
 def _start_run(config: TrainConfig, world: Distributed) -> _Run:
-    """Check the run directory, load the data, build the model and optimizer, and restore them
-    from the checkpoint with --resume. Rank 0 prints the config and the model's size."""
+    """Load the data, build the model and optimizer, and restore them from the checkpoint with
+    --resume; only then, with everything known to work, set up the run directory. Rank 0 prints
+    the config and the model's size."""
     _setup_torch(config)
-    if world.rank == 0:
-        _prepare_run_dir(config)
+    if world.is_main:
+        check_run_dir(config.run_dir, config.resume)
         print(format_config(config))
     data = _load_data(config)
     model = Transformer(config.model).to(world.device)
     optimizer = _build_optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     step, saved = _resume(config, world, model, optimizer, generator) if config.resume else (0, {})
+    if world.is_main:
+        resumed_at = step if config.resume else None
+        start_run_dir(config.run_dir, config_to_dict(config), resumed_at, step == config.max_iters)
     loss_model = _loss_model(model, config, world)
-    autocast_dtype = _autocast_dtype(config.dtype, world.device)
-    run = _Run(config, world, data, model, loss_model, optimizer, generator, autocast_dtype)
+    dtype = autocast_dtype(config.dtype, world.device)
+    run = _Run(config, world, data, model, loss_model, optimizer, generator, dtype)
     if config.resume:
         run.step = run.last_saved = step
         run.train_seconds = saved.get("train_seconds", 0.0)
@@ -288,9 +293,7 @@ def _resume(
     step = restore_checkpoint(
         checkpoint, model, optimizer, data_generator=generator, restore_rng=True
     )
-    if world.rank == 0:
-        finished = step == config.max_iters
-        _truncate_metrics(Path(config.run_dir) / METRICS_NAME, step, finished)
+    if world.is_main:
         print(f"resumed from {path} at step {step}")
     return step, checkpoint["extra"]
 
@@ -368,7 +371,7 @@ def _train_step(run: _Run, starts: Tensor) -> tuple[Tensor, Tensor | None]:
         # DDP all-reduces gradients during backward; skip it on all but the last micro-step.
         skip_sync = world.world_size > 1 and i < accum - 1
         with run.loss_model.no_sync() if skip_sync else nullcontext():
-            with _autocast(world.device, run.autocast_dtype):
+            with autocast(world.device, run.autocast_dtype):
                 loss = run.loss_model(inputs, targets) / accum
             loss.backward()
         total += loss.detach()
@@ -443,7 +446,6 @@ def _log_train(
     """Record the mean training loss and the throughput of the `seconds` since the last sync
     point, and start a new mean."""
     tokens_per_s = (run.step - run.interval_first_step) * run.tokens_per_step / seconds
-    peak = run.device_peak_flops
     run.last_train = {
         "type": "train",
         "step": run.step,
@@ -453,13 +455,13 @@ def _log_train(
         "grad_norm": grad_norm.item() if grad_norm is not None else None,
         "tokens": run.step * run.tokens_per_step,
         "tokens_per_s": tokens_per_s,
-        "mfu": tokens_per_s / run.tokens_per_step * run.flops_per_step / peak if peak else None,
+        "mfu": mfu(tokens_per_s, run.flops_per_step / run.tokens_per_step, run.device_peak_flops),
         "train_seconds": run.train_seconds,
     }
     run.loss_sum.zero_()
     run.loss_steps = 0
     if run.is_main:
-        _append_metrics(run.metrics_path, run.last_train)
+        append_metrics(run.metrics_path, run.last_train)
         bar.set_postfix_str(_progress_text(run.last_train))
 
 
@@ -479,7 +481,7 @@ def _evaluate(run: _Run, exact: bool) -> dict:
         )  # fmt: skip
     record = {"type": "eval", "step": run.step, "exact": exact, **result}
     record["train_seconds"] = run.train_seconds
-    _append_metrics(run.metrics_path, record)
+    append_metrics(run.metrics_path, record)
     tqdm.write(
         f"step {run.step}: validation loss {result['loss']:.4f}, perplexity "
         f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits/byte"
@@ -568,9 +570,15 @@ def _check_config(config: TrainConfig, world_size: int) -> None:
     for key in positive:
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be at least 1, not {getattr(config, key)}")
-    for key in ["warmup_iters", "grad_clip", "max_train_seconds", "weight_decay"]:
-        if getattr(config, key) < 0:
+    for key in ["warmup_iters", "grad_clip", "max_train_seconds", "weight_decay", "min_lr"]:
+        if not getattr(config, key) >= 0:  # written this way so that NaN fails too
             raise ConfigError(f"{key} must be >= 0 (0 = off), not {getattr(config, key)}")
+    if not config.max_lr > 0:
+        raise ConfigError(f"max_lr must be > 0, not {config.max_lr}")
+    try:
+        resolve_device(config.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     per_pass = config.grad_accum_steps * world_size
     if config.batch_size % per_pass:
         raise ConfigError(
@@ -583,51 +591,6 @@ def _check_config(config: TrainConfig, world_size: int) -> None:
         raise ConfigError("max_train_seconds works in single-process runs; under DDP set max_iters")
 
 
-def _prepare_run_dir(config: TrainConfig) -> None:
-    run_dir = Path(config.run_dir)
-    checkpoint = run_dir / CHECKPOINT_NAME
-    if config.resume and not checkpoint.is_file():
-        raise ConfigError(f"--resume: there is no checkpoint to resume at {checkpoint}")
-    if not config.resume and checkpoint.is_file():
-        raise ConfigError(
-            f"{run_dir} already holds a run ({checkpoint}); continue it with --resume, "
-            "or choose another --run_dir"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not config.resume:
-        (run_dir / METRICS_NAME).unlink(missing_ok=True)  # a run that died before checkpointing
-    _write_text_atomic(run_dir / "config.json", json.dumps(config_to_dict(config), indent=2))
-
-
-def _truncate_metrics(path: Path, step: int, finished: bool) -> None:
-    """Drop the records logged after the checkpoint we resume from, at `step`. A finished run's
-    final evaluation is logged at `step` too, after the checkpoint: resuming repeats it, so it
-    goes as well."""
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if _keep(line, step, finished)]
-        _write_text_atomic(path, "".join(line + "\n" for line in kept))
-
-
-def _keep(line: str, step: int, finished: bool) -> bool:
-    try:
-        record = json.loads(line)
-        final_eval = finished and record["type"] == "eval" and record["step"] == step
-        return record["step"] <= step and not final_eval
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return False  # a torn line
-
-
-def _append_metrics(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _check_finite(model: nn.Module, step: int) -> None:
     """Never save non-finite weights over a good checkpoint."""
     for name, p in model.named_parameters():
@@ -638,57 +601,6 @@ def _check_finite(model: nn.Module, step: int) -> None:
 def _progress_text(record: dict) -> str:
     text = f"loss {record['loss']:.4f} lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s"
     return text + (f" MFU {record['mfu']:.1%}" if record["mfu"] is not None else "")
-
-
-def _setup_distributed(device_name: str) -> Distributed:
-    """Single process, or one process of a torchrun job (WORLD_SIZE > 1 in the environment)."""
-    device = resolve_device(device_name)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Distributed(0, 1, device)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), world_size, device)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda, then mps, then cpu; otherwise the named device, checked to exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r} (try cpu, cuda, cuda:0, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} requested but MPS is not available here")
-    return device
-
-
-def _autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain float32."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return torch.bfloat16 if dtype == "bfloat16" else None
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
-
-
-def peak_flops(device: torch.device, autocast_dtype: torch.dtype | None) -> float | None:
-    """Dense bf16 peak FLOP/s of a known GPU, for MFU; None elsewhere."""
-    if device.type != "cuda" or autocast_dtype is not torch.bfloat16:
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
 def _seed_everything(seed: int) -> None:
@@ -725,11 +637,23 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def _closing_line(run: _Run) -> str:
+    """Where the results are and what to do next."""
+    if run.stopping:
+        return f"continue this run with: uv run -m llm.training --run_dir {run.run_dir} --resume"
+    return (
+        f"done: checkpoint {run.checkpoint_path}, plots in {run.run_dir / 'img'}; generate text "
+        f"with: uv run -m llm.generating --checkpoint {run.run_dir} --prompt 'Once upon a time'"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
-    try:
-        train(load_train_config(argv))
-    except (ConfigError, DataError, CheckpointError, TrainingDiverged) as e:
-        sys.exit(f"error: {e}")
+    """`uv run -m llm.training`: exit 0 when the run finished, 130 when a signal stopped it
+    (checkpoint saved), 2 for a bad setting, 1 for bad data or a diverged run."""
+    errors = (DataError, CheckpointError, TrainingDiverged, OSError)
+    summary = run_main(lambda: train(load_train_config(argv)), errors)
+    if summary["interrupted"]:
+        raise SystemExit(130)
 
 
 if __name__ == "__main__":

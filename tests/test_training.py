@@ -376,13 +376,11 @@ def test_a_finished_run_is_not_overwritten(data_dir, tmp_path):
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
-def test_main_reports_errors_without_a_traceback():
-    with pytest.raises(SystemExit, match="error: unknown config key 'max_lrr'"):
+def test_main_reports_errors_without_a_traceback(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         training.main(["--max_lrr", "1"])
-    with pytest.raises(SystemExit):
-        plots.main([])
-    with pytest.raises(SystemExit, match="NAME=BITS_PER_BYTE"):
-        plots.main(["runs/x", "--reference", "nanoGPT"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: unknown config key 'max_lrr'")
 
 
 # --- the training step against a plain PyTorch reference ---------------------------------------

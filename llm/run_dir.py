@@ -1,0 +1,96 @@
+"""A training run's directory and the metrics log in it (llm/plots.py draws from the log):
+
+    config.json      the effective config          metrics.jsonl  one JSON record per log/eval
+    checkpoint.pt    the latest checkpoint         img/           the plots
+
+Nothing in it changes until a run is known to start: `check_run_dir` only looks, and
+`start_run_dir` is called once the data, the model and (with --resume) the checkpoint loaded.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from llm.atomic_write import remove_stale_temp_files, write_text
+from llm.checkpoint import CHECKPOINT_NAME
+from llm.config import ConfigError
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+
+
+def check_run_dir(run_dir: str | Path, resume: bool) -> None:
+    """Raise ConfigError if a run cannot start in run_dir: a resume with no checkpoint, a new run
+    over a finished one, or a directory that cannot be created or written. Writes nothing."""
+    run_dir = Path(run_dir)
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir {run_dir} is a file, not a directory; choose another --run_dir")
+    if resume and not checkpoint.is_file():
+        raise ConfigError(f"--resume: there is no checkpoint to resume at {checkpoint}")
+    if not resume and checkpoint.is_file():
+        raise ConfigError(
+            f"{run_dir} already holds a run ({checkpoint}); continue it with --resume, "
+            "or choose another --run_dir"
+        )
+    existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create run_dir {run_dir}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to run_dir {run_dir}: {existing} is not writable")
+
+
+def start_run_dir(
+    run_dir: str | Path, config: dict, resume_step: int | None, finished: bool
+) -> None:
+    """Make the run directory ready for a run that is about to start: remove the temp files of
+    killed writers, start the metrics log afresh (or, resuming at resume_step, drop what was
+    logged after it) and write config.json."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(run_dir)
+    metrics = run_dir / METRICS_NAME
+    if resume_step is None:
+        metrics.write_text("")  # empty: a run that died before its first checkpoint left one
+    else:
+        truncate_metrics(metrics, resume_step, finished)
+    write_text(run_dir / CONFIG_NAME, json.dumps(config, indent=2))
+
+
+def append_metrics(path: str | Path, record: dict) -> None:
+    """Add one record to the log. Appending a line is all-or-nothing in practice; a torn last
+    line (a kill mid-write) is skipped by read_metrics and dropped on resume."""
+    with Path(path).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of run_dir/metrics.jsonl (a torn last line from a crash is skipped)."""
+    path = Path(run_dir) / METRICS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics log at {path}: is {run_dir} a training run directory?")
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_metrics(path: Path, step: int, finished: bool) -> None:
+    """Drop the records logged after the checkpoint we resume from, at `step`. A finished run's
+    final evaluation is logged at `step` too, after the checkpoint: resuming repeats it, so it
+    goes as well."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if _keep(line, step, finished)]
+        write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _keep(line: str, step: int, finished: bool) -> bool:
+    try:
+        record = json.loads(line)
+        final_eval = finished and record["type"] == "eval" and record["step"] == step
+        return record["step"] <= step and not final_eval
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False  # a torn line
