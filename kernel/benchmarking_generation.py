@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from llm.generating import generate
+from llm.generating import SamplingConfig, generate
 from llm.hf_llama import to_hf_llama
 from llm.transformer import MODEL_PRESETS, Transformer
 
@@ -86,7 +86,7 @@ def profile_decode(model: Transformer, prompt: list[int], new_tokens: int) -> No
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        generate(model, prompt, new_tokens, temperature=0)
+        generate(model, prompt, SamplingConfig(max_new_tokens=new_tokens, temperature=0))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
@@ -118,7 +118,7 @@ def main() -> None:
     print(f"HF conversion: max |logit difference| = {check_same_logits(model, hf, prompt):.1e}")
 
     runs = {
-        "cache": lambda: generate(model, prompt, n, temperature=0),
+        "cache": lambda: generate(model, prompt, SamplingConfig(max_new_tokens=n, temperature=0)),
         "recompute": lambda: generate_by_recomputing(model, prompt, n),
         "hf-llama": lambda: generate_hf(hf, prompt, n),
     }
@@ -126,7 +126,9 @@ def main() -> None:
         compiled = torch.compile(model, dynamic=True)
         hf_compiled = to_hf_llama(model)
         hf_compiled.forward = torch.compile(hf_compiled.forward)
-        runs["cache+compile"] = lambda: generate(compiled, prompt, n, temperature=0)
+        runs["cache+compile"] = lambda: generate(
+            compiled, prompt, SamplingConfig(max_new_tokens=n, temperature=0)
+        )
         runs["hf-llama+compile"] = lambda: generate_hf(
             hf_compiled, prompt, n, cache_implementation="static"
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 from llm.bpe_tokenizer import BpeTokenizer
 from llm.bpe_training import train_bpe
 from llm.checkpoint import load_model
-from llm.generating import eos_id_of, generate
+from llm.generating import SamplingConfig, eos_id_of, generate
 from llm.stories import write_corpus
 from llm.training import TrainConfig, train
 from llm.transformer import ModelConfig
@@ -87,9 +87,8 @@ def run(args: argparse.Namespace) -> dict:
     eos = eos_id_of(tokenizer)
     stories = []
     for i, prompt in enumerate(PROMPTS):
-        ids = generate(
-            model, tokenizer.encode(prompt), 200, temperature=0.8, top_p=0.95, eos_id=eos, seed=i
-        )
+        sampling = SamplingConfig(max_new_tokens=200, eos_id=eos, seed=i)
+        ids = generate(model, tokenizer.encode(prompt), sampling)
         stories.append(prompt + tokenizer.decode(ids))
         print(f"\n--- {prompt!r}\n{stories[-1]}")
 

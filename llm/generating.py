@@ -20,12 +20,13 @@ Command line (streams the text as it is generated):
     uv run -m llm.generating --checkpoint runs/tinystories --prompt "Once upon a time"
 """
 
-import argparse
 import codecs
+import dataclasses
 import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,6 +34,8 @@ from torch import Tensor
 
 from llm.bpe_tokenizer import BpeTokenizer
 from llm.checkpoint import load_model
+from llm.cli import parse, run_main
+from llm.config import ConfigError
 from llm.device import resolve_device
 from llm.transformer import Transformer
 
@@ -43,14 +46,29 @@ EOS_TOKEN = "<|endoftext|>"
 # ---------------------------------------------------------------------------------------------
 
 
-def check_sampling(temperature: float, top_p: float, top_k: int) -> None:
-    """Raise ValueError naming the first invalid sampling setting."""
-    if not temperature >= 0:  # written this way so NaN fails too
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+@dataclass
+class SamplingConfig:
+    """How each next token is chosen, and when generation stops."""
+
+    max_new_tokens: int = 256  # tokens to generate at most
+    temperature: float = 0.8  # 0 = greedy (always the most likely token); higher = more random
+    top_p: float = 0.95  # nucleus: sample from the most likely tokens holding this mass (1 = off)
+    top_k: int = 0  # sample from the k most likely tokens only (0 = off)
+    eos_id: int | None = None  # a sequence ends at this token (None = never)
+    seed: int | None = None  # seed of the sampling (None = not reproducible)
+    slide: int | None = None  # tokens leaving a full window at once (None = context_length / 4)
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:  # written this way so NaN fails too
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.slide is not None and self.slide < 1:
+            raise ValueError(f"slide must be >= 1, got {self.slide}")
 
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
@@ -127,79 +145,61 @@ def _cache_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def stream_batch(
-    model: Transformer,
-    prompts: list[list[int]],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    eos_id: int | None = None,
-    seed: int | None = None,
-    slide: int | None = None,
+    model: Transformer, prompts: list[list[int]], sampling: SamplingConfig
 ) -> Iterator[Tensor]:
     """Yield the next token of every prompt, (batch,) int64, one decoding step at a time.
 
-    Rows that have produced eos_id keep yielding eos_id; the loop ends when all rows have, or
-    after max_new_tokens steps. `slide` (1 .. context_length, default a quarter of the context)
-    is how many of the oldest tokens leave the window when it is full: 1 gives every token
-    exactly the last context_length tokens (one full prefill per step), larger values re-prefill
-    less often. Arguments are checked here, before the first step.
+    Rows that have produced sampling.eos_id keep yielding it; the loop ends when all rows have,
+    or after max_new_tokens steps. `sampling.slide` (1 .. context_length, default a quarter of
+    the context) is how many of the oldest tokens leave the window when it is full: 1 gives
+    every token exactly the last context_length tokens (one full prefill per step), larger
+    values re-prefill less often. Arguments are checked here, before the first step.
     """
-    check_sampling(temperature, top_p, top_k)
     context = model.config.context_length
-    slide = slide or max(1, context // 4)
-    if not 1 <= slide <= context:
+    slide = sampling.slide or max(1, context // 4)
+    if slide > context:
         raise ValueError(f"slide must be in [1, context_length={context}], got {slide}")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (e.g. the end-of-text token)")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     vocab_size = model.config.vocab_size
     if any(not 0 <= i < vocab_size for p in prompts for i in p):
         raise ValueError(f"prompt token ids must be in [0, vocab_size={vocab_size})")
     ids, is_real = left_pad(crop_prompts(prompts, context))
-    return _decode(
-        model, ids, is_real, max_new_tokens, temperature, top_p, top_k, eos_id, seed, slide
-    )
+    return _decode(model, ids, is_real, dataclasses.replace(sampling, slide=slide))
 
 
 @torch.inference_mode()
 def _decode(
-    model: Transformer,
-    ids: Tensor,
-    is_real: Tensor,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    eos_id: int | None,
-    seed: int | None,
-    slide: int,
+    model: Transformer, ids: Tensor, is_real: Tensor, sampling: SamplingConfig
 ) -> Iterator[Tensor]:
     """The loop behind stream_batch, on left-padded prompts ids and is_real (batch, width)."""
     device = model.lm_head.weight.device
+    seed, eos_id = sampling.seed, sampling.eos_id
     generator = None if seed is None else torch.Generator(device).manual_seed(seed)
     context = model.config.context_length
     batch, width = ids.shape
-    # All tokens so far, preallocated; columns [start, n) are the model's current window.
-    tokens = torch.zeros(batch, width + max_new_tokens, dtype=torch.long, device=device)
-    real = torch.ones(batch, width + max_new_tokens, dtype=torch.bool, device=device)
+    # The model's window is columns [0, n) of `tokens`. When it is full, the oldest tokens
+    # leave it and the rest move to the front, so the buffer holds at most context + 1 tokens.
+    capacity = min(width + sampling.max_new_tokens, context + 1)
+    tokens = torch.zeros(batch, capacity, dtype=torch.long, device=device)
+    real = torch.ones(batch, capacity, dtype=torch.bool, device=device)
     tokens[:, :width], real[:, :width] = ids, is_real
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    start, n, cache = 0, width, None
-    for _ in range(max_new_tokens):
-        if cache is None or n - start > context:  # prefill, or slide the full window
+    n, cache = width, None
+    for _ in range(sampling.max_new_tokens):
+        if cache is None or n > context:  # prefill, or slide the full window
             if cache is not None:
-                start += slide
+                n = _slide(tokens, real, sampling.slide, n)
             cache = model.new_kv_cache(batch, _cache_dtype(device))
-            window_real = real[:, start:n]
-            if not window_real.all():
+            if not real[:, :n].all():
                 cache.key_mask = torch.ones(batch, context, dtype=torch.bool, device=device)
-                cache.key_mask[:, : n - start] = window_real
-            logits = model(tokens[:, start:n], cache, last_only=True)[:, -1]  # (batch, vocab)
+                cache.key_mask[:, :n] = real[:, :n]
+            logits = model(tokens[:, :n], cache, last_only=True)[:, -1]  # (batch, vocab)
         else:  # decode: only the newest token goes through the model
             logits = model(tokens[:, n - 1 : n], cache, last_only=True)[:, -1]
-        next_ids = sample_next(logits, temperature, top_p, top_k, generator)  # (batch,)
+        next_ids = sample_next(
+            logits, sampling.temperature, sampling.top_p, sampling.top_k, generator
+        )  # (batch,)
         if eos_id is not None:
             next_ids = next_ids.masked_fill(done, eos_id)
             done |= next_ids == eos_id
@@ -208,6 +208,15 @@ def _decode(
         yield next_ids
         if eos_id is not None and bool(done.all()):
             return
+
+
+def _slide(tokens: Tensor, real: Tensor, by: int, n: int) -> int:
+    """Drop the oldest `by` of the n window columns, moving the rest to the front; returns the
+    new window length."""
+    kept = n - by
+    tokens[:, :kept] = tokens[:, by:n].clone()
+    real[:, :kept] = real[:, by:n].clone()
+    return kept
 
 
 def as_batch(
@@ -222,23 +231,12 @@ def as_batch(
 
 
 def stream(
-    model: Transformer,
-    prompt_ids: Sequence[int],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    eos_id: int | None = None,
-    seed: int | None = None,
-    slide: int | None = None,
+    model: Transformer, prompt_ids: Sequence[int], sampling: SamplingConfig
 ) -> Iterator[int]:
     """Yield new token ids for one prompt as they are sampled; stops before eos_id."""
-    steps = stream_batch(
-        model, [list(prompt_ids)], max_new_tokens, temperature, top_p, top_k, eos_id, seed, slide
-    )
-    for next_ids in steps:
+    for next_ids in stream_batch(model, [list(prompt_ids)], sampling):
         token = int(next_ids[0])
-        if token == eos_id:
+        if token == sampling.eos_id:
             return
         yield token
 
@@ -246,27 +244,18 @@ def stream(
 def generate(
     model: Transformer,
     prompt_ids: Sequence[int] | Sequence[Sequence[int]] | Tensor,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    eos_id: int | None = None,
-    seed: int | None = None,
-    slide: int | None = None,
+    sampling: SamplingConfig,
 ) -> list[int] | list[list[int]]:
     """New token ids for one prompt (a list of ids) or for each of a batch of prompts (a list of
-    lists, any lengths). Generation stops at eos_id (not included) or after max_new_tokens.
-    Temperature 0 is greedy; top_k = 0 and top_p = 1 turn those filters off; a seed makes
-    sampling reproducible. See stream_batch for `slide`."""
+    lists, any lengths). Generation stops at sampling.eos_id (not included) or after
+    max_new_tokens. E.g. `generate(model, ids, SamplingConfig(max_new_tokens=50, temperature=0))`
+    is greedy. See stream_batch for `slide`."""
     prompts, single = as_batch(prompt_ids)
     outputs: list[list[int]] = [[] for _ in prompts]
     finished = [False] * len(prompts)
-    steps = stream_batch(
-        model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id, seed, slide
-    )
-    for next_ids in steps:
+    for next_ids in stream_batch(model, prompts, sampling):
         for row, token in enumerate(next_ids.tolist()):
-            finished[row] = finished[row] or token == eos_id
+            finished[row] = finished[row] or token == sampling.eos_id
             if not finished[row]:
                 outputs[row].append(token)
     return outputs[0] if single else outputs
@@ -329,28 +318,19 @@ def eos_id_of(tokenizer: BpeTokenizer) -> int | None:
 
 
 def print_sample(
-    model: Transformer,
-    tokenizer: BpeTokenizer,
-    prompt: str,
-    args: argparse.Namespace,
-    seed: int | None,
+    model: Transformer, tokenizer: BpeTokenizer, prompt: str, sampling: SamplingConfig
 ) -> None:
     """Continue prompt, printing the text as it is generated, then the speed (on stderr)."""
-    eos_id = eos_id_of(tokenizer)
     prompt_ids = tokenizer.encode(prompt)
     if not prompt_ids:
-        if eos_id is None:
+        if sampling.eos_id is None:
             raise ValueError("the prompt is empty and the tokenizer has no <|endoftext|> token")
-        prompt_ids = [eos_id]  # a document starts after an end-of-text token
+        prompt_ids = [sampling.eos_id]  # a document starts after an end-of-text token
     print(prompt, end="", flush=True)
     text = TextStream(tokenizer.vocab)
     count, began = 0, time.perf_counter()
-    tokens = stream(
-        model, prompt_ids, args.max_new_tokens, args.temperature, args.top_p, args.top_k, eos_id,
-        seed,
-    )  # fmt: skip
     try:
-        for token in tokens:
+        for token in stream(model, prompt_ids, sampling):
             count += 1
             print(text.add(token), end="", flush=True)
     except KeyboardInterrupt:
@@ -360,54 +340,45 @@ def print_sample(
     print(f"[{count} tokens in {elapsed:.2f} s, {count / elapsed:.1f} tokens/s]", file=sys.stderr)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m llm.generating",
-        description="Generate text from a trained checkpoint, streaming it as it is sampled.",
-    )
-    parser.add_argument(
-        "--checkpoint", type=Path, required=True, help="run directory or checkpoint file"
-    )
-    parser.add_argument(
-        "--prompt", help="text to continue (default: stdin when piped, else ask interactively)"
-    )
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus mass, 1 = off")
-    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
-    parser.add_argument("--seed", type=int, default=None, help="sample i uses seed + i")
-    parser.add_argument("--num-samples", type=int, default=1)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the model: slower start, faster steps"
-    )
-    return parser.parse_args(argv)
+@dataclass(kw_only=True)
+class GenerateConfig(SamplingConfig):
+    """`uv run -m llm.generating`: the sampling settings, and the model and prompt to use.
+    eos_id defaults to the tokenizer's <|endoftext|>."""
+
+    checkpoint: str  # run directory or checkpoint file
+    prompt: str | None = None  # text to continue (None: stdin when piped, else ask)
+    num_samples: int = 1  # continuations of each prompt; sample i uses seed + i
+    device: str = "auto"  # "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps"
+    compile: bool = False  # torch.compile the model: slower start, faster steps
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
 
 
-def check_args(args: argparse.Namespace) -> None:
-    check_sampling(args.temperature, args.top_p, args.top_k)
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-
-
-def run(args: argparse.Namespace) -> None:
-    check_args(args)
-    device = resolve_device(args.device)
-    model, tokenizer = load_model_and_tokenizer(args.checkpoint, device)
-    if args.compile:
+def run(config: GenerateConfig) -> None:
+    try:
+        device = resolve_device(config.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    model, tokenizer = load_model_and_tokenizer(Path(config.checkpoint), device)
+    if config.eos_id is None:
+        config = dataclasses.replace(config, eos_id=eos_id_of(tokenizer))
+    if config.compile:
         model = torch.compile(model, dynamic=True)
 
     def samples(prompt: str) -> None:
-        for i in range(args.num_samples):
+        for i in range(config.num_samples):
             if i:
                 print("-" * 40)
-            seed = None if args.seed is None else args.seed + i
-            print_sample(model, tokenizer, prompt, args, seed)
+            seed = None if config.seed is None else config.seed + i
+            print_sample(model, tokenizer, prompt, dataclasses.replace(config, seed=seed))
 
-    if args.prompt is not None:
-        samples(args.prompt)
+    if config.prompt is not None:
+        samples(config.prompt)
     elif not sys.stdin.isatty():
         samples(sys.stdin.read().rstrip("\n"))
     else:
@@ -422,12 +393,12 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    prog = "uv run -m llm.generating"
+    run_main(
+        lambda: run(parse(GenerateConfig, argv, description=__doc__, prog=prog)),
+        errors=(ValueError, OSError),
+    )
 
 
 if __name__ == "__main__":

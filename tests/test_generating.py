@@ -1,4 +1,5 @@
 import io
+import itertools
 import math
 import re
 import sys
@@ -12,6 +13,7 @@ from llm.bpe_tokenizer import BpeTokenizer
 from llm.checkpoint import CHECKPOINT_NAME, load_model, save_checkpoint
 from llm.generating import (
     EOS_TOKEN,
+    SamplingConfig,
     TextStream,
     generate,
     left_pad,
@@ -26,16 +28,6 @@ from llm.transformer import MODEL_PRESETS, Transformer
 
 TINY = MODEL_PRESETS["tiny"]  # vocab 512, context 64
 CONTEXT = TINY.context_length
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, and on a busy machine a
-    descheduled OpenMP worker stalls every op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -81,21 +73,27 @@ def greedy_by_recomputing(model: Transformer, prompt: list[int], steps: int, sli
 def test_greedy_with_cache_equals_full_recompute_across_the_context(model64, prompt_len, slide):
     prompt = random_prompt(prompt_len, seed=prompt_len)
     steps = CONTEXT - min(prompt_len, CONTEXT) + 20  # 20 steps past the full context
-    ours = generate(model64, prompt, steps, temperature=0, slide=slide)
+    ours = generate(
+        model64, prompt, SamplingConfig(max_new_tokens=steps, temperature=0, slide=slide)
+    )
     assert ours == greedy_by_recomputing(model64, prompt, steps, slide or CONTEXT // 4)
 
 
 def test_long_prompt_keeps_its_last_context_tokens_with_a_warning(model64):
     prompt = random_prompt(CONTEXT + 30, seed=4)
     with pytest.warns(UserWarning, match="longer than the context length 64"):
-        cropped = generate(model64, prompt, 5, temperature=0)
-    assert cropped == generate(model64, prompt[-CONTEXT:], 5, temperature=0)
+        cropped = generate(model64, prompt, SamplingConfig(max_new_tokens=5, temperature=0))
+    assert cropped == generate(
+        model64, prompt[-CONTEXT:], SamplingConfig(max_new_tokens=5, temperature=0)
+    )
 
 
 def test_batched_prompts_of_different_lengths_equal_one_by_one(model64):
     prompts = [random_prompt(n, seed=n) for n in (3, 17, 1, 30)]
-    batched = generate(model64, prompts, 25, temperature=0)
-    assert batched == [generate(model64, p, 25, temperature=0) for p in prompts]
+    batched = generate(model64, prompts, SamplingConfig(max_new_tokens=25, temperature=0))
+    assert batched == [
+        generate(model64, p, SamplingConfig(max_new_tokens=25, temperature=0)) for p in prompts
+    ]
 
 
 def test_left_pad_right_aligns_prompts():
@@ -106,20 +104,33 @@ def test_left_pad_right_aligns_prompts():
 
 def test_generation_stops_at_eos_per_row(model64):
     prompts = [random_prompt(5, seed=10), random_prompt(12, seed=11)]
-    free = generate(model64, prompts, 12, temperature=0)
+    free = generate(model64, prompts, SamplingConfig(max_new_tokens=12, temperature=0))
     eos = free[0][4]  # the first row meets this token at step 5 at the latest
-    stopped = generate(model64, prompts, 12, temperature=0, eos_id=eos)
+    stopped = generate(
+        model64, prompts, SamplingConfig(max_new_tokens=12, temperature=0, eos_id=eos)
+    )
     for row, out in zip(free, stopped, strict=True):
         expected = row[: row.index(eos)] if eos in row else row
         assert out == expected
     assert len(stopped[0]) <= 4
-    assert list(stream(model64, prompts[0], 12, temperature=0, eos_id=eos)) == stopped[0]
+    assert (
+        list(
+            stream(
+                model64, prompts[0], SamplingConfig(max_new_tokens=12, temperature=0, eos_id=eos)
+            )
+        )
+        == stopped[0]
+    )
 
 
 def test_stream_yields_the_tokens_generate_returns(model):
     prompt = random_prompt(8, seed=5)
-    streamed = list(stream(model, prompt, 20, temperature=0.9, top_k=50, seed=7))
-    assert streamed == generate(model, prompt, 20, temperature=0.9, top_k=50, seed=7)
+    streamed = list(
+        stream(model, prompt, SamplingConfig(max_new_tokens=20, temperature=0.9, top_k=50, seed=7))
+    )
+    assert streamed == generate(
+        model, prompt, SamplingConfig(max_new_tokens=20, temperature=0.9, top_k=50, seed=7)
+    )
 
 
 # ---- sampling -------------------------------------------------------------------------------
@@ -127,14 +138,29 @@ def test_stream_yields_the_tokens_generate_returns(model):
 
 def test_fixed_seed_reproduces_samples_and_other_seeds_differ(model):
     prompts = [random_prompt(6, seed=6), random_prompt(2, seed=7)]
-    first = generate(model, prompts, 30, temperature=1.0, top_p=0.9, seed=123)
-    assert generate(model, prompts, 30, temperature=1.0, top_p=0.9, seed=123) == first
-    assert generate(model, prompts, 30, temperature=1.0, top_p=0.9, seed=124) != first
+    first = generate(
+        model, prompts, SamplingConfig(max_new_tokens=30, temperature=1.0, top_p=0.9, seed=123)
+    )
+    assert (
+        generate(
+            model, prompts, SamplingConfig(max_new_tokens=30, temperature=1.0, top_p=0.9, seed=123)
+        )
+        == first
+    )
+    assert (
+        generate(
+            model, prompts, SamplingConfig(max_new_tokens=30, temperature=1.0, top_p=0.9, seed=124)
+        )
+        != first
+    )
 
 
 def test_temperature_zero_is_deterministic_greedy(model):
     prompt = random_prompt(10, seed=8)
-    runs = [generate(model, prompt, 15, temperature=0, seed=s, top_p=0.5) for s in range(3)]
+    runs = [
+        generate(model, prompt, SamplingConfig(max_new_tokens=15, temperature=0, seed=s, top_p=0.5))
+        for s in range(3)
+    ]
     assert runs[0] == runs[1] == runs[2]
     with torch.no_grad():
         first = model(torch.tensor([prompt]))[0, -1].argmax().item()
@@ -213,14 +239,14 @@ def test_sample_next_with_temperature_zero_is_argmax():
 )
 def test_bad_sampling_arguments_are_clear_errors(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        generate(model, [1, 2, 3], 5, **kwargs)
+        generate(model, [1, 2, 3], SamplingConfig(max_new_tokens=5, **kwargs))
 
 
 def test_empty_prompt_or_unknown_ids_are_clear_errors(model):
     with pytest.raises(ValueError, match="at least one token"):
-        generate(model, [[1, 2], []], 5)
+        generate(model, [[1, 2], []], SamplingConfig(max_new_tokens=5))
     with pytest.raises(ValueError, match=r"token ids must be in \[0, vocab_size=512\)"):
-        generate(model, [1, 512], 5)
+        generate(model, [1, 512], SamplingConfig(max_new_tokens=5))
 
 
 # ---- streaming text -------------------------------------------------------------------------
@@ -275,7 +301,11 @@ def expected_text(run_dir: Path, prompt: str, max_new_tokens: int) -> str:
     model, _ = load_model(run_dir)
     tokenizer = BpeTokenizer.load(run_dir / "tokenizer")
     eos = tokenizer.token_id(EOS_TOKEN)
-    new = generate(model, tokenizer.encode(prompt), max_new_tokens, temperature=0, eos_id=eos)
+    new = generate(
+        model,
+        tokenizer.encode(prompt),
+        SamplingConfig(max_new_tokens=max_new_tokens, temperature=0, eos_id=eos),
+    )
     return prompt + tokenizer.decode(new) + "\n"
 
 
@@ -326,19 +356,36 @@ def write_checkpoint(path: Path, vocab_size: int, tokenizer_dir: str) -> None:
         (["--top-p", "0"], r"top_p must be in \(0, 1\]"),
         (["--temperature", "-1"], "temperature must be >= 0"),
         (["--top-k", "-3"], "top_k must be >= 0"),
-        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
-        (["--num-samples", "0"], "--num-samples must be >= 1"),
+        (["--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+        (["--num-samples", "0"], "num_samples must be >= 1"),
         (["--device", "banana"], "unknown device 'banana'"),
+        (["--device", "cuda:99"], "'cuda:99'"),
+        (["--max-new-tokens", "many"], "max_new_tokens must be int"),
+        (["--tempreature", "1"], "unknown config key 'tempreature'"),
     ],
 )
-def test_cli_bad_flags_are_one_line_errors(run_dir, flags, message):
+def test_cli_bad_flags_are_one_line_errors(run_dir, flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--checkpoint", str(run_dir), "--prompt", "x", *flags])
-    assert re.match(f"error: .*{message}", exit_info.value.code)
-    assert "\n" not in exit_info.value.code
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert re.match(f"error: .*{message}", err) and err.count("\n") == 1 and out == ""
 
 
-def test_cli_bad_checkpoints_are_one_line_errors(run_dir, tmp_path):
+def test_cli_needs_a_checkpoint(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--prompt", "x"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: missing required setting: --checkpoint\n"
+
+
+def test_a_huge_max_new_tokens_streams_without_allocating_it(model):
+    """The token buffer holds one window, not max_new_tokens: 10^10 tokens would need 80 GB."""
+    tokens = stream(model, [1, 2, 3], SamplingConfig(max_new_tokens=10**10, seed=0))
+    assert len(list(itertools.islice(tokens, 3 * CONTEXT))) == 3 * CONTEXT
+
+
+def test_cli_bad_checkpoints_are_one_line_errors(run_dir, tmp_path, capsys):
     write_checkpoint(tmp_path / "wrong_vocab.pt", 300, str(run_dir / "tokenizer"))
     write_checkpoint(tmp_path / "no_tokenizer.pt", TINY.vocab_size, str(tmp_path / "gone"))
     cases = {
@@ -349,8 +396,9 @@ def test_cli_bad_checkpoints_are_one_line_errors(run_dir, tmp_path):
     for path, message in cases.items():
         with pytest.raises(SystemExit) as exit_info:
             main(["--checkpoint", str(path), "--prompt", "x", "--device", "cpu"])
-        assert re.match(f"error: .*{message}", exit_info.value.code)
-        assert "\n" not in exit_info.value.code
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err
+        assert re.match(f"error: .*{message}", err) and err.count("\n") == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -360,15 +408,29 @@ def test_generation_on_cuda(run_dir, capsys):
     prompts = [random_prompt(n, seed=n) for n in (3, 50)]
     for prompt in prompts:
         steps = CONTEXT - len(prompt) + 20
-        cached = generate(model, prompt, steps, temperature=0, slide=7)
+        cached = generate(
+            model, prompt, SamplingConfig(max_new_tokens=steps, temperature=0, slide=7)
+        )
         assert cached == greedy_by_recomputing(model, prompt, steps, 7)
-    assert generate(model, prompts, 10, temperature=0) == [
-        generate(model, p, 10, temperature=0) for p in prompts
+    assert generate(model, prompts, SamplingConfig(max_new_tokens=10, temperature=0)) == [
+        generate(model, p, SamplingConfig(max_new_tokens=10, temperature=0)) for p in prompts
     ]
-    sampled = generate(model, prompts, 20, top_p=0.9, top_k=40, seed=3)
-    assert generate(model, prompts, 20, top_p=0.9, top_k=40, seed=3) == sampled
+    sampled = generate(
+        model, prompts, SamplingConfig(max_new_tokens=20, top_p=0.9, top_k=40, seed=3)
+    )
+    assert (
+        generate(model, prompts, SamplingConfig(max_new_tokens=20, top_p=0.9, top_k=40, seed=3))
+        == sampled
+    )
     with torch.autocast("cuda", dtype=torch.bfloat16):  # the cache takes the autocast dtype
-        assert len(generate(model.float(), prompts[0], 70, temperature=0)) == 70
+        assert (
+            len(
+                generate(
+                    model.float(), prompts[0], SamplingConfig(max_new_tokens=70, temperature=0)
+                )
+            )
+            == 70
+        )
     main(["--checkpoint", str(run_dir), "--prompt", "the", "--device", "cuda",
           "--max-new-tokens", "5", "--temperature", "0"])  # fmt: skip
     assert capsys.readouterr().out.startswith("the")
@@ -376,28 +438,45 @@ def test_generation_on_cuda(run_dir, capsys):
 
 def test_stream_batch_repeats_eos_after_it_and_ends_when_every_row_has_it(model64):
     prompts = [random_prompt(5, seed=10), random_prompt(12, seed=11)]
-    free = generate(model64, prompts, 12, temperature=0)
+    free = generate(model64, prompts, SamplingConfig(max_new_tokens=12, temperature=0))
     eos = free[0][2]
     first = free[0].index(eos)
-    steps = [s.tolist() for s in stream_batch(model64, prompts, 12, temperature=0, eos_id=eos)]
+    steps = [
+        s.tolist()
+        for s in stream_batch(
+            model64, prompts, SamplingConfig(max_new_tokens=12, temperature=0, eos_id=eos)
+        )
+    ]
     rows = list(zip(*steps, strict=True))
     assert list(rows[0]) == free[0][:first] + [eos] * (len(steps) - first)  # eos, then eos
     assert eos not in free[1] and list(rows[1]) == free[1]  # the other row goes on, untouched
-    same = list(stream_batch(model64, [prompts[0]] * 2, 12, temperature=0, eos_id=eos))
+    same = list(
+        stream_batch(
+            model64, [prompts[0]] * 2, SamplingConfig(max_new_tokens=12, temperature=0, eos_id=eos)
+        )
+    )
     assert len(same) == first + 1  # every row has ended: no more steps
 
 
 def test_prompts_as_tensors(model64):
     prompts = [random_prompt(6, seed=12), random_prompt(6, seed=13)]
-    expected = generate(model64, prompts, 5, temperature=0)
-    assert generate(model64, torch.tensor(prompts[0]), 5, temperature=0) == expected[0]
-    assert generate(model64, torch.tensor(prompts), 5, temperature=0) == expected
+    expected = generate(model64, prompts, SamplingConfig(max_new_tokens=5, temperature=0))
+    assert (
+        generate(model64, torch.tensor(prompts[0]), SamplingConfig(max_new_tokens=5, temperature=0))
+        == expected[0]
+    )
+    assert (
+        generate(model64, torch.tensor(prompts), SamplingConfig(max_new_tokens=5, temperature=0))
+        == expected
+    )
 
 
 def test_negative_max_new_tokens_is_an_error_and_zero_gives_nothing(model):
     with pytest.raises(ValueError, match="max_new_tokens must be >= 0, got -1"):
-        generate(model, [1, 2], -1)
-    assert generate(model, [1, 2], 0) == [] and generate(model, [[1], [2, 3]], 0) == [[], []]
+        generate(model, [1, 2], SamplingConfig(max_new_tokens=-1))
+    assert generate(model, [1, 2], SamplingConfig(max_new_tokens=0)) == [] and generate(
+        model, [[1], [2, 3]], SamplingConfig(max_new_tokens=0)
+    ) == [[], []]
 
 
 def test_cli_empty_prompt_starts_a_document_after_end_of_text(run_dir, capsys):
@@ -406,7 +485,7 @@ def test_cli_empty_prompt_starts_a_document_after_end_of_text(run_dir, capsys):
     model, _ = load_model(run_dir)
     tokenizer = BpeTokenizer.load(run_dir / "tokenizer")
     eos = tokenizer.token_id(EOS_TOKEN)
-    new = generate(model, [eos], 10, temperature=0, eos_id=eos)
+    new = generate(model, [eos], SamplingConfig(max_new_tokens=10, temperature=0, eos_id=eos))
     assert capsys.readouterr().out == tokenizer.decode(new) + "\n"
 
 
@@ -415,7 +494,8 @@ def test_cli_checkpoint_without_tokenizer_uses_raw_bytes(tmp_path, capsys):
     main(["--checkpoint", str(tmp_path / "bytes.pt"), "--prompt", "hé", "--temperature", "0",
           "--max-new-tokens", "12", "--device", "cpu"])  # fmt: skip
     model, _ = load_model(tmp_path / "bytes.pt")
-    new = generate(model, list("hé".encode()), 12, temperature=0)
+    new = generate(model, list("hé".encode()), SamplingConfig(max_new_tokens=12, temperature=0))
     assert capsys.readouterr().out == "hé" + bytes(new).decode("utf-8", "replace") + "\n"
-    with pytest.raises(SystemExit, match="the prompt is empty and the tokenizer has no"):
+    with pytest.raises(SystemExit):
         main(["--checkpoint", str(tmp_path / "bytes.pt"), "--prompt", "", "--device", "cpu"])
+    assert "error: the prompt is empty and the tokenizer has no" in capsys.readouterr().err
