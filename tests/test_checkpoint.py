@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import SMALL
 
 from llm import checkpoint as ckpt
 from llm.checkpoint import (
@@ -19,10 +20,6 @@ from llm.checkpoint import (
 )
 from llm.optim import AdamW, param_groups
 from llm.transformer import ModelConfig, Transformer, cross_entropy
-
-SMALL = ModelConfig(
-    vocab_size=64, context_length=16, d_model=32, num_layers=1, num_heads=2, d_ff=64
-)
 
 
 def _trained(steps: int = 3, config: ModelConfig = SMALL) -> tuple[Transformer, AdamW]:
@@ -263,3 +260,14 @@ def test_damaged_checkpoint_files_are_checkpoint_errors(tmp_path):
         except Exception as e:  # noqa: BLE001 - the test reports which errors escape
             failures[name] = f"{type(e).__name__}: {e}"
     assert failures == {}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA RNG state exists only with CUDA")
+def test_cuda_rng_state_round_trips_through_a_checkpoint(tmp_path):
+    torch.cuda.manual_seed_all(3)
+    torch.rand(1, device="cuda")  # start CUDA, so that its state is saved
+    save_checkpoint(Transformer(SMALL), None, 0, tmp_path / "c.pt")
+    expected = torch.rand(4, device="cuda")
+    torch.rand(100, device="cuda")  # move the generator on
+    load_checkpoint(tmp_path / "c.pt", Transformer(SMALL), restore_rng=True)
+    assert torch.equal(torch.rand(4, device="cuda"), expected)

@@ -2,13 +2,10 @@ import math
 
 import pytest
 import torch
+from conftest import SMALL
 
 from llm.optim import AdamW, SGDDecay, cos_lr_scheduler, gradient_clip, param_groups
 from llm.transformer import ModelConfig, Transformer, cross_entropy
-
-SMALL = ModelConfig(
-    vocab_size=64, context_length=16, d_model=32, num_layers=1, num_heads=2, d_ff=64
-)
 
 
 def _train(optimizer_cls, steps: int, **kwargs) -> Transformer:

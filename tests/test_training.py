@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SMALL
 
 from llm import plots, training
+from llm.bpe_tokenizer import BpeTokenizer
 from llm.checkpoint import read_checkpoint
 from llm.config import ConfigError, config_from_dict, config_from_toml, format_config
 from llm.data import DataError, eval_starts
@@ -18,6 +20,7 @@ from llm.evaluation import (
     load_token_bytes,
     token_byte_lengths,
 )
+from llm.run_dir import read_metrics
 from llm.training import TrainConfig, TrainingDiverged, load_train_config, train
 from llm.transformer import ModelConfig, Transformer
 
@@ -25,41 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"tokens_per_s", "train_seconds", "mfu"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest, and deterministically, on one thread of the shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def markov_tokens(n: int, vocab: int = 512, seed: int = 0) -> np.ndarray:
-    """A learnable sequence: each token is followed by one of 2 fixed successors."""
-    rng = np.random.default_rng(seed)
-    successors = rng.integers(0, vocab, (vocab, 2))
-    choices = rng.integers(0, 2, n)
-    out = np.empty(n, dtype=np.uint16)
-    token = 0
-    for i in range(n):
-        out[i] = token
-        token = successors[token, choices[i]]
-    return out
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data")
-    tokens = markov_tokens(24_000)
-    np.save(path / "train.npy", tokens[:20_000])
-    np.save(path / "valid.npy", tokens[20_000:])
-    return path
-
-
-def small_config(data_dir: Path, run_dir: Path, **overrides) -> TrainConfig:
+def small_config(token_data_dir: Path, run_dir: Path, **overrides) -> TrainConfig:
     values = {
-        "train_data": str(data_dir / "train.npy"),
-        "valid_data": str(data_dir / "valid.npy"),
+        "train_data": str(token_data_dir / "train.npy"),
+        "valid_data": str(token_data_dir / "valid.npy"),
         "run_dir": str(run_dir),
         "max_iters": 12,
         "warmup_iters": 2,
@@ -75,7 +47,7 @@ def small_config(data_dir: Path, run_dir: Path, **overrides) -> TrainConfig:
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    records = plots.read_metrics(run_dir)
+    records = read_metrics(run_dir)
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
@@ -164,10 +136,6 @@ def test_shipped_configs_load(name):
 
 # --- evaluation ------------------------------------------------------------------------------
 
-SMALL = ModelConfig(
-    vocab_size=64, context_length=16, d_model=32, num_layers=1, num_heads=2, d_ff=64
-)
-
 
 def test_exact_evaluation_matches_a_window_by_window_reference():
     torch.manual_seed(0)
@@ -216,16 +184,16 @@ def test_token_byte_lengths():
 # --- the training loop -----------------------------------------------------------------------
 
 
-def test_training_learns_and_writes_its_run_directory(data_dir, tmp_path):
+def test_training_learns_and_writes_its_run_directory(token_data_dir, tmp_path):
     run = tmp_path / "run"
-    config = small_config(data_dir, run, max_iters=40, max_lr=1e-2, batch_size=16)
+    config = small_config(token_data_dir, run, max_iters=40, max_lr=1e-2, batch_size=16)
     result = train(config)
     # Unigram entropy of this data is ~ln 512 = 6.2 nats; its true entropy is ln 2 = 0.69.
     assert result["val_exact"] and result["val_loss"] < 4.0 and result["step"] == 40
     assert result["val_bits_per_byte"] == pytest.approx(result["val_loss"] / math.log(2))
     for name in ["checkpoint.pt", "config.json", "metrics.jsonl", "img/loss.png", "img/lr.png"]:
         assert (run / name).is_file(), name
-    records = plots.read_metrics(run)
+    records = read_metrics(run)
     train_records = [r for r in records if r["type"] == "train"]
     assert [r["step"] for r in train_records] == list(range(2, 41, 2))
     assert train_records[-1]["loss"] < train_records[0]["loss"] - 1.0
@@ -245,9 +213,9 @@ def test_training_learns_and_writes_its_run_directory(data_dir, tmp_path):
     assert (run / "img" / "loss.png").is_file()
 
 
-def test_resume_after_interrupt_is_bit_exact(data_dir, tmp_path, monkeypatch):
+def test_resume_after_interrupt_is_bit_exact(token_data_dir, tmp_path, monkeypatch):
     extra = dict(grad_accum_steps=2, checkpoint_interval=4)
-    full = train(small_config(data_dir, tmp_path / "full", **extra))
+    full = train(small_config(token_data_dir, tmp_path / "full", **extra))
 
     schedule = training.cos_lr_scheduler
 
@@ -257,7 +225,7 @@ def test_resume_after_interrupt_is_bit_exact(data_dir, tmp_path, monkeypatch):
         return schedule(t, *args)
 
     monkeypatch.setattr(training, "cos_lr_scheduler", ctrl_c_during_step_4)
-    part = train(small_config(data_dir, tmp_path / "split", **extra))
+    part = train(small_config(token_data_dir, tmp_path / "split", **extra))
     monkeypatch.undo()
     assert part["interrupted"] and part["step"] == 5  # mid log interval: 5 is not a multiple of 2
     assert read_checkpoint(tmp_path / "split")["iteration"] == 5
@@ -278,9 +246,9 @@ def test_resume_after_interrupt_is_bit_exact(data_dir, tmp_path, monkeypatch):
     assert torch.equal(a["rng"]["data"], b["rng"]["data"])
 
 
-def test_resuming_a_finished_run_repeats_only_its_final_evaluation(data_dir, tmp_path):
+def test_resuming_a_finished_run_repeats_only_its_final_evaluation(token_data_dir, tmp_path):
     run = tmp_path / "run"
-    first = train(small_config(data_dir, run))
+    first = train(small_config(token_data_dir, run))
     before = metrics(run)
     again = train(load_train_config(["--run_dir", str(run), "--resume"]))
     assert again["step"] == first["step"] == 12 and again["val_loss"] == first["val_loss"]
@@ -288,7 +256,7 @@ def test_resuming_a_finished_run_repeats_only_its_final_evaluation(data_dir, tmp
 
 
 def test_sigterm_stops_after_the_step_saves_and_restores_the_handler(
-    data_dir, tmp_path, monkeypatch
+    token_data_dir, tmp_path, monkeypatch
 ):
     schedule = training.cos_lr_scheduler
 
@@ -303,7 +271,7 @@ def test_sigterm_stops_after_the_step_saves_and_restores_the_handler(
     monkeypatch.setattr(training, "cos_lr_scheduler", sigterm_during_step_2)
     previous = signal.signal(signal.SIGTERM, outside_handler)
     try:
-        result = train(small_config(data_dir, tmp_path / "run"))
+        result = train(small_config(token_data_dir, tmp_path / "run"))
         assert signal.getsignal(signal.SIGTERM) is outside_handler  # restored afterwards
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -312,27 +280,31 @@ def test_sigterm_stops_after_the_step_saves_and_restores_the_handler(
 
 
 def test_max_train_seconds_ends_the_run_early_with_a_final_evaluation(
-    data_dir, tmp_path, monkeypatch
+    token_data_dir, tmp_path, monkeypatch
 ):
     clock = iter(range(0, 10_000, 10))  # every perf_counter() call advances 10 s
     monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
-    result = train(small_config(data_dir, tmp_path / "run", max_train_seconds=35))
+    result = train(small_config(token_data_dir, tmp_path / "run", max_train_seconds=35))
     assert 1 < result["step"] < 12 and result["val_exact"] and not result["interrupted"]
     assert read_checkpoint(tmp_path / "run")["iteration"] == result["step"]
 
 
-def test_gradient_accumulation_gives_the_same_step(data_dir, tmp_path):
+def test_gradient_accumulation_gives_the_same_step(token_data_dir, tmp_path):
     weights = []
     for accum in (1, 4):
         config = small_config(
-            data_dir, tmp_path / str(accum), max_iters=3, grad_accum_steps=accum, valid_data=""
+            token_data_dir,
+            tmp_path / str(accum),
+            max_iters=3,
+            grad_accum_steps=accum,
+            valid_data="",
         )
         train(config)
         weights.append(read_checkpoint(config.run_dir)["model"])
     torch.testing.assert_close(weights[0], weights[1], atol=1e-6, rtol=0)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(token_data_dir, tmp_path, monkeypatch):
     calls = 0
     loss_fn = training.cross_entropy
 
@@ -345,34 +317,34 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, m
     monkeypatch.setattr(training, "cross_entropy", diverging)
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="loss is nan at step 6") as error:
-        train(small_config(data_dir, run, checkpoint_interval=4))
+        train(small_config(token_data_dir, run, checkpoint_interval=4))
     assert f"last good checkpoint, step 4, is {run / 'checkpoint.pt'}" in str(error.value)
     checkpoint = read_checkpoint(run)
     assert checkpoint["iteration"] == 4
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values())
 
 
-def test_bad_inputs_fail_before_training(data_dir, tmp_path):
+def test_bad_inputs_fail_before_training(token_data_dir, tmp_path):
     wide = tmp_path / "wide.npy"
     np.save(wide, np.array([1, 2, 600, 3] * 100, dtype=np.uint16))
     with pytest.raises(DataError, match="token id 600, outside the model's vocabulary"):
-        train(small_config(data_dir, tmp_path / "a", train_data=str(wide)))
+        train(small_config(token_data_dir, tmp_path / "a", train_data=str(wide)))
     short = tmp_path / "short.npy"
     np.save(short, np.arange(10, dtype=np.uint16))
     with pytest.raises(DataError, match="valid_data has 10 tokens"):
-        train(small_config(data_dir, tmp_path / "b", valid_data=str(short)))
+        train(small_config(token_data_dir, tmp_path / "b", valid_data=str(short)))
     with pytest.raises(ConfigError, match="multiple of grad_accum_steps x processes = 3 x 1"):
-        train(small_config(data_dir, tmp_path / "c", grad_accum_steps=3))
+        train(small_config(token_data_dir, tmp_path / "c", grad_accum_steps=3))
     with pytest.raises(ConfigError, match="no checkpoint to resume"):
-        train(small_config(data_dir, tmp_path / "d", resume=True))
+        train(small_config(token_data_dir, tmp_path / "d", resume=True))
 
 
-def test_a_finished_run_is_not_overwritten(data_dir, tmp_path):
+def test_a_finished_run_is_not_overwritten(token_data_dir, tmp_path):
     run = tmp_path / "run"
-    train(small_config(data_dir, run, max_iters=2, valid_data=""))
+    train(small_config(token_data_dir, run, max_iters=2, valid_data=""))
     before = (run / "checkpoint.pt").read_bytes()
     with pytest.raises(ConfigError, match="already holds a run"):
-        train(small_config(data_dir, run, max_iters=2, valid_data=""))
+        train(small_config(token_data_dir, run, max_iters=2, valid_data=""))
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
@@ -439,7 +411,9 @@ def reference_training(config: TrainConfig, initial: dict, batches: list, tokens
         dict(optimizer="sgd", max_lr=0.5, weight_decay=0.2, grad_clip=0.0),
     ],
 )
-def test_training_steps_equal_a_plain_pytorch_reference(data_dir, tmp_path, monkeypatch, overrides):
+def test_training_steps_equal_a_plain_pytorch_reference(
+    token_data_dir, tmp_path, monkeypatch, overrides
+):
     initial, batches = {}, []
     make_model, sample = training.Transformer, training.sample_starts
 
@@ -455,20 +429,20 @@ def test_training_steps_equal_a_plain_pytorch_reference(data_dir, tmp_path, monk
     monkeypatch.setattr(training, "Transformer", spy_model)
     monkeypatch.setattr(training, "sample_starts", spy_starts)
     config = small_config(
-        data_dir, tmp_path / "run", max_iters=4, warmup_iters=1, min_lr=1e-4, betas=(0.8, 0.9),
-        grad_accum_steps=2, log_interval=1, valid_data="", **overrides,
+        token_data_dir, tmp_path / "run", max_iters=4, warmup_iters=1, min_lr=1e-4,
+        betas=(0.8, 0.9), grad_accum_steps=2, log_interval=1, valid_data="", **overrides,
     )  # fmt: skip
     train(config)
     monkeypatch.undo()
     assert len(batches) == 4 and all(b.shape == (8,) for b in batches)
 
-    tokens = np.load(data_dir / "train.npy")
+    tokens = np.load(token_data_dir / "train.npy")
     weights, records = reference_training(config, initial, batches, tokens)
     ours = read_checkpoint(tmp_path / "run")["model"]
     torch.testing.assert_close(ours, weights, atol=2e-6, rtol=0)
     moved = max((weights[k] - initial[k]).abs().max().item() for k in weights)
     assert moved > 1e-3  # the tolerance is far below how far the weights moved
-    logged = [r for r in plots.read_metrics(tmp_path / "run") if r["type"] == "train"]
+    logged = [r for r in read_metrics(tmp_path / "run") if r["type"] == "train"]
     assert [r["step"] for r in logged] == [1, 2, 3, 4]
     assert [r["tokens"] for r in logged] == [s * 8 * 64 for s in (1, 2, 3, 4)]
     for record, (loss, norm, lr) in zip(logged, records, strict=True):
@@ -481,15 +455,19 @@ def test_training_steps_equal_a_plain_pytorch_reference(data_dir, tmp_path, monk
             assert norm > config.grad_clip  # the clip did bite
 
 
-def test_logged_loss_is_the_mean_over_the_log_interval(data_dir, tmp_path):
+def test_logged_loss_is_the_mean_over_the_log_interval(token_data_dir, tmp_path):
     losses = {}
     for interval in (1, 3):
         config = small_config(
-            data_dir, tmp_path / str(interval), max_iters=7, log_interval=interval, valid_data=""
+            token_data_dir,
+            tmp_path / str(interval),
+            max_iters=7,
+            log_interval=interval,
+            valid_data="",
         )
         train(config)
         losses[interval] = {
-            r["step"]: r["loss"] for r in plots.read_metrics(config.run_dir) if r["type"] == "train"
+            r["step"]: r["loss"] for r in read_metrics(config.run_dir) if r["type"] == "train"
         }
     per_step = losses[1]
     assert list(losses[3]) == [3, 6, 7]  # and the last step, mid-interval
@@ -499,15 +477,17 @@ def test_logged_loss_is_the_mean_over_the_log_interval(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("final_eval", ["sampled", "none"])
-def test_final_evaluation_modes(data_dir, tmp_path, final_eval):
+def test_final_evaluation_modes(token_data_dir, tmp_path, final_eval):
     run = tmp_path / "run"
-    result = train(small_config(data_dir, run, max_iters=6, eval_interval=4, final_eval=final_eval))
-    evals = [(r["step"], r["exact"]) for r in plots.read_metrics(run) if r["type"] == "eval"]
+    result = train(
+        small_config(token_data_dir, run, max_iters=6, eval_interval=4, final_eval=final_eval)
+    )
+    evals = [(r["step"], r["exact"]) for r in read_metrics(run) if r["type"] == "eval"]
     if final_eval == "sampled":  # the fixed windows again, at the last step
         assert evals == [(4, False), (6, False)] and result["val_exact"] is False
     else:  # no final evaluation: the result holds the last periodic one
         assert evals == [(4, False)] and result["val_exact"] is False
-    last = [r for r in plots.read_metrics(run) if r["type"] == "eval"][-1]
+    last = [r for r in read_metrics(run) if r["type"] == "eval"][-1]
     assert result["val_loss"] == last["loss"]
 
 
@@ -528,33 +508,104 @@ def test_final_evaluation_modes(data_dir, tmp_path, final_eval):
         (dict(max_train_seconds=-5.0), "max_train_seconds must be >= 0"),
     ],
 )
-def test_bad_settings_are_named_before_anything_is_written(data_dir, tmp_path, overrides, message):
+def test_bad_settings_are_named_before_anything_is_written(
+    token_data_dir, tmp_path, overrides, message
+):
     with pytest.raises(ConfigError, match=message):
-        train(small_config(data_dir, tmp_path / "run", **overrides))
+        train(small_config(token_data_dir, tmp_path / "run", **overrides))
     assert not (tmp_path / "run").exists()
 
 
-def test_resolve_device(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert training.resolve_device("auto") == torch.device("cpu")
-    assert training.resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(ValueError, match="'cuda:1' requested but CUDA is not available"):
-        training.resolve_device("cuda:1")
-    with pytest.raises(ValueError, match="'mps' requested but MPS is not available"):
-        training.resolve_device("mps")
-    with pytest.raises(ValueError, match="unknown device 'gpu'"):
-        training.resolve_device("gpu")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert training.resolve_device("auto") == torch.device("cuda")
+# --- what the logs promise: speed, MFU, bits per byte, time limits, finite weights ------------
 
 
-def test_peak_flops_for_mfu(monkeypatch):
-    names = {0: "NVIDIA H100 PCIe", 1: "NVIDIA H100 80GB HBM3", 2: "NVIDIA GeForce RTX 4090"}
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: names[device.index])
-    bf16 = torch.bfloat16
-    assert training.peak_flops(torch.device("cuda", 0), bf16) == 756e12  # not the SXM figure
-    assert training.peak_flops(torch.device("cuda", 1), bf16) == 989e12
-    assert training.peak_flops(torch.device("cuda", 2), bf16) is None  # unknown GPU: no MFU
-    assert training.peak_flops(torch.device("cuda", 1), None) is None  # float32: no MFU
-    assert training.peak_flops(torch.device("cpu"), bf16) is None
+SMALL_TRAIN_MODEL = TrainConfig().model  # the "tiny" preset that small_config trains
+
+
+class StepClock:
+    """A fake perf_counter that advances `seconds` per training step and never otherwise, so
+    that evaluation and checkpointing take no time and each step exactly `seconds`."""
+
+    def __init__(self, monkeypatch, seconds: float) -> None:
+        self.now, real_step = 0.0, training._train_step
+
+        def timed_step(run, starts):
+            self.now += seconds
+            return real_step(run, starts)
+
+        monkeypatch.setattr(training.time, "perf_counter", lambda: self.now)
+        monkeypatch.setattr(training, "_train_step", timed_step)
+
+
+def test_tokens_per_second_and_mfu_follow_from_the_clock_and_the_peak(
+    token_data_dir, tmp_path, monkeypatch
+):
+    StepClock(monkeypatch, seconds=0.25)
+    monkeypatch.setattr(training, "peak_flops", lambda device, dtype: 1e9)
+    train(small_config(token_data_dir, tmp_path / "run", valid_data=""))
+    c = SMALL_TRAIN_MODEL
+    # PaLM's count, written out: 6 x matmul weights + 12 x layers x d_model x context.
+    matmul_weights = c.num_layers * (4 * c.d_model**2 + 3 * c.d_model * c.d_ff)
+    flops_per_token = 6 * (matmul_weights + c.d_model * c.vocab_size)
+    flops_per_token += 12 * c.num_layers * c.d_model * c.context_length
+    tokens_per_step = 8 * c.context_length  # batch_size 8
+    for record in [r for r in read_metrics(tmp_path / "run") if r["type"] == "train"]:
+        assert record["tokens_per_s"] == pytest.approx(tokens_per_step / 0.25)
+        assert record["mfu"] == pytest.approx(tokens_per_step / 0.25 * flops_per_token / 1e9)
+        assert record["train_seconds"] == pytest.approx(record["step"] * 0.25)
+
+
+def test_resuming_a_run_stopped_by_its_time_limit_carries_its_training_time(
+    token_data_dir, tmp_path, monkeypatch
+):
+    StepClock(monkeypatch, seconds=0.25)
+    run = tmp_path / "run"
+    first = train(small_config(token_data_dir, run, max_train_seconds=1.0, final_eval="none"))
+    assert first["step"] == 4 and first["train_seconds"] == pytest.approx(1.0)
+    # One more second: 4 more steps, not the 8 a clock starting again from 0 would allow.
+    again = train(
+        load_train_config(["--run_dir", str(run), "--resume", "--max_train_seconds", "2"])
+    )
+    assert again["step"] == 8 and again["train_seconds"] == pytest.approx(2.0)
+
+
+def test_periodic_evaluation_counts_the_bytes_of_the_tokenizers_tokens(token_data_dir, tmp_path):
+    vocab = {i: bytes([i]) for i in range(256)}  # then 128 tokens of 2 bytes, 128 of 3
+    merges = [(bytes([k]), bytes([7 * k % 256])) for k in range(128)]
+    merges += [(merges[k][0] + merges[k][1], bytes([k])) for k in range(128)]
+    vocab.update({256 + i: a + b for i, (a, b) in enumerate(merges)})
+    tokenizer_dir = tmp_path / "tokenizer"
+    BpeTokenizer(vocab, merges).save(tokenizer_dir)
+    run = tmp_path / "run"
+    train(small_config(token_data_dir, run, tokenizer_dir=str(tokenizer_dir), final_eval="none"))
+    valid = np.load(token_data_dir / "valid.npy")
+    ctx = SMALL_TRAIN_MODEL.context_length
+    predicted = [valid[s + 1 : s + 1 + ctx] for s in eval_starts(len(valid), ctx, 8)]
+    expected_bytes = sum(len(vocab[int(t)]) for window in predicted for t in window)
+    evals = [r for r in read_metrics(run) if r["type"] == "eval"]
+    assert evals and expected_bytes > 1.5 * len(predicted) * ctx  # bytes, not tokens
+    for record in evals:
+        assert record["bytes"] == expected_bytes
+        nats = record["loss"] * record["tokens"]
+        assert record["bits_per_byte"] == pytest.approx(nats / math.log(2) / expected_bytes)
+
+
+def test_a_weight_that_is_not_finite_stops_the_run_before_it_is_saved(
+    token_data_dir, tmp_path, monkeypatch
+):
+    real_step = training._train_step
+
+    def step_that_breaks_a_weight(run, starts):
+        result = real_step(run, starts)  # the loss of this step is still finite
+        if run.step == 3:  # the 4th step, whose checkpoint is due
+            with torch.no_grad():
+                run.model.final_norm.weight[0] = float("inf")
+        return result
+
+    monkeypatch.setattr(training, "_train_step", step_that_breaks_a_weight)
+    run = tmp_path / "run"
+    config = small_config(token_data_dir, run, checkpoint_interval=2, log_interval=100)
+    with pytest.raises(TrainingDiverged, match="final_norm.weight is not finite after step 4"):
+        train(config)
+    saved = read_checkpoint(run)
+    assert saved["iteration"] == 2 and torch.isfinite(saved["model"]["final_norm.weight"]).all()
