@@ -1,6 +1,10 @@
 import json
 import math
+import os
+import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -609,3 +613,94 @@ def test_a_weight_that_is_not_finite_stops_the_run_before_it_is_saved(
         train(config)
     saved = read_checkpoint(run)
     assert saved["iteration"] == 2 and torch.isfinite(saved["model"]["final_norm.weight"]).all()
+
+
+# --- the command line: one line for every mistake, nothing changed --------------------------
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under path with its bytes: to show that a failed start changed nothing."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        training.main(argv)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "message"),
+    [
+        (["--max_lr", "-1"], 2, "max_lr must be > 0"),
+        (["--max_lr", "nan"], 2, "max_lr must be > 0"),
+        (["--min_lr", "-1e-4"], 2, "min_lr must be >= 0"),
+        (["--device", "cuda:99"], 2, "'cuda:99'"),
+        (["--run_dir", "{tmp}/afile"], 2, "is a file, not a directory"),
+        (["--run_dir", "{tmp}/afile/run"], 2, "cannot create run_dir .* is a file"),
+        (["--train_data", "{tmp}/missing.npy"], 1, "token file .*missing.npy does not exist"),
+        (["--resume"], 2, "--resume: there is no checkpoint to resume"),
+        (["--batch_size", "0"], 2, "batch_size must be at least 1"),
+    ],
+)
+def test_bad_training_settings_are_one_line_errors_that_write_nothing(
+    token_data_dir, tmp_path, capsys, flags, code, message
+):
+    (tmp_path / "afile").write_text("not a directory")
+    before = tree(tmp_path)
+    base = ["--train_data", str(token_data_dir / "train.npy"), "--run_dir", str(tmp_path / "r")]
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    got_code, err = run_main([*base, *flags, "--max_iters", "2"], capsys)
+    assert got_code == code and re.match(f"error: .*{message}", err) and err.count("\n") == 1
+    assert tree(tmp_path) == before and not (tmp_path / "r").exists()
+
+
+def test_resume_with_another_shape_fails_and_keeps_the_run_as_it_was(
+    token_data_dir, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    train(small_config(token_data_dir, run, max_iters=2, valid_data="", final_eval="none"))
+    before = tree(run)
+    capsys.readouterr()
+    code, err = run_main(["--run_dir", str(run), "--resume", "--model.d_model", "128"], capsys)
+    assert code == 1 and err.startswith("error: checkpoint does not fit the model")
+    assert tree(run) == before  # config.json too: a plain --resume still works
+    assert train(load_train_config(["--run_dir", str(run), "--resume"]))["step"] == 2
+
+
+def test_a_start_removes_the_temp_files_of_a_killed_save(token_data_dir, tmp_path):
+    run = tmp_path / "run"
+    train(small_config(token_data_dir, run, max_iters=2, valid_data="", final_eval="none"))
+    dead_pid = 2**22 + 1  # above Linux's pid_max: no process has it
+    stale = run / f".checkpoint.pt.{dead_pid}.abcd1234.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    train(load_train_config(["--run_dir", str(run), "--resume", "--max_iters", "3"]))
+    assert not stale.exists() and (run / "checkpoint.pt").is_file()
+
+
+def test_ctrl_c_before_the_first_log_saves_and_exits_130(token_data_dir, tmp_path, monkeypatch):
+    schedule = training.cos_lr_scheduler
+
+    def ctrl_c_at_step_0(t, *args):
+        if t == 0:
+            signal.raise_signal(signal.SIGINT)
+        return schedule(t, *args)
+
+    monkeypatch.setattr(training, "cos_lr_scheduler", ctrl_c_at_step_0)
+    run = tmp_path / "run"
+    argv = ["--train_data", str(token_data_dir / "train.npy"), "--run_dir", str(run)]
+    with pytest.raises(SystemExit) as exit_info:
+        training.main([*argv, "--log_interval", "100", "--device", "cpu"])
+    assert exit_info.value.code == 130
+    assert read_checkpoint(run)["iteration"] == 1 and (run / "img" / "loss.png").is_file()
+
+
+def test_help_into_a_closed_pipe_ends_without_a_traceback():
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head` that has already gone
+    done = subprocess.run(
+        [sys.executable, "-m", "llm.training", "--help"],
+        stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    os.close(write_end)
+    assert "Traceback" not in done.stderr and done.returncode == 1
