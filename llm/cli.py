@@ -82,6 +82,10 @@ def run_main(main: Callable[[], T], errors: tuple[type[BaseException], ...] = ()
     ends quietly."""
     try:
         return main()
+    except BrokenPipeError:
+        # stdout's reader is gone: point stdout at /dev/null so the flush at exit cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
     except ConfigError as e:
         _fail(e, 2)
     except errors as e:
@@ -89,10 +93,6 @@ def run_main(main: Callable[[], T], errors: tuple[type[BaseException], ...] = ()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    except BrokenPipeError:
-        # stdout's reader is gone: point stdout at /dev/null so the flush at exit cannot fail.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(1) from None
 
 
 def _fail(error: BaseException, code: int) -> None:
