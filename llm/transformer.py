@@ -110,11 +110,14 @@ class Embedding(nn.Module):
 
 
 class RmsNorm(nn.Module):
-    """RMSNorm: x / sqrt(mean(x^2) + eps) * gain, computed in float32 for stability.
+    """RMSNorm (Zhang & Sennrich, 2019), computed in float32 for stability:
 
-    mean(x^2) + eps is computed as eps + |x|^2 / d: one reduction (vector_norm) and one addcmul,
-    with no Python number inside a tensor op (`+ eps`, or mean's division by d, costs a tensor
-    allocation and a copy per call: a large share of the time when decoding one token)."""
+        RmsNorm(x) = x / sqrt(mean(x^2) + eps) * g        (g: the learned gain, self.weight)
+
+    mean(x^2) + eps is computed as addcmul(eps, |x|, |x|, 1/d) = eps + |x|^2 / d: one reduction
+    (vector_norm) and one addcmul, with no Python number inside a tensor op (`+ eps`, or mean's
+    division by d, costs a tensor allocation and a copy per call: a large share of the time when
+    decoding one token). The tests check it against the plain formula."""
 
     def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None) -> None:
         super().__init__()
@@ -191,12 +194,17 @@ class ScaledDotProductAttention(nn.Module):
 
 
 class RoPE(nn.Module):
-    """Rotary position embedding: rotate each pair (x[2i], x[2i+1]) by angle pos * theta^(-2i/d_k).
+    """Rotary position embedding (Su et al., 2021): rotate each pair (x[2i], x[2i+1]) of a query
+    or key at position pos by the angle t = pos * theta^(-2i/d_k):
+
+        [x'[2i]    ]   [cos t  -sin t] [x[2i]    ]
+        [x'[2i + 1]] = [sin t   cos t] [x[2i + 1]]
 
     The dot product of two rotated vectors then depends only on their relative position.
     Rotating a pair (a, b) by t gives (a cos t - b sin t, b cos t + a sin t), so for the whole
-    vector: x * cos + swap_pairs(x) * signed_sin, with swap_pairs((a, b)) = (b, a) and the sine
-    negated on the first element of each pair. The tables hold each pair's angle twice, one
+    vector, without a matrix: x * cos + swap_pairs(x) * signed_sin, with swap_pairs((a, b)) =
+    (b, a) and the sine negated on the first element of each pair (the tests check it against
+    the rotation, written as complex multiplication). The tables hold each pair's angle twice, one
     column per dimension, are precomputed up to context_length and are not saved in checkpoints
     (they are a pure function of the config).
     """

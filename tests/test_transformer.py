@@ -69,6 +69,15 @@ def test_embedding_matches_f_embedding_and_init():
     assert emb.weight.std().item() == pytest.approx(0.986, rel=0.05)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-3])  # 1e-3: mean(x^2) is below eps, so eps matters
+def test_rmsnorm_matches_the_textbook_formula(scale):
+    norm = RmsNorm(16, eps=1e-5, dtype=torch.float64)
+    norm.weight.data = torch.randn(16, dtype=torch.float64)
+    x = torch.randn(4, 3, 16, dtype=torch.float64) * scale
+    expected = x / torch.sqrt((x**2).mean(dim=-1, keepdim=True) + 1e-5) * norm.weight
+    torch.testing.assert_close(norm(x), expected)
+
+
 def test_rmsnorm_matches_torch_and_keeps_dtype():
     norm = RmsNorm(16, eps=1e-5)
     norm.weight.data = torch.randn(16)
@@ -150,7 +159,8 @@ def test_sdpa_causal_on_extra_batch_dims():
 
 
 def rope_with_complex_numbers(x, positions, theta):
-    """Independent RoPE: each adjacent pair is a complex number multiplied by e^(i pos w_k)."""
+    """Independent RoPE: each adjacent pair (a, b) is the complex number a + ib, multiplied by
+    e^(i t) with t = pos * w_k: the 2x2 rotation [[cos t, -sin t], [sin t, cos t]] of (a, b)."""
     d = x.shape[-1]
     freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
     angles = positions[..., None].double() * freqs  # (..., seq, d/2)
