@@ -351,6 +351,34 @@ def test_bfloat16_autocast_stays_close_to_float32():
     torch.testing.assert_close(grads[1][1], grads[0][1], atol=2e-3, rtol=5e-2)
 
 
+@pytest.mark.parametrize("attention", ["ours", "fused"])
+def test_kv_cache_holds_bfloat16_when_decoding_under_autocast(attention):
+    """new_kv_cache(batch, torch.bfloat16) under bfloat16 autocast stores keys and values in
+    bfloat16 (half the memory of float32), close to a float32 decode's, and the logits stay
+    within bfloat16 rounding of the float32 decode's."""
+    model = small_model(attention=attention).eval()
+    ids = torch.randint(0, SMALL.vocab_size, (2, 24))
+
+    def decode(cache):  # prefill 8 tokens, then one token at a time
+        steps = [model(ids[:, :8], cache)] + [model(ids[:, i : i + 1], cache) for i in range(8, 24)]
+        return torch.cat(steps, dim=1)
+
+    with torch.no_grad():
+        reference_cache = model.new_kv_cache(batch_size=2)
+        reference = decode(reference_cache)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cache = model.new_kv_cache(2, torch.bfloat16)
+            logits = decode(cache)
+    assert {t.dtype for t in cache.keys + cache.values} == {torch.bfloat16}
+    cached = torch.stack(cache.keys + cache.values).float()  # (2 * layers, batch, heads, ...)
+    expected = torch.stack(reference_cache.keys + reference_cache.values)
+    torch.testing.assert_close(cached, expected, atol=2e-2, rtol=2e-2)
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), reference, atol=4e-2, rtol=2e-2)
+    # Without a dtype the cache takes the weights' dtype.
+    assert model.to(torch.bfloat16).new_kv_cache(1).keys[0].dtype == torch.bfloat16
+
+
 def test_last_only_gives_the_last_positions_logits():
     model = small_model().eval()
     ids = torch.randint(0, SMALL.vocab_size, (3, 11))
