@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llm.hf_llama import to_hf_llama
+from kernel.hf_llama import to_hf_llama
 from llm.transformer import (
     FFN,
     MODEL_PRESETS,
