@@ -105,7 +105,7 @@ def main() -> None:
     model = Transformer(config).to(device)
     models = {"ours": model}
     if args.compare_hf:
-        from llm.hf_llama import to_hf_llama
+        from hf_llama import to_hf_llama  # kernel/hf_llama.py, beside this script
 
         models["hf-llama"] = to_hf_llama(model).train()
     if args.compile:

@@ -19,7 +19,12 @@ from torch import Tensor, nn
 
 @dataclass
 class ModelConfig:
-    """Shape of the model; saved in every checkpoint so a model can be rebuilt from it."""
+    """Shape of the model; saved in every checkpoint so a model can be rebuilt from it.
+
+    MultiHeadAttention, TransformerBlock and Transformer are built from it, so a new model option
+    is a field here, read by the layer it changes. The basic layers (Linear, Embedding, RmsNorm,
+    RoPE, FFN) take explicit sizes and can be used on their own.
+    """
 
     vocab_size: int = 10_000
     context_length: int = 256
@@ -41,6 +46,11 @@ class ModelConfig:
             )
         if self.attention not in ("fused", "ours"):
             raise ValueError(f"attention must be 'fused' or 'ours', not {self.attention!r}")
+
+    @property
+    def d_head(self) -> int:
+        """Size of one attention head (queries, keys and values)."""
+        return self.d_model // self.num_heads
 
 
 def default_d_ff(d_model: int) -> int:
@@ -100,11 +110,14 @@ class Embedding(nn.Module):
 
 
 class RmsNorm(nn.Module):
-    """RMSNorm: x / sqrt(mean(x^2) + eps) * gain, computed in float32 for stability.
+    """RMSNorm (Zhang & Sennrich, 2019), computed in float32 for stability:
 
-    mean(x^2) + eps is computed as eps + |x|^2 / d: one reduction (vector_norm) and one addcmul,
-    with no Python number inside a tensor op (`+ eps`, or mean's division by d, costs a tensor
-    allocation and a copy per call: a large share of the time when decoding one token)."""
+        RmsNorm(x) = x / sqrt(mean(x^2) + eps) * g        (g: the learned gain, self.weight)
+
+    mean(x^2) + eps is computed as addcmul(eps, |x|, |x|, 1/d) = eps + |x|^2 / d: one reduction
+    (vector_norm) and one addcmul, with no Python number inside a tensor op (`+ eps`, or mean's
+    division by d, costs a tensor allocation and a copy per call: a large share of the time when
+    decoding one token). The tests check it against the plain formula."""
 
     def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None) -> None:
         super().__init__()
@@ -181,21 +194,26 @@ class ScaledDotProductAttention(nn.Module):
 
 
 class RoPE(nn.Module):
-    """Rotary position embedding: rotate each pair (x[2i], x[2i+1]) by angle pos * theta^(-2i/d_k).
+    """Rotary position embedding (Su et al., 2021): rotate each pair (x[2i], x[2i+1]) of a query
+    or key at position pos by the angle t = pos * theta^(-2i/d_k):
+
+        [x'[2i]    ]   [cos t  -sin t] [x[2i]    ]
+        [x'[2i + 1]] = [sin t   cos t] [x[2i + 1]]
 
     The dot product of two rotated vectors then depends only on their relative position.
     Rotating a pair (a, b) by t gives (a cos t - b sin t, b cos t + a sin t), so for the whole
-    vector: x * cos + swap_pairs(x) * signed_sin, with swap_pairs((a, b)) = (b, a) and the sine
-    negated on the first element of each pair. The tables hold each pair's angle twice, one
-    column per dimension, are precomputed up to max_seq_len and are not saved in checkpoints
+    vector, without a matrix: x * cos + swap_pairs(x) * signed_sin, with swap_pairs((a, b)) =
+    (b, a) and the sine negated on the first element of each pair (the tests check it against
+    the rotation, written as complex multiplication). The tables hold each pair's angle twice, one
+    column per dimension, are precomputed up to context_length and are not saved in checkpoints
     (they are a pure function of the config).
     """
 
-    def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None) -> None:
+    def __init__(self, theta: float, d_k: int, context_length: int, device=None) -> None:
         super().__init__()
         inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
-        positions = torch.arange(max_seq_len, device=device, dtype=torch.float64)
-        angles = torch.outer(positions, inv_freq).repeat_interleave(2, dim=-1)  # (max_seq_len, d_k)
+        positions = torch.arange(context_length, device=device, dtype=torch.float64)
+        angles = torch.outer(positions, inv_freq).repeat_interleave(2, dim=-1)  # (context, d_k)
         signed_sin = angles.sin()
         signed_sin[:, 0::2] *= -1
         self.register_buffer("cos", angles.cos().float(), persistent=False)
@@ -236,23 +254,15 @@ class KVCache:
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention with RoPE on queries and keys, and an optional KV cache."""
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        max_seq_len: int,
-        rope_theta: float = 10_000.0,
-        attention: str = "fused",
-        device=None,
-        dtype=None,
-    ) -> None:
+    def __init__(self, config: ModelConfig, device=None, dtype=None) -> None:
         super().__init__()
-        self.num_heads = num_heads
-        self.d_head = d_model // num_heads
-        self.attention = attention
+        d_model = config.d_model
+        self.num_heads = config.num_heads
+        self.d_head = config.d_head
+        self.attention = config.attention
         self.qkv_proj = Linear(d_model, 3 * d_model, device, dtype)  # Q, K and V in one matmul
         self.out_proj = Linear(d_model, d_model, device, dtype)
-        self.rope = RoPE(rope_theta, self.d_head, max_seq_len, device)
+        self.rope = RoPE(config.rope_theta, self.d_head, config.context_length, device)
 
     def forward(
         self,
@@ -320,24 +330,13 @@ def causal_mask(seq: int, start: int, device) -> Tensor:
 class TransformerBlock(nn.Module):
     """Pre-norm block: h = x + attn(norm(x)); out = h + ffn(norm(h))."""
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        max_seq_len: int,
-        rope_theta: float = 10_000.0,
-        attention: str = "fused",
-        device=None,
-        dtype=None,
-    ) -> None:
+    def __init__(self, config: ModelConfig, device=None, dtype=None) -> None:
         super().__init__()
+        d_model = config.d_model
         self.attn_norm = RmsNorm(d_model, device=device, dtype=dtype)
-        self.attn = MultiHeadAttention(
-            d_model, num_heads, max_seq_len, rope_theta, attention, device, dtype
-        )
+        self.attn = MultiHeadAttention(config, device, dtype)
         self.ffn_norm = RmsNorm(d_model, device=device, dtype=dtype)
-        self.ffn = FFN(d_model, d_ff, device, dtype)
+        self.ffn = FFN(d_model, config.d_ff, device, dtype)
 
     def forward(
         self,
@@ -358,19 +357,7 @@ class Transformer(nn.Module):
         self.config = config
         c = config
         self.embedding = Embedding(c.vocab_size, c.d_model, device, dtype)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                c.d_model,
-                c.num_heads,
-                c.d_ff,
-                c.context_length,
-                c.rope_theta,
-                c.attention,
-                device,
-                dtype,
-            )
-            for _ in range(c.num_layers)
-        )
+        self.blocks = nn.ModuleList(TransformerBlock(c, device, dtype) for _ in range(c.num_layers))
         self.final_norm = RmsNorm(c.d_model, device=device, dtype=dtype)
         self.lm_head = Linear(c.d_model, c.vocab_size, device, dtype)
         if c.tie_embeddings:
@@ -410,7 +397,7 @@ class Transformer(nn.Module):
         (pass the autocast dtype when decoding under autocast)."""
         c = self.config
         weight = self.lm_head.weight
-        shape = (batch_size, c.num_heads, c.context_length, c.d_model // c.num_heads)
+        shape = (batch_size, c.num_heads, c.context_length, c.d_head)
 
         def buffers() -> list[Tensor]:
             return [

@@ -1,13 +1,14 @@
 """Every block of llm/transformer.py against an independent reference: PyTorch's own ops, a
 complex-number RoPE, and Hugging Face's LlamaForCausalLM for the whole model."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from llm.hf_llama import to_hf_llama
+from kernel.hf_llama import to_hf_llama
 from llm.transformer import (
     FFN,
     MODEL_PRESETS,
@@ -39,8 +40,12 @@ def seed():
     torch.manual_seed(0)
 
 
+def config_with(**changes) -> ModelConfig:
+    return dataclasses.replace(SMALL, **changes)
+
+
 def small_model(**changes) -> Transformer:
-    return Transformer(ModelConfig(**{**SMALL.__dict__, **changes}))
+    return Transformer(config_with(**changes))
 
 
 # --- basic layers ---------------------------------------------------------------------------
@@ -62,6 +67,15 @@ def test_embedding_matches_f_embedding_and_init():
     torch.testing.assert_close(emb(ids), F.embedding(ids, emb.weight))
     assert emb.weight.abs().max() <= 3.0
     assert emb.weight.std().item() == pytest.approx(0.986, rel=0.05)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3])  # 1e-3: mean(x^2) is below eps, so eps matters
+def test_rmsnorm_matches_the_textbook_formula(scale):
+    norm = RmsNorm(16, eps=1e-5, dtype=torch.float64)
+    norm.weight.data = torch.randn(16, dtype=torch.float64)
+    x = torch.randn(4, 3, 16, dtype=torch.float64) * scale
+    expected = x / torch.sqrt((x**2).mean(dim=-1, keepdim=True) + 1e-5) * norm.weight
+    torch.testing.assert_close(norm(x), expected)
 
 
 def test_rmsnorm_matches_torch_and_keeps_dtype():
@@ -145,7 +159,8 @@ def test_sdpa_causal_on_extra_batch_dims():
 
 
 def rope_with_complex_numbers(x, positions, theta):
-    """Independent RoPE: each adjacent pair is a complex number multiplied by e^(i pos w_k)."""
+    """Independent RoPE: each adjacent pair (a, b) is the complex number a + ib, multiplied by
+    e^(i t) with t = pos * w_k: the 2x2 rotation [[cos t, -sin t], [sin t, cos t]] of (a, b)."""
     d = x.shape[-1]
     freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
     angles = positions[..., None].double() * freqs  # (..., seq, d/2)
@@ -154,7 +169,7 @@ def rope_with_complex_numbers(x, positions, theta):
 
 
 def test_rope_matches_complex_rotation():
-    rope = RoPE(10_000.0, 16, max_seq_len=50)
+    rope = RoPE(10_000.0, 16, context_length=50)
     x = torch.randn(2, 3, 7, 16)
     positions = torch.tensor([0, 1, 5, 9, 20, 33, 49])
     expected = rope_with_complex_numbers(x, positions, 10_000.0).float()
@@ -163,7 +178,7 @@ def test_rope_matches_complex_rotation():
 
 
 def test_rope_takes_per_sequence_positions():
-    rope = RoPE(500.0, 8, max_seq_len=20)
+    rope = RoPE(500.0, 8, context_length=20)
     x = torch.randn(2, 4, 8)
     positions = torch.tensor([[0, 1, 2, 3], [10, 11, 12, 13]])
     expected = rope_with_complex_numbers(x, positions, 500.0).float()
@@ -171,13 +186,13 @@ def test_rope_takes_per_sequence_positions():
 
 
 def test_rope_takes_a_slice_for_consecutive_positions():
-    rope = RoPE(10_000.0, 8, max_seq_len=20)
+    rope = RoPE(10_000.0, 8, context_length=20)
     x = torch.randn(3, 7, 8)
     torch.testing.assert_close(rope(x, slice(5, 12)), rope(x, torch.arange(5, 12)))
 
 
 def test_rope_keeps_dot_products_relative():
-    rope = RoPE(10_000.0, 8, max_seq_len=40)
+    rope = RoPE(10_000.0, 8, context_length=40)
     q, k = torch.randn(8), torch.randn(8)
     dot = [
         rope(q[None], torch.tensor([p + 3])) @ rope(k[None], torch.tensor([p])).T for p in (0, 20)
@@ -186,7 +201,10 @@ def test_rope_keeps_dot_products_relative():
 
 
 def reference_attention(
-    mha: MultiHeadAttention, x: torch.Tensor, positions: torch.Tensor | None = None
+    mha: MultiHeadAttention,
+    x: torch.Tensor,
+    positions: torch.Tensor | None = None,
+    theta: float = 10_000.0,
 ) -> torch.Tensor:
     """Causal multi-head attention written out with PyTorch's own ops, head by head."""
     seq, d = x.shape[-2:]
@@ -195,22 +213,23 @@ def reference_attention(
     heads = []
     for h in range(mha.num_heads):
         rows = slice(h * mha.d_head, (h + 1) * mha.d_head)
-        q = rope_with_complex_numbers(F.linear(x, wq[rows]), positions, 10_000.0).to(x.dtype)
-        k = rope_with_complex_numbers(F.linear(x, wk[rows]), positions, 10_000.0).to(x.dtype)
+        q = rope_with_complex_numbers(F.linear(x, wq[rows]), positions, theta).to(x.dtype)
+        k = rope_with_complex_numbers(F.linear(x, wk[rows]), positions, theta).to(x.dtype)
         heads.append(F.scaled_dot_product_attention(q, k, F.linear(x, wv[rows]), is_causal=True))
     return F.linear(torch.cat(heads, dim=-1), mha.out_proj.weight)
 
 
 @pytest.mark.parametrize("attention", ["ours", "fused"])
 def test_multihead_attention_matches_reference(attention):
-    mha = MultiHeadAttention(32, 4, max_seq_len=16, attention=attention)
+    mha = MultiHeadAttention(config_with(attention=attention, rope_theta=500.0))
     x = torch.randn(3, 10, 32)
-    torch.testing.assert_close(mha(x), reference_attention(mha, x), atol=1e-5, rtol=1e-5)
+    expected = reference_attention(mha, x, theta=500.0)
+    torch.testing.assert_close(mha(x), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("attention", ["ours", "fused"])
 def test_multihead_attention_takes_positions_per_sequence(attention):
-    mha = MultiHeadAttention(32, 4, max_seq_len=32, attention=attention)
+    mha = MultiHeadAttention(config_with(attention=attention))
     x = torch.randn(2, 6, 32)
     positions = torch.tensor([[0, 1, 2, 3, 4, 5], [9, 10, 11, 12, 13, 14]])
     expected = torch.cat([reference_attention(mha, x[i : i + 1], positions[i]) for i in range(2)])
@@ -218,7 +237,7 @@ def test_multihead_attention_takes_positions_per_sequence(attention):
 
 
 def test_block_is_pre_norm():
-    block = TransformerBlock(32, 4, 48, max_seq_len=16)
+    block = TransformerBlock(SMALL)
     x = torch.randn(2, 6, 32)
     h = x + block.attn(block.attn_norm(x))
     torch.testing.assert_close(block(x), h + block.ffn(block.ffn_norm(h)))
@@ -230,12 +249,13 @@ def test_block_is_pre_norm():
 def test_gradcheck_blocks_in_float64():
     d = torch.float64
     x = torch.randn(2, 5, 8, dtype=d, requires_grad=True)
+    config = config_with(d_model=8, num_heads=2, d_ff=12, context_length=8, attention="ours")
     layers = [
         Linear(8, 6, dtype=d),
         RmsNorm(8, dtype=d),
         FFN(8, 12, dtype=d),
-        MultiHeadAttention(8, 2, max_seq_len=8, attention="ours", dtype=d),
-        TransformerBlock(8, 2, 12, max_seq_len=8, attention="ours", dtype=d),
+        MultiHeadAttention(config, dtype=d),
+        TransformerBlock(config, dtype=d),
     ]
     for layer in layers:
         assert torch.autograd.gradcheck(layer, (x,)), type(layer).__name__
@@ -331,6 +351,34 @@ def test_bfloat16_autocast_stays_close_to_float32():
     torch.testing.assert_close(grads[1][1], grads[0][1], atol=2e-3, rtol=5e-2)
 
 
+@pytest.mark.parametrize("attention", ["ours", "fused"])
+def test_kv_cache_holds_bfloat16_when_decoding_under_autocast(attention):
+    """new_kv_cache(batch, torch.bfloat16) under bfloat16 autocast stores keys and values in
+    bfloat16 (half the memory of float32), close to a float32 decode's, and the logits stay
+    within bfloat16 rounding of the float32 decode's."""
+    model = small_model(attention=attention).eval()
+    ids = torch.randint(0, SMALL.vocab_size, (2, 24))
+
+    def decode(cache):  # prefill 8 tokens, then one token at a time
+        steps = [model(ids[:, :8], cache)] + [model(ids[:, i : i + 1], cache) for i in range(8, 24)]
+        return torch.cat(steps, dim=1)
+
+    with torch.no_grad():
+        reference_cache = model.new_kv_cache(batch_size=2)
+        reference = decode(reference_cache)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cache = model.new_kv_cache(2, torch.bfloat16)
+            logits = decode(cache)
+    assert {t.dtype for t in cache.keys + cache.values} == {torch.bfloat16}
+    cached = torch.stack(cache.keys + cache.values).float()  # (2 * layers, batch, heads, ...)
+    expected = torch.stack(reference_cache.keys + reference_cache.values)
+    torch.testing.assert_close(cached, expected, atol=2e-2, rtol=2e-2)
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), reference, atol=4e-2, rtol=2e-2)
+    # Without a dtype the cache takes the weights' dtype.
+    assert model.to(torch.bfloat16).new_kv_cache(1).keys[0].dtype == torch.bfloat16
+
+
 def test_last_only_gives_the_last_positions_logits():
     model = small_model().eval()
     ids = torch.randint(0, SMALL.vocab_size, (3, 11))
@@ -412,13 +460,14 @@ def summary(t: torch.Tensor) -> dict:
 
 def test_snapshot_of_each_block(snapshot):
     x = torch.randn(2, 6, 16)
+    config = config_with(d_model=16, num_heads=2, d_ff=32, context_length=8)
     results = {}
     for name, make in [
         ("linear", lambda: Linear(16, 8)),
         ("rmsnorm", lambda: RmsNorm(16)),
         ("ffn", lambda: FFN(16, 32)),
-        ("attention", lambda: MultiHeadAttention(16, 2, max_seq_len=8)),
-        ("block", lambda: TransformerBlock(16, 2, 32, max_seq_len=8)),
+        ("attention", lambda: MultiHeadAttention(config)),
+        ("block", lambda: TransformerBlock(config)),
     ]:
         torch.manual_seed(1)
         results[name] = summary(make()(x))

@@ -1,20 +1,6 @@
-"""A generator of simple children's stories: the built-in corpus that needs no download.
-
-Each story has a beginning (who, where, what they love), a problem, and an ending that follows
-from it, with dialogue in quotes. Stories are built from our own word lists and sentence templates,
-chosen by a seeded random generator, so the same seed always gives the same text. The output has
-the TinyStories `.txt` layout: paragraphs separated by "\\n", each story followed by
-"\\n<|endoftext|>\\n".
-
-This module is the engine: it sets the scene, writes one story, and builds the corpus (distinct
-stories, disjoint train/valid files, the CLI). The pieces it uses, each depending only on the ones
-before it:
-
-    llm/story_words.py   the vocabulary: names, animals, things, places
-    llm/story_writer.py  the cast, the template format and the Writer that fills templates
-    llm/story_plots.py   the plot templates and the functions that prepare them (PLOTS)
-
-    uv run -m llm.stories --out data/stories --train-mb 5 --valid-mb 0.5 --seed 0
+"""The engine of the story generator: it sets the scene, writes one story, and builds the corpus
+(distinct stories, disjoint train/valid files, the CLI). The package docstring (`llm.stories`)
+describes the stories and the modules this one uses.
 """
 
 import argparse
@@ -27,8 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from llm.story_plots import PLOTS
-from llm.story_words import (
+from llm.stories.plots import PLOTS
+from llm.stories.words import (
     ANIMALS,
     BOY_NAMES,
     CHILD_HOMES,
@@ -47,7 +33,7 @@ from llm.story_words import (
     WEATHERS,
     Thing,
 )
-from llm.story_writer import Character, Writer, with_article
+from llm.stories.writer import Character, Writer, with_article
 
 END_OF_TEXT = "<|endoftext|>"
 SEPARATOR = "\n" + END_OF_TEXT + "\n"
@@ -237,7 +223,9 @@ def write_corpus(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write the built-in children's story corpus.")
+    parser = argparse.ArgumentParser(
+        prog="uv run -m llm.stories", description="Write the built-in children's story corpus."
+    )
     parser.add_argument("--out", required=True, help="directory for train.txt and valid.txt")
     parser.add_argument("--train-mb", type=float, default=5.0, help="train size, MB (10^6 bytes)")
     parser.add_argument("--valid-mb", type=float, default=0.5, help="valid size, MB (10^6 bytes)")
@@ -256,7 +244,3 @@ def main(argv: list[str] | None = None) -> None:
         )
     for story in generate_stories(num_stories=args.show, seed=args.seed, stream="train"):
         print(f"\n{story}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,16 +1,16 @@
 """The plots of the built-in stories: a template for each, and the function that prepares it.
 
-Every story is the opening paragraph (`llm.stories`) followed by one plot: a problem and an ending
-that follows from it, with a lesson. A plot function gets the `Writer` after the scene is set
-(hero, friend, parent, loved thing, place), adds the values its template needs (a helper, a food,
-what made the noise...) and returns the template. `PLOTS` lists them with what each needs of the
-scene. The template format is described in `llm.story_writer`.
+Every story is the opening paragraph (`llm.stories.engine`) followed by one plot: a problem and an
+ending that follows from it, with a lesson. A plot function gets the `Writer` after the scene is
+set (hero, friend, parent, loved thing, place), adds the values its template needs (a helper, a
+food, what made the noise...) and returns the template. `PLOTS` lists them with what each needs of
+the scene. The template format is described in `llm.stories.writer`.
 """
 
 from collections.abc import Callable
 
-from llm.story_words import PET_NAMES
-from llm.story_writer import Character, Writer, with_article
+from llm.stories.words import PET_NAMES
+from llm.stories.writer import Character, Writer, with_article
 
 LOST_THING = """
 One {weather} {time}, {name} took {his} {obj} to {place}.

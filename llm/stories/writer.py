@@ -6,8 +6,9 @@ that is used half of the time. Slots are `str.format` strings filled from the wr
 `{name}`, `{he}`, `{his}`... are the hero, `{fname}`, `{fhe}`... the friend, `{pname}`... the
 parent (see `Writer.add_character`); `{Name}` is `{name}` with a capital letter.
 
-The plots (`llm.story_plots`) write templates and set context values through a `Writer`;
-`llm.stories` sets up the scene and asks the writer to render the opening and a plot.
+The plots (`llm.stories.plots`) write templates and set context values through a `Writer`;
+the engine (`llm.stories.engine`) sets up the scene and asks the writer to render the opening
+and a plot.
 """
 
 import functools

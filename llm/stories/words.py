@@ -1,10 +1,10 @@
 """The vocabulary of the built-in stories: names, animals, homes, things, places and small words.
 
-Plain data, no logic: `llm.stories` draws the cast and the setting of each story from these lists,
-and a few plots (`llm.story_plots`) draw from them too. Keeping the vocabulary small (a few hundred
-words in all) is what makes the corpus easy to learn for a tiny model. Articles are added at run
-time by `llm.story_writer.with_article`, so no entry may start with a silent or a "yoo" vowel
-("hour", "unicorn").
+Plain data, no logic: the engine (`llm.stories.engine`) draws the cast and the setting of each
+story from these lists, and a few plots (`llm.stories.plots`) draw from them too. Keeping the
+vocabulary small (a few hundred words in all) is what makes the corpus easy to learn for a tiny
+model. Articles are added at run time by `llm.stories.writer.with_article`, so no entry may start
+with a silent or a "yoo" vowel ("hour", "unicorn").
 """
 
 from dataclasses import dataclass

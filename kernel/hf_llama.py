@@ -1,6 +1,8 @@
 """Our Transformer as a Hugging Face `LlamaForCausalLM`: the same architecture (pre-norm RMSNorm,
 SwiGLU, RoPE), so the tests can check our logits against an independent implementation and the
-benchmarks can time both on the same weights. Needs the `transformers` package (a dev dependency).
+benchmarks can time both on the same weights. Needs the `transformers` package (a dev dependency),
+so it lives here, outside the `llm` package: the kernel scripts import it as a sibling
+(`from hf_llama import to_hf_llama`), the tests as `from kernel.hf_llama import to_hf_llama`.
 """
 
 import torch
