@@ -26,10 +26,11 @@ import time
 from collections.abc import Callable
 
 import torch
-from hf_llama import to_hf_llama  # kernel/hf_llama.py, beside this script
 
 from llm.generating import SamplingConfig, generate
 from llm.transformer import MODEL_PRESETS, Transformer
+
+from hf_llama import to_hf_llama  # kernel/hf_llama.py, beside this script
 
 
 @torch.inference_mode()

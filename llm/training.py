@@ -307,10 +307,9 @@ def _loss_model(model: Transformer, config: TrainConfig, world: Distributed) -> 
         loss_model = torch.compile(loss_model)
     if world.world_size > 1:
         device_ids = [world.device.index] if world.device.type == "cuda" else None
-        # No buffer broadcasts: the only buffers (RoPE tables, RmsNorm eps) come from the config.
-        loss_model = DistributedDataParallel(
-            loss_model, device_ids=device_ids, broadcast_buffers=False
-        )
+        # DDP re-sends the buffers (RoPE tables, RmsNorm eps) from rank 0 at each forward: they
+        # are equal anyway, and tiny beside the gradients' all-reduce.
+        loss_model = DistributedDataParallel(loss_model, device_ids=device_ids)
     return loss_model
 
 

@@ -37,8 +37,15 @@ class ModelConfig:
     attention: str = "fused"  # "fused": F.scaled_dot_product_attention; "ours": from scratch
 
     def __post_init__(self) -> None:
+        for key in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, not {getattr(self, key)}")
         if self.d_ff is None:
             self.d_ff = default_d_ff(self.d_model)
+        if self.d_ff < 1:
+            raise ValueError(f"d_ff must be at least 1 (or None for 8/3 d_model), not {self.d_ff}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta must be > 0, not {self.rope_theta}")
         if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
             raise ValueError(
                 f"d_model={self.d_model} must split into num_heads={self.num_heads} heads "

@@ -641,6 +641,9 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
         (["--train_data", "{tmp}/missing.npy"], 1, "token file .*missing.npy does not exist"),
         (["--resume"], 2, "--resume: there is no checkpoint to resume"),
         (["--batch_size", "0"], 2, "batch_size must be at least 1"),
+        (["--model.num_heads", "0"], 2, "num_heads must be at least 1, not 0"),
+        (["--model.context_length", "-8"], 2, "context_length must be at least 1, not -8"),
+        (["--model.d_ff", "0"], 2, "d_ff must be at least 1"),
     ],
 )
 def test_bad_training_settings_are_one_line_errors_that_write_nothing(
