@@ -19,14 +19,15 @@ checked against ours first. Tokens/s counts new tokens over the whole call, pref
 Results for this project are in docs/benchmarks.md.
 """
 
-import argparse
 import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from llm.cli import parse, run_main
 from llm.generating import SamplingConfig, generate
 from llm.transformer import MODEL_PRESETS, Transformer
 
@@ -91,20 +92,27 @@ def profile_decode(model: Transformer, prompt: list[int], new_tokens: int) -> No
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--size", default="tinystories-17m", choices=sorted(MODEL_PRESETS))
-    parser.add_argument("--prompt-tokens", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--profile", action="store_true", help="print our top ops afterwards")
-    parser.add_argument("--compile", action="store_true", help="also time ours and HF compiled")
-    args = parser.parse_args()
+@dataclass
+class BenchConfig:
+    """What to time."""
 
+    size: str = "tinystories-17m"  # a model preset (llm.transformer.MODEL_PRESETS)
+    prompt_tokens: int = 16  # length of the (random) prompt
+    new_tokens: int = 200  # tokens to generate, greedily
+    warmup: int = 1  # untimed rounds first
+    repeats: int = 5  # timed rounds; each times every contender once
+    threads: int = 2  # CPU threads
+    profile: bool = False  # print our top ops afterwards
+    compile: bool = False  # also time ours and HF's compiled
+
+    def __post_init__(self) -> None:
+        if self.size not in MODEL_PRESETS:
+            raise ValueError(f"size must be one of {', '.join(MODEL_PRESETS)}, not {self.size!r}")
+
+
+def main() -> None:
+    prog = "uv run kernel/benchmarking_generation.py"
+    args = run_main(lambda: parse(BenchConfig, description=__doc__, prog=prog))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = Transformer(MODEL_PRESETS[args.size]).eval()

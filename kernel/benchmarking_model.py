@@ -7,17 +7,17 @@ run, step for step alternating with ours, so both see the same machine load; the
 our speed as a ratio of theirs. Results for this project are in docs/benchmarks.md.
 """
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
-from llm.device import peak_flops
+from llm.cli import parse, run_main
+from llm.device import peak_flops, resolve_device
 from llm.optim import AdamW
 from llm.transformer import MODEL_PRESETS, Transformer, cross_entropy
 
@@ -72,32 +72,39 @@ def time_steps(steps: dict[str, Callable], warmup: int, n: int, device) -> dict[
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--size", default="tinystories-17m", choices=sorted(MODEL_PRESETS))
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--context-length", type=int, default=None, help="default: the preset's")
-    parser.add_argument(
-        "--mode",
-        default="all",
-        choices=["forward", "backward", "train", "all"],
-        help="backward = forward + backward; train = forward + backward + AdamW",
-    )
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--attention", default="fused", choices=["fused", "ours"])
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--compare-hf", action="store_true", help="also time LlamaForCausalLM")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    args = parser.parse_args()
+@dataclass
+class BenchConfig:
+    """What to time."""
 
+    size: str = "tinystories-17m"  # a model preset (llm.transformer.MODEL_PRESETS)
+    batch_size: int = 8  # sequences per step
+    context_length: int = 0  # tokens per sequence (0 = the preset's)
+    mode: str = "all"  # forward, backward (= forward + backward), train (+ AdamW), or all
+    warmup: int = 2  # untimed steps first
+    steps: int = 5  # timed steps
+    attention: str = "fused"  # "fused" (PyTorch's SDPA kernel) or "ours"
+    bf16: bool = False  # bf16 autocast (CUDA)
+    compile: bool = False  # torch.compile the model
+    compare_hf: bool = False  # also time Hugging Face's LlamaForCausalLM, alternating
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
+    threads: int = 0  # CPU threads (0 = torch's default)
+
+    def __post_init__(self) -> None:
+        if self.size not in MODEL_PRESETS:
+            raise ValueError(f"size must be one of {', '.join(MODEL_PRESETS)}, not {self.size!r}")
+        if self.attention not in ("fused", "ours"):
+            raise ValueError(f"attention must be 'fused' or 'ours', not {self.attention!r}")
+        if self.mode not in ("forward", "backward", "train", "all"):
+            raise ValueError(f"mode must be forward, backward, train or all, not {self.mode!r}")
+
+
+def main() -> None:
+    args = run_main(
+        lambda: parse(BenchConfig, description=__doc__, prog="uv run kernel/benchmarking_model.py")
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = run_main(lambda: resolve_device(args.device), errors=(ValueError,))
     config = replace(MODEL_PRESETS[args.size], attention=args.attention)
     if args.context_length:
         config = replace(config, context_length=args.context_length)
