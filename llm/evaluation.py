@@ -16,7 +16,6 @@ Two ways to evaluate a split:
 """
 
 import math
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from llm.data import read_windows
+from llm.device import autocast
 from llm.transformer import cross_entropy
 
 
@@ -104,12 +104,7 @@ def _sum_nats(
     """Total negative log-likelihood (nats) of targets (batch, seq) given inputs."""
     was_training = model.training
     model.eval()
-    autocast = (
-        torch.autocast(inputs.device.type, dtype=autocast_dtype)
-        if autocast_dtype
-        else nullcontext()
-    )
-    with autocast:
+    with autocast(inputs.device, autocast_dtype):
         logits = model(inputs)  # (batch, seq, vocab)
     model.train(was_training)
     return cross_entropy(logits.float(), targets).item() * targets.numel()
