@@ -115,7 +115,11 @@ class TrainConfig:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss or a weight became NaN or infinite at `step`."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 def load_train_config(argv: list[str] | None = None) -> TrainConfig:
@@ -213,6 +217,11 @@ def train(config: TrainConfig) -> dict:
     world = setup_distributed(config.device)
     try:
         return _train(config, world)
+    except TrainingDiverged as e:
+        if world.is_main:  # the log says how the run ended, for llm.sweep and the plots
+            record = {"type": "diverged", "step": e.step, "message": str(e)}
+            append_metrics(Path(config.run_dir) / METRICS_NAME, record)
+        raise
     finally:
         if world.world_size > 1:
             dist.destroy_process_group()
@@ -514,7 +523,8 @@ def _diverged(run: _Run, loss: float, lr: float) -> TrainingDiverged:
         )
     return TrainingDiverged(
         f"the training loss is {loss} at step {run.step} (learning rate {lr:.3g}); stopped. "
-        + advice
+        + advice,
+        run.step,
     )
 
 
@@ -594,7 +604,8 @@ def _check_finite(model: nn.Module, step: int) -> None:
     """Never save non-finite weights over a good checkpoint."""
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
-            raise TrainingDiverged(f"parameter {name} is not finite after step {step}; stopped")
+            message = f"parameter {name} is not finite after step {step}; stopped"
+            raise TrainingDiverged(message, step)
 
 
 def _progress_text(record: dict) -> str:

@@ -326,6 +326,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(token_data_dir, tmp_p
     checkpoint = read_checkpoint(run)
     assert checkpoint["iteration"] == 4
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values())
+    last = read_metrics(run)[-1]  # the log says how the run ended
+    assert last["type"] == "diverged" and last["step"] == 6 and "loss is nan" in last["message"]
 
 
 def test_bad_inputs_fail_before_training(token_data_dir, tmp_path):
