@@ -8,28 +8,34 @@
 finished or still going; a reference draws a horizontal line, e.g. another model's result.
 """
 
-import argparse
 import json
-import os
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+
+from llm.atomic_write import atomic_write
+from llm.cli import parse, run_main
+from llm.config import ConfigError
+from llm.paths import check_writable_dir
 
 METRICS_NAME = "metrics.jsonl"
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The records of run_dir/metrics.jsonl (a torn last line from a crash is skipped)."""
+    """The records of run_dir/metrics.jsonl; a line that is not a record (a torn last line from
+    a crash) is skipped."""
     path = Path(run_dir) / METRICS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no metrics log at {path}: is {run_dir} a training run directory?")
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict) and "type" in record:
+            records.append(record)
     return records
 
 
@@ -101,36 +107,54 @@ def _plot_bits_per_byte(evals: list[dict], img: Path, references: dict[str, floa
 
 
 def _save(fig: Figure, path: Path) -> None:
-    """Save to a temp file, then rename: a viewer never sees a half-written PNG."""
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    """Saved atomically: a viewer never sees a half-written PNG."""
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
+
+
+@dataclass
+class PlotsConfig:
+    """`uv run -m llm.plots RUN_DIR`: which run to draw, and lines to compare it with."""
+
+    run_dir: str  # the training run directory (it holds metrics.jsonl)
+    reference: list[str] = field(default_factory=list)  # NAME=BITS_PER_BYTE lines to draw
+
+
+def parse_references(words: list[str]) -> dict[str, float]:
+    """{name: bits per byte} from NAME=BITS_PER_BYTE words; a ConfigError for a bad one."""
+    references = {}
+    for word in words:
+        name, _, value = word.partition("=")
+        try:
+            references[name] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"--reference takes NAME=BITS_PER_BYTE (e.g. nanoGPT=1.1666), got {word!r}"
+            ) from None
+        if not name:
+            raise ConfigError(f"--reference {word!r} has no name before the '='")
+    return references
+
+
+def plot_command(config: PlotsConfig) -> list[Path]:
+    """Check the run and the references, draw the plots and print their paths."""
+    references = parse_references(config.reference)
+    read_metrics(config.run_dir)  # a missing run is an error before anything is written
+    check_writable_dir(Path(config.run_dir) / "img", "RUN_DIR")
+    paths = plot_run(config.run_dir, references)
+    for path in paths:
+        print(path)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m llm.plots",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("run_dir")
-    parser.add_argument(
-        "--reference",
-        action="append",
-        default=[],
-        metavar="NAME=BPB",
-        help="a horizontal reference line on the bits-per-byte plot",
-    )
-    args = parser.parse_args(argv)
-    try:
-        references = {k: float(v) for k, v in (r.split("=", 1) for r in args.reference)}
-    except ValueError:
-        sys.exit(f"error: --reference takes NAME=BITS_PER_BYTE, got {args.reference}")
-    try:
-        for path in plot_run(args.run_dir, references):
-            print(path)
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    def command() -> None:
+        prog = "uv run -m llm.plots"
+        plot_command(
+            parse(PlotsConfig, argv, description=__doc__, prog=prog, positional=("run_dir",))
+        )
+
+    run_main(command, errors=(OSError,))
 
 
 if __name__ == "__main__":
