@@ -333,7 +333,7 @@ def check_config(config: InspectConfig) -> Path:
     )
     if png.is_dir():
         raise ConfigError(f"--png {png} is a directory; give the path of a .png file")
-    check_writable_dir(png.parent, "--png")
+    check_writable_dir(png.parent, "--png", given=png)
     return png
 
 

@@ -29,8 +29,9 @@ def load_tokens(path: str | Path) -> np.ndarray:
     split far larger than RAM works and opening it costs nothing."""
     path = Path(path)
     if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
         raise DataError(
-            f"token file {path} does not exist; encode a text file to .npy token ids with the "
+            f"token file {path} {problem}; encode a text file to .npy token ids with the "
             "tokenizer first (see the README)"
         )
     try:

@@ -11,19 +11,21 @@ from pathlib import Path
 from llm.config import ConfigError
 
 
-def check_writable_dir(directory: str | Path, option: str) -> None:
+def check_writable_dir(directory: str | Path, option: str, given: str | Path | None = None) -> None:
     """Raise a ConfigError naming `option` unless `directory` is a directory this process can
-    write in, or one it can create (its nearest existing ancestor is a writable directory)."""
+    write in, or one it can create (its nearest existing ancestor is a writable directory).
+    `given` is the option's value when that is not the directory itself (a file in it)."""
     directory = Path(directory)
+    given = Path(given or directory)
     existing = directory
     while not existing.exists():  # also False for a path that goes through a file
         existing = existing.parent
     if not existing.is_dir():
-        where = "" if existing == directory else f": {existing}"
+        where = "" if existing == given else f": {existing}"
         raise ConfigError(
-            f"{option} {directory}{where} is a file, not a directory; choose another {option}"
+            f"{option} {given}{where} is a file, not a directory; choose another {option}"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(
-            f"{option} {directory}: cannot write in {existing} (read-only); choose another {option}"
+            f"{option} {given}: cannot write in {existing} (read-only); choose another {option}"
         )
