@@ -84,15 +84,15 @@ def run_main(main: Callable[[], T], errors: tuple[type[BaseException], ...] = ()
         return main()
     except ConfigError as e:
         _fail(e, 2)
+    except BrokenPipeError:  # before `errors`, which may list its base class OSError
+        # stdout's reader is gone: point stdout at /dev/null so the flush at exit cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
     except errors as e:
         _fail(e, 1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    except BrokenPipeError:
-        # stdout's reader is gone: point stdout at /dev/null so the flush at exit cannot fail.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(1) from None
 
 
 def _fail(error: BaseException, code: int) -> None:
