@@ -305,3 +305,9 @@ def test_offline_error_lists_only_the_files_still_missing(tmp_path, monkeypatch)
         download.download_dataset("tinystories", tmp_path, progress=False)
     assert remotes[0].url in str(err.value) and remotes[1].url not in str(err.value)
     assert (tmp_path / "t_valid.txt").read_text() == "downloaded earlier"
+
+
+def test_the_data_directory_is_created_once_the_server_answers(server, tmp_path):
+    remote = _serve(server, "stories.txt", DATA)
+    path = download.download_file(remote, tmp_path / "new" / "data", progress=False)
+    assert path == tmp_path / "new" / "data" / "stories.txt" and path.read_bytes() == DATA
