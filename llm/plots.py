@@ -40,7 +40,10 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def plot_run(run_dir: str | Path, references: dict[str, float] | None = None) -> list[Path]:
-    """Draw img/loss.png, img/lr.png and img/bits_per_byte.png; returns their paths."""
+    """Draw img/loss.png, img/lr.png and img/bits_per_byte.png; returns their paths. A run
+    stopped before its first log record has no metrics log yet: nothing is drawn."""
+    if not (Path(run_dir) / METRICS_NAME).is_file():
+        return []
     records = read_metrics(run_dir)
     train = [r for r in records if r["type"] == "train"]
     evals = [r for r in records if r["type"] == "eval"]
