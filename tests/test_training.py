@@ -379,10 +379,6 @@ def test_a_finished_run_is_not_overwritten(data_dir, tmp_path):
 def test_main_reports_errors_without_a_traceback():
     with pytest.raises(SystemExit, match="error: unknown config key 'max_lrr'"):
         training.main(["--max_lrr", "1"])
-    with pytest.raises(SystemExit):
-        plots.main([])
-    with pytest.raises(SystemExit, match="NAME=BITS_PER_BYTE"):
-        plots.main(["runs/x", "--reference", "nanoGPT"])
 
 
 # --- the training step against a plain PyTorch reference ---------------------------------------
