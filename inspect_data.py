@@ -327,10 +327,10 @@ def check_config(config: InspectConfig) -> Path:
         raise ConfigError("give exactly one of --tokens FILE.npy and --text FILE.txt")
     for key in ("context_length", "batch_size", "num_batches", "top"):
         if getattr(config, key) < 1:
-            raise ConfigError(f"--{key} must be a positive integer, not {getattr(config, key)}")
-    png = Path(
-        config.png or Path("runs/inspect") / f"{Path(config.tokens or config.text).stem}.png"
-    )
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} must be a positive integer, not {getattr(config, key)}")
+    source = Path(config.tokens or config.text)
+    png = Path(config.png) if config.png else Path("runs/inspect") / f"{source.stem}.png"
     if png.is_dir():
         raise ConfigError(f"--png {png} is a directory; give the path of a .png file")
     check_writable_dir(png.parent, "--png", given=png)

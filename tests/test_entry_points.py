@@ -128,7 +128,7 @@ TOK = ["--tokenizer", "{tmp}/tok"]
         (["--tokens", "ids.npy", "--text", "text.txt", *TOK], 2, ["exactly one of"]),
         (["--tokens", "ids.npy"], 2, ["missing required setting: --tokenizer"]),
         (["--tokens", "ids.npy", *TOK, "--top", "0"], 2, ["--top must be a positive integer"]),
-        (["--tokens", "ids.npy", *TOK, "--context-length", "-5"], 2, ["--context_length"]),
+        (["--tokens", "ids.npy", *TOK, "--context-length", "-5"], 2, ["--context-length must be"]),
         (["--tokens", "ids.npy", *TOK, "--png", "{tmp}"], 2, ["is a directory"]),
         (["--tokens", "ids.npy", *TOK, "--png", "file/x.png"], 2, ["file/x.png: file is a file"]),
         pytest.param(["--tokens", "ids.npy", *TOK, "--png", "readonly/x.png"], 2,
