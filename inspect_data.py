@@ -9,13 +9,11 @@ at <|endoftext|>), and batch diversity: how many distinct tokens a random traini
 and whether sampled windows repeat. Writes a PNG with the document length histogram and the
 token frequency curve.
 
-Errors (exit status 1) on a missing file or tokenizer, ids outside the tokenizer's vocabulary,
-or token data that the tokenizer does not reproduce (it was encoded with another tokenizer).
+A bad setting is one line on stderr with exit status 2; a missing file or tokenizer, ids outside
+the tokenizer's vocabulary, or token data that the tokenizer does not reproduce (it was encoded
+with another tokenizer) is one line with exit status 1.
 """
 
-import argparse
-import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from llm.atomic_write import atomic_write
 from llm.bpe_tokenizer import BpeTokenizer
+from llm.cli import parse, run_main
+from llm.config import ConfigError
+from llm.data import DataError, load_tokens
+from llm.paths import check_writable_dir
 
 CHUNK = 1 << 24  # ids counted at a time, so a memory-mapped split larger than RAM works
 END_OF_TEXT = "<|endoftext|>"
@@ -54,8 +57,9 @@ class Report:
 
 def load_tokenizer(directory: Path) -> BpeTokenizer:
     if not directory.is_dir():
+        problem = "is not a directory" if directory.exists() else "does not exist"
         raise InspectError(
-            f"tokenizer directory {directory} does not exist; pass the directory the tokenizer "
+            f"tokenizer directory {directory} {problem}; pass the directory the tokenizer "
             "was saved to (the one used to encode the data)"
         )
     try:
@@ -64,23 +68,11 @@ def load_tokenizer(directory: Path) -> BpeTokenizer:
         raise InspectError(f"could not load a tokenizer from {directory}: {e}") from e
 
 
-def load_token_file(path: Path) -> np.ndarray:
-    """A 1-D integer .npy array, memory-mapped (pages are read on demand)."""
-    if not path.is_file():
-        raise InspectError(f"token file {path} does not exist; encode a text file to .npy first")
-    try:
-        ids = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, EOFError) as e:  # EOFError: an empty file
-        raise InspectError(f"{path} is not a .npy array of token ids: {e}") from e
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise InspectError(f"{path} must hold a 1-D integer array, got {ids.dtype} {ids.shape}")
-    return ids
-
-
 def encode_text_file(path: Path, tokenizer: BpeTokenizer) -> tuple[np.ndarray, int]:
     """Token ids of a UTF-8 text file and its size in bytes (encoded as a stream of lines)."""
     if not path.is_file():
-        raise InspectError(f"text file {path} does not exist")
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise InspectError(f"text file {path} {problem}")
     size = path.stat().st_size
 
     def lines(bar: tqdm) -> Iterator[str]:
@@ -310,57 +302,67 @@ def plot_report(r: Report, path: Path) -> None:
     right.loglog(np.arange(1, len(freq) + 1), freq, color="tab:green")
     right.set(title="token frequency by rank", xlabel="rank", ylabel="count")
     fig.suptitle(r.source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+@dataclass
+class InspectConfig:
+    """`uv run inspect_data.py --tokens FILE.npy | --text FILE.txt --tokenizer DIR`."""
+
+    tokenizer: str  # the tokenizer directory (the one that encoded the data)
+    tokens: str = ""  # .npy file of token ids (give this or --text)
+    text: str = ""  # UTF-8 text file, encoded here with the tokenizer (give this or --tokens)
+    context_length: int = 256  # tokens per training window
+    batch_size: int = 32  # windows per sampled batch
+    num_batches: int = 100  # batches sampled for the diversity numbers
+    top: int = 20  # most frequent tokens to show
+    seed: int = 0  # for the sampled batches
+    png: str = ""  # where the plot goes ("" = runs/inspect/NAME.png)
+
+
+def check_config(config: InspectConfig) -> Path:
+    """Raise a ConfigError for a bad setting; returns the plot's path, checked writable."""
+    if bool(config.tokens) == bool(config.text):
+        raise ConfigError("give exactly one of --tokens FILE.npy and --text FILE.txt")
+    for key in ("context_length", "batch_size", "num_batches", "top"):
+        if getattr(config, key) < 1:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} must be a positive integer, not {getattr(config, key)}")
+    source = Path(config.tokens or config.text)
+    png = Path(config.png) if config.png else Path("runs/inspect") / f"{source.stem}.png"
+    if png.is_dir():
+        raise ConfigError(f"--png {png} is a directory; give the path of a .png file")
+    check_writable_dir(png.parent, "--png", given=png)
+    return png
+
+
+def inspect(config: InspectConfig) -> Report:
+    """Check the settings, build the report, write the plot and print the report."""
+    png = check_config(config)
+    path = Path(config.tokens or config.text)
+    tokenizer = load_tokenizer(Path(config.tokenizer))
+    if config.tokens:
+        ids, num_bytes = load_tokens(path), None
+    else:
+        ids, num_bytes = encode_text_file(path, tokenizer)
+    report = build_report(
+        ids, tokenizer, str(path), config.context_length, config.batch_size,
+        config.num_batches, config.top, config.seed, num_bytes,
+    )  # fmt: skip
+    plot_report(report, png)
+    print(f"{path} with the tokenizer in {config.tokenizer} (vocabulary {report.vocab_size:,})")
+    print(format_report(report))
+    print(f"plot              {png}")
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--tokens", type=Path, help=".npy file of token ids")
-    source.add_argument("--text", type=Path, help="text file, encoded with the tokenizer")
-    parser.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory")
-    parser.add_argument("--context-length", type=_positive, default=256)
-    parser.add_argument("--batch-size", type=_positive, default=32)
-    parser.add_argument("--num-batches", type=_positive, default=100)
-    parser.add_argument("--top", type=_positive, default=20, help="frequent tokens to show")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--png", type=Path, help="plot path (default runs/inspect/<name>.png)")
-    args = parser.parse_args(argv)
-    path = args.tokens or args.text
-    try:
-        tokenizer = load_tokenizer(args.tokenizer)
-        if args.tokens:
-            ids, num_bytes = load_token_file(path), None
-        else:
-            ids, num_bytes = encode_text_file(path, tokenizer)
-        report = build_report(
-            ids,
-            tokenizer,
-            str(path),
-            args.context_length,
-            args.batch_size,
-            args.num_batches,
-            args.top,
-            args.seed,
-            num_bytes,
-        )
-    except InspectError as e:
-        sys.exit(f"error: {e}")
-    png = args.png or Path("runs/inspect") / f"{path.stem}.png"
-    plot_report(report, png)
-    print(f"{path} with the tokenizer in {args.tokenizer} (vocabulary {report.vocab_size:,})")
-    print(format_report(report))
-    print(f"plot              {png}")
+    def command() -> None:
+        description = __doc__.split("\n\n")[0]
+        inspect(parse(InspectConfig, argv, description=description, prog="uv run inspect_data.py"))
+
+    run_main(command, errors=(InspectError, DataError, OSError))
 
 
 if __name__ == "__main__":

@@ -82,12 +82,12 @@ def run_main(main: Callable[[], T], errors: tuple[type[BaseException], ...] = ()
     ends quietly."""
     try:
         return main()
-    except BrokenPipeError:
+    except ConfigError as e:
+        _fail(e, 2)
+    except BrokenPipeError:  # before `errors`, which may list its base class OSError
         # stdout's reader is gone: point stdout at /dev/null so the flush at exit cannot fail.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None
-    except ConfigError as e:
-        _fail(e, 2)
     except errors as e:
         _fail(e, 1)
     except KeyboardInterrupt:

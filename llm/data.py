@@ -8,13 +8,14 @@ context_length and predicts each next one.
 Command line: `uv run -m llm.data download tinystories|owt` fetches a dataset (see llm.download).
 """
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
+
+from llm.cli import parse_command, run_main
 
 _CHECK_CHUNK = 1 << 24  # ids scanned at a time when checking a split (16M ids = 32-128 MB)
 
@@ -28,8 +29,9 @@ def load_tokens(path: str | Path) -> np.ndarray:
     split far larger than RAM works and opening it costs nothing."""
     path = Path(path)
     if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
         raise DataError(
-            f"token file {path} does not exist; encode a text file to .npy token ids with the "
+            f"token file {path} {problem}; encode a text file to .npy token ids with the "
             "tokenizer first (see the README)"
         )
     try:
@@ -114,16 +116,25 @@ def eval_starts(num_tokens: int, context_length: int, num_windows: int) -> np.nd
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["download"]:
-        from llm.download import main as download_main  # imported only when asked for
+    """`uv run -m llm.data download tinystories|owt [options]` (see llm.download)."""
+    from llm.download import ERRORS, DownloadConfig, download  # imported only when asked for
 
-        download_main(argv[1:])
-    else:
-        sys.exit(
-            "usage: uv run -m llm.data download tinystories|owt  [options, see --help]\n"
-            "  downloads a dataset's text files into data/"
+    def command() -> None:
+        _, config = parse_command(
+            {
+                "download": (
+                    DownloadConfig,
+                    "download TinyStories or the OpenWebText sample into data/",
+                )
+            },
+            argv,
+            description="Token data for training; this command line fetches the real datasets.",
+            prog="uv run -m llm.data",
+            positional={"download": ("dataset",)},
         )
+        download(config)
+
+    run_main(command, errors=ERRORS)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,11 @@ file is deleted, never left in place. `.gz` files are unpacked. Without network,
 which URL to fetch by hand and where to put it.
 """
 
-import argparse
 import gzip
 import hashlib
 import http.client
 import os
 import re
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,6 +24,11 @@ from email.message import Message
 from pathlib import Path
 
 from tqdm import tqdm
+
+from llm.atomic_write import atomic_write, remove_stale_temp_files
+from llm.cli import parse, run_main
+from llm.config import ConfigError
+from llm.paths import check_writable_dir
 
 CHUNK = 1 << 20
 TINYSTORIES = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
@@ -128,6 +131,7 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool) -> list[Message
             raise DownloadError(f"{url}: the server sent the wrong range; delete {part} and retry")
         length = response.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
+        part.parent.mkdir(parents=True, exist_ok=True)  # only now: offline, nothing is created
         try:
             with (
                 open(part, "ab" if start else "wb") as f,
@@ -178,13 +182,12 @@ def _verify(part: Path, known: str | None, served: str | None, progress: bool) -
 
 
 def gunzip(src: Path, dst: Path, progress: bool = True) -> None:
-    """Unpacks `src` into `dst` atomically (temp file, then rename)."""
-    tmp = dst.with_name(dst.name + ".tmp")
+    """Unpacks `src` into `dst` atomically (a temp file, renamed once complete)."""
     try:
         with (
             open(src, "rb") as raw,
             gzip.open(raw) as gz,
-            open(tmp, "wb") as out,
+            atomic_write(dst) as out,
             tqdm(
                 total=src.stat().st_size,
                 unit="B",
@@ -196,11 +199,8 @@ def gunzip(src: Path, dst: Path, progress: bool = True) -> None:
             while chunk := gz.read(CHUNK):
                 out.write(chunk)
                 bar.update(raw.tell() - bar.n)
-        os.replace(tmp, dst)
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # bad header, truncated, bad data
         raise DownloadError(f"{src} is not a valid .gz file ({e}); delete it and run again") from e
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def download_file(
@@ -214,7 +214,7 @@ def download_file(
     final, served = data_dir / remote.final_name, data_dir / remote.name
     if final.exists():
         return final
-    data_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(data_dir)
     if not served.exists():
         part = served.with_name(served.name + ".part")
         headers = _fetch(remote.url, part, timeout, progress)
@@ -227,12 +227,12 @@ def download_file(
 
 
 def manual_instructions(remotes: list[RemoteFile], data_dir: Path) -> str:
-    lines = ["Download these files by hand (in a browser, or with curl -L -O) and put them here:"]
-    for remote in remotes:
-        lines.append(f"  {remote.url}\n    -> {data_dir / remote.name}")
+    """What to fetch by hand and where to put it, as one sentence (it ends an error line)."""
+    moves = "; ".join(f"{remote.url} -> {data_dir / remote.name}" for remote in remotes)
+    text = f"download by hand (a browser, or curl -L -O URL) and put in place: {moves}"
     if any(remote.name != remote.final_name for remote in remotes):
-        lines.append("Then run this command again: it unpacks the .gz files.")
-    return "\n".join(lines)
+        text += "; then run this command again: it unpacks the .gz files"
+    return text
 
 
 def download_dataset(
@@ -247,29 +247,57 @@ def download_dataset(
             paths.append(download_file(remote, data_dir, timeout, progress))
         except OfflineError as e:
             todo = [r for r in remotes[i:] if not (data_dir / r.final_name).exists()]
-            raise OfflineError(f"{e}\n{manual_instructions(todo, data_dir)}") from e
+            raise OfflineError(f"{e}; {manual_instructions(todo, data_dir)}") from e
+    return paths
+
+
+@dataclass
+class DownloadConfig:
+    """`uv run -m llm.data download DATASET`: what to fetch and where to put it."""
+
+    dataset: str  # tinystories or owt
+    split: str = "all"  # all, train or valid
+    data_dir: str = "data"  # the directory the text files go to
+    timeout: float = 30.0  # seconds to wait for each network read
+
+
+SPLITS = ("all", "train", "valid")
+ERRORS = (DownloadError, OSError)  # the failures `run_main` turns into one line (exit 1)
+
+
+def check_config(config: DownloadConfig) -> None:
+    """Raise a ConfigError for a bad setting, before anything is fetched or written."""
+    if config.dataset not in DATASETS:
+        raise ConfigError(
+            f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}"
+        )
+    if config.split not in SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, not {config.split!r}")
+    if config.timeout <= 0:
+        raise ConfigError(f"--timeout must be a positive number of seconds, not {config.timeout}")
+    check_writable_dir(config.data_dir, "--data-dir")
+
+
+def download(config: DownloadConfig) -> list[Path]:
+    """Check the settings, download the dataset, and print each file with its size."""
+    check_config(config)
+    paths = download_dataset(config.dataset, Path(config.data_dir), config.split, config.timeout)
+    for path in paths:
+        print(f"{path}  ({path.stat().st_size:,} bytes)")
     return paths
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`uv run -m llm.data download tinystories|owt [--split train|valid] [--data-dir data]`.
+    """`uv run -m llm.download tinystories|owt [--split train|valid] [--data-dir data]`, the
+    same as `uv run -m llm.data download ...`. A failure is one line on stderr, exit status 1."""
 
-    On failure it prints the error and exits with status 1.
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m llm.data download", description="Download a real dataset into data/."
-    )
-    parser.add_argument("dataset", choices=sorted(DATASETS))
-    parser.add_argument("--split", choices=("all", "train", "valid"), default="all")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per network read")
-    args = parser.parse_args(argv)
-    try:
-        paths = download_dataset(args.dataset, args.data_dir, args.split, args.timeout)
-    except DownloadError as e:
-        sys.exit(f"error: {e}")
-    for path in paths:
-        print(f"{path}  ({path.stat().st_size:,} bytes)")
+    def command() -> None:
+        prog = "uv run -m llm.download"
+        download(
+            parse(DownloadConfig, argv, description=__doc__, prog=prog, positional=("dataset",))
+        )
+
+    run_main(command, errors=ERRORS)
 
 
 if __name__ == "__main__":

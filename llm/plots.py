@@ -8,18 +8,23 @@
 finished or still going; a reference draws a horizontal line, e.g. another model's result.
 """
 
-import argparse
-import os
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
-from llm.run_dir import read_metrics
+from llm.atomic_write import atomic_write
+from llm.cli import parse, run_main
+from llm.config import ConfigError
+from llm.paths import check_writable_dir
+from llm.run_dir import METRICS_NAME, read_metrics
 
 
 def plot_run(run_dir: str | Path, references: dict[str, float] | None = None) -> list[Path]:
-    """Draw img/loss.png, img/lr.png and img/bits_per_byte.png; returns their paths."""
+    """Draw img/loss.png, img/lr.png and img/bits_per_byte.png; returns their paths. A run
+    stopped before its first log record has no metrics log yet: nothing is drawn."""
+    if not (Path(run_dir) / METRICS_NAME).is_file():
+        return []
     records = read_metrics(run_dir)
     train = [r for r in records if r["type"] == "train"]
     evals = [r for r in records if r["type"] == "eval"]
@@ -86,36 +91,54 @@ def _plot_bits_per_byte(evals: list[dict], img: Path, references: dict[str, floa
 
 
 def _save(fig: Figure, path: Path) -> None:
-    """Save to a temp file, then rename: a viewer never sees a half-written PNG."""
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    """Saved atomically: a viewer never sees a half-written PNG."""
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
+
+
+@dataclass
+class PlotsConfig:
+    """`uv run -m llm.plots RUN_DIR`: which run to draw, and lines to compare it with."""
+
+    run_dir: str  # the training run directory (it holds metrics.jsonl)
+    reference: list[str] = field(default_factory=list)  # NAME=BITS_PER_BYTE lines to draw
+
+
+def parse_references(words: list[str]) -> dict[str, float]:
+    """{name: bits per byte} from NAME=BITS_PER_BYTE words; a ConfigError for a bad one."""
+    references = {}
+    for word in words:
+        name, _, value = word.partition("=")
+        try:
+            references[name] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"--reference takes NAME=BITS_PER_BYTE (e.g. nanoGPT=1.1666), got {word!r}"
+            ) from None
+        if not name:
+            raise ConfigError(f"--reference {word!r} has no name before the '='")
+    return references
+
+
+def plot_command(config: PlotsConfig) -> list[Path]:
+    """Check the run and the references, draw the plots and print their paths."""
+    references = parse_references(config.reference)
+    read_metrics(config.run_dir)  # a missing run is an error before anything is written
+    check_writable_dir(Path(config.run_dir) / "img", "RUN_DIR")
+    paths = plot_run(config.run_dir, references)
+    for path in paths:
+        print(path)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m llm.plots",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("run_dir")
-    parser.add_argument(
-        "--reference",
-        action="append",
-        default=[],
-        metavar="NAME=BPB",
-        help="a horizontal reference line on the bits-per-byte plot",
-    )
-    args = parser.parse_args(argv)
-    try:
-        references = {k: float(v) for k, v in (r.split("=", 1) for r in args.reference)}
-    except ValueError:
-        sys.exit(f"error: --reference takes NAME=BITS_PER_BYTE, got {args.reference}")
-    try:
-        for path in plot_run(args.run_dir, references):
-            print(path)
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    def command() -> None:
+        prog = "uv run -m llm.plots"
+        plot_command(
+            parse(PlotsConfig, argv, description=__doc__, prog=prog, positional=("run_dir",))
+        )
+
+    run_main(command, errors=(OSError,))
 
 
 if __name__ == "__main__":

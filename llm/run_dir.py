@@ -65,16 +65,19 @@ def append_metrics(path: str | Path, record: dict) -> None:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The records of run_dir/metrics.jsonl (a torn last line from a crash is skipped)."""
+    """The records of run_dir/metrics.jsonl; a line that is not a record (a torn last line from
+    a crash) is skipped."""
     path = Path(run_dir) / METRICS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no metrics log at {path}: is {run_dir} a training run directory?")
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict) and "type" in record:
+            records.append(record)
     return records
 
 

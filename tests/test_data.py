@@ -1,11 +1,8 @@
-import sys
-import types
-
 import numpy as np
 import pytest
 import torch
 
-from llm import data
+from llm import data, download
 from llm.data import DataError, check_tokens, eval_starts, get_batch, load_tokens
 
 
@@ -116,15 +113,18 @@ def test_eval_starts_are_fixed_spread_and_in_range():
     assert list(eval_starts(33, 32, 5)) == [0]
 
 
-def test_download_command_dispatches_to_llm_download(monkeypatch):
+def test_download_command_dispatches_to_llm_download(monkeypatch, capsys):
     calls = []
-    fake = types.ModuleType("llm.download")
-    fake.main = calls.append
-    monkeypatch.setitem(sys.modules, "llm.download", fake)
-    data.main(["download", "tinystories", "--dir", "x"])
-    assert calls == [["tinystories", "--dir", "x"]]
-    with pytest.raises(SystemExit, match="usage"):
+    monkeypatch.setattr(download, "download", calls.append)
+    data.main(["download", "tinystories", "--data-dir", "x", "--split=valid"])
+    assert calls == [download.DownloadConfig("tinystories", split="valid", data_dir="x")]
+    with pytest.raises(SystemExit) as exit_:
+        data.main(["--help"])
+    assert exit_.value.code == 0 and "download" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
         data.main([])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: the command must be one of download; none was given\n"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "header only", "not npy"])

@@ -210,7 +210,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_offline_error_says_what_to_download_and_where(tmp_path, monkeypatch):
+def test_offline_error_says_what_to_download_and_where(tmp_path, monkeypatch, capsys):
     base = f"http://127.0.0.1:{_closed_port()}"
     remotes = (RemoteFile("train", f"{base}/x/owt_train.txt.gz"),
                RemoteFile("valid", f"{base}/x/owt_valid.txt.gz"))  # fmt: skip
@@ -222,12 +222,13 @@ def test_offline_error_says_what_to_download_and_where(tmp_path, monkeypatch):
     for remote in remotes:
         assert remote.url in message
         assert str(tmp_path / remote.name) in message
-    assert "unpacks the .gz" in message
+    assert "it unpacks the .gz files" in message
 
     with pytest.raises(SystemExit) as exit_:
         download.main(["owt", "--data-dir", str(tmp_path), "--split", "valid"])
-    err_text = str(exit_.value.code)  # printed to stderr by the interpreter, exit status 1
-    assert err_text.startswith("error: could not reach")
+    assert exit_.value.code == 1
+    err_text = capsys.readouterr().err
+    assert err_text.startswith("error: could not reach") and err_text.count("\n") == 1
     assert remotes[1].url in err_text and remotes[0].url not in err_text
     assert list(tmp_path.iterdir()) == []
 
@@ -304,3 +305,9 @@ def test_offline_error_lists_only_the_files_still_missing(tmp_path, monkeypatch)
         download.download_dataset("tinystories", tmp_path, progress=False)
     assert remotes[0].url in str(err.value) and remotes[1].url not in str(err.value)
     assert (tmp_path / "t_valid.txt").read_text() == "downloaded earlier"
+
+
+def test_the_data_directory_is_created_once_the_server_answers(server, tmp_path):
+    remote = _serve(server, "stories.txt", DATA)
+    path = download.download_file(remote, tmp_path / "new" / "data", progress=False)
+    assert path == tmp_path / "new" / "data" / "stories.txt" and path.read_bytes() == DATA
