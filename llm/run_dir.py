@@ -8,12 +8,12 @@ Nothing in it changes until a run is known to start: `check_run_dir` only looks,
 """
 
 import json
-import os
 from pathlib import Path
 
 from llm.atomic_write import remove_stale_temp_files, write_text
 from llm.checkpoint import CHECKPOINT_NAME
 from llm.config import ConfigError
+from llm.paths import check_writable_dir
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
@@ -24,8 +24,7 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> None:
     over a finished one, or a directory that cannot be created or written. Writes nothing."""
     run_dir = Path(run_dir)
     checkpoint = run_dir / CHECKPOINT_NAME
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run_dir {run_dir} is a file, not a directory; choose another --run_dir")
+    check_writable_dir(run_dir, "--run_dir")
     if resume and not checkpoint.is_file():
         raise ConfigError(f"--resume: there is no checkpoint to resume at {checkpoint}")
     if not resume and checkpoint.is_file():
@@ -33,11 +32,6 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> None:
             f"{run_dir} already holds a run ({checkpoint}); continue it with --resume, "
             "or choose another --run_dir"
         )
-    existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"cannot create run_dir {run_dir}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write to run_dir {run_dir}: {existing} is not writable")
 
 
 def start_run_dir(

@@ -639,7 +639,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
         (["--min_lr", "-1e-4"], 2, "min_lr must be >= 0"),
         (["--device", "cuda:99"], 2, "'cuda:99'"),
         (["--run_dir", "{tmp}/afile"], 2, "is a file, not a directory"),
-        (["--run_dir", "{tmp}/afile/run"], 2, "cannot create run_dir .* is a file"),
+        (["--run_dir", "{tmp}/afile/run"], 2, "afile/run: .*afile is a file, not a directory"),
         (["--train_data", "{tmp}/missing.npy"], 1, "token file .*missing.npy does not exist"),
         (["--resume"], 2, "--resume: there is no checkpoint to resume"),
         (["--batch_size", "0"], 2, "batch_size must be at least 1"),
