@@ -34,6 +34,14 @@ def load_tokens(path: str | Path) -> np.ndarray:
             f"token file {path} {problem}; encode a text file to .npy token ids with the "
             "tokenizer first (see the README)"
         )
+    with path.open("rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise DataError(
+            f"{path} is not a .npy array of token ids (a text file? encode it first: uv run -m "
+            f"llm.bpe_tokenizer encode --tokenizer TOKENIZER_DIR --input {path} --output "
+            f"{path.with_suffix('.npy')})"
+        )
     try:
         tokens = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, EOFError) as e:  # EOFError: an empty file
