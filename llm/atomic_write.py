@@ -22,8 +22,9 @@ _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temp file beside `path` for writing ("wb" or "w"); on a clean exit it is fsynced
-    and renamed to `path` (mode 0o644 less the umask), on an error it is deleted."""
+    """Open a temp file beside `path` for writing ("wb", or "w" for UTF-8 text with "\\n" line
+    ends on every platform); on a clean exit it is fsynced and renamed to `path` (mode 0o666
+    less the umask, as open() would make it), on an error it is deleted."""
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', not {mode!r}")
     path = Path(path)
@@ -32,7 +33,8 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
     )
     try:
-        with os.fdopen(fd, mode + "+", encoding=None if "b" in mode else "utf-8") as f:
+        text = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
+        with os.fdopen(fd, mode + "+", **text) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -96,8 +96,8 @@ def _apply(cls: type[T], values: Mapping[str, Any], base: T | None, prefix: str)
             raise ConfigError(f"missing required setting: {', '.join('--' + k for k in missing)}")
     try:
         return cls(**changes) if base is None else dataclasses.replace(base, **changes)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"invalid {cls.__name__}: {e}") from None
+    except (ValueError, TypeError) as e:  # the dataclass's own checks (__post_init__)
+        raise ConfigError(str(e)) from None
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:

@@ -45,7 +45,7 @@ def start_run_dir(
     remove_stale_temp_files(run_dir)
     metrics = run_dir / METRICS_NAME
     if resume_step is None:
-        metrics.write_text("")  # empty: a run that died before its first checkpoint left one
+        write_text(metrics, "")  # empty: a run that died before its first checkpoint left one
     else:
         truncate_metrics(metrics, resume_step, finished)
     write_text(run_dir / CONFIG_NAME, json.dumps(config, indent=2))

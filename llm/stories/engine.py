@@ -3,16 +3,18 @@
 describes the stories and the modules this one uses.
 """
 
-import argparse
 import hashlib
-import os
 import random
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from llm.atomic_write import atomic_write
+from llm.cli import parse, run_main
+from llm.paths import check_writable_dir
 from llm.stories.plots import PLOTS
 from llm.stories.words import (
     ANIMALS,
@@ -183,21 +185,18 @@ def _write_split(
     path: Path, stories: Iterator[str], nbytes: int, keys: set[bytes] | None, progress: bool
 ) -> None:
     """Writes stories atomically (temp file, then rename), adding their keys to `keys`."""
-    tmp = path.with_name(path.name + ".tmp")
     bar = tqdm(total=nbytes, unit="B", unit_scale=True, desc=path.name, disable=not progress)
     try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        with atomic_write(path, "w") as f:
             for story in stories:
                 text = story + SEPARATOR
                 f.write(text)
                 bar.update(len(text.encode()))
                 if keys is not None:
                     keys.add(story_key(story))
-        os.replace(tmp, path)
         bar.total = bar.n  # the last story goes a little past the target
     finally:
         bar.close()
-        tmp.unlink(missing_ok=True)
 
 
 def write_corpus(
@@ -222,19 +221,33 @@ def write_corpus(
     return train, valid
 
 
+@dataclass
+class CorpusConfig:
+    """`uv run -m llm.stories`: write the built-in children's story corpus."""
+
+    out: str  # directory for train.txt and valid.txt
+    train_mb: float = 5.0  # train size, MB (10^6 bytes)
+    valid_mb: float = 0.5  # valid size, MB (10^6 bytes)
+    seed: int = 0  # the corpus is a function of the seed
+    show: int = 0  # also print this many train stories
+
+    def __post_init__(self) -> None:
+        if not (self.train_mb > 0 and self.valid_mb > 0):
+            raise ValueError("--train-mb and --valid-mb must be positive")
+        check_writable_dir(self.out, "--out")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="uv run -m llm.stories", description="Write the built-in children's story corpus."
+    prog = "uv run -m llm.stories"
+    config = run_main(
+        lambda: parse(CorpusConfig, argv, description=CorpusConfig.__doc__, prog=prog)
     )
-    parser.add_argument("--out", required=True, help="directory for train.txt and valid.txt")
-    parser.add_argument("--train-mb", type=float, default=5.0, help="train size, MB (10^6 bytes)")
-    parser.add_argument("--valid-mb", type=float, default=0.5, help="valid size, MB (10^6 bytes)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--show", type=int, default=0, help="also print this many train stories")
-    args = parser.parse_args(argv)
-    if args.train_mb <= 0 or args.valid_mb <= 0:
-        parser.error("--train-mb and --valid-mb must be positive")
-    paths = write_corpus(args.out, int(args.train_mb * 1e6), int(args.valid_mb * 1e6), args.seed)
+    paths = run_main(
+        lambda: write_corpus(
+            config.out, int(config.train_mb * 1e6), int(config.valid_mb * 1e6), config.seed
+        ),
+        errors=(OSError,),
+    )
     for path in paths:
         text = path.read_text(encoding="utf-8")
         words = len(set(re.findall(r"[a-z]+", text.lower())))
@@ -242,5 +255,5 @@ def main(argv: list[str] | None = None) -> None:
             f"{path}: {len(text.encode()):,} bytes, {text.count(END_OF_TEXT):,} stories, "
             f"{words:,} distinct words"
         )
-    for story in generate_stories(num_stories=args.show, seed=args.seed, stream="train"):
+    for story in generate_stories(num_stories=config.show, seed=config.seed, stream="train"):
         print(f"\n{story}")
