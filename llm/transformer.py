@@ -31,19 +31,24 @@ class ModelConfig:
     d_model: int = 512
     num_layers: int = 4
     num_heads: int = 16
-    d_ff: int | None = 1344  # None: 8/3 * d_model rounded up to a multiple of 64
+    d_ff: int | None = 1344  # None: 8/3 d_model rounded up to 64 for swiglu, 4 d_model for silu
     rope_theta: float = 10_000.0
     tie_embeddings: bool = False
     attention: str = "fused"  # "fused": F.scaled_dot_product_attention; "ours": from scratch
+    ffn: str = "swiglu"  # "swiglu": W2 (SiLU(W1 x) * W3 x); "silu": W2 SiLU(W1 x)
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, not {getattr(self, key)}")
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                names = ", ".join(repr(a) for a in allowed)
+                raise ValueError(f"{key} must be one of {names}, not {getattr(self, key)!r}")
         if self.d_ff is None:
-            self.d_ff = default_d_ff(self.d_model)
+            self.d_ff = default_d_ff(self.d_model, self.ffn)
         if self.d_ff < 1:
-            raise ValueError(f"d_ff must be at least 1 (or None for 8/3 d_model), not {self.d_ff}")
+            raise ValueError(f"d_ff must be at least 1 (or None for the default), not {self.d_ff}")
         if not self.rope_theta > 0:
             raise ValueError(f"rope_theta must be > 0, not {self.rope_theta}")
         if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
@@ -51,8 +56,6 @@ class ModelConfig:
                 f"d_model={self.d_model} must split into num_heads={self.num_heads} heads "
                 "of even size (RoPE rotates pairs of dimensions)"
             )
-        if self.attention not in ("fused", "ours"):
-            raise ValueError(f"attention must be 'fused' or 'ours', not {self.attention!r}")
 
     @property
     def d_head(self) -> int:
@@ -60,8 +63,19 @@ class ModelConfig:
         return self.d_model // self.num_heads
 
 
-def default_d_ff(d_model: int) -> int:
-    """SwiGLU hidden size: 8/3 d_model keeps the FFN's parameters equal to a 4x ReLU FFN."""
+# The allowed values of ModelConfig's string options, the default first.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "attention": ("fused", "ours"),
+    "ffn": ("swiglu", "silu"),
+}
+
+
+def default_d_ff(d_model: int, ffn: str = "swiglu") -> int:
+    """The FFN's hidden size when none is given: 4 d_model for the two-matrix SiLU FFN (8 d_model^2
+    weights), 8/3 d_model rounded up to a multiple of 64 for the three-matrix SwiGLU, so that both
+    hold about the same number of parameters (Shazeer, 2020)."""
+    if ffn == "silu":
+        return 4 * d_model
     return 64 * math.ceil(8 * d_model / 3 / 64)
 
 
@@ -148,7 +162,7 @@ def silu(x: Tensor) -> Tensor:
 
 
 class FFN(nn.Module):
-    """SwiGLU feed-forward network: W2 (SiLU(W1 x) * W3 x)."""
+    """SwiGLU feed-forward network (Shazeer, 2020): W2 (SiLU(W1 x) * W3 x)."""
 
     def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
         super().__init__()
@@ -159,6 +173,20 @@ class FFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> (..., d_model)
         return self.w2(silu(self.w1(x)) * self.w3(x))
+
+
+class SiluFFN(nn.Module):
+    """Ungated feed-forward network with a SiLU activation: W2 SiLU(W1 x) (FFN_Swish in Shazeer,
+    2020; the original Transformer's FFN with SiLU in place of ReLU and no biases)."""
+
+    def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
+        super().__init__()
+        d_ff = d_ff or default_d_ff(d_model, "silu")
+        self.w1 = Linear(d_model, d_ff, device, dtype)
+        self.w2 = Linear(d_ff, d_model, device, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> (..., d_model)
+        return self.w2(silu(self.w1(x)))
 
 
 def softmax(x: Tensor, dim: int) -> Tensor:
@@ -343,7 +371,8 @@ class TransformerBlock(nn.Module):
         self.attn_norm = RmsNorm(d_model, device=device, dtype=dtype)
         self.attn = MultiHeadAttention(config, device, dtype)
         self.ffn_norm = RmsNorm(d_model, device=device, dtype=dtype)
-        self.ffn = FFN(d_model, config.d_ff, device, dtype)
+        ffn = FFN if config.ffn == "swiglu" else SiluFFN
+        self.ffn = ffn(d_model, config.d_ff, device, dtype)
 
     def forward(
         self,
@@ -427,8 +456,8 @@ class Transformer(nn.Module):
         values (PaLM, Chowdhery et al. 2022, appendix B). Used for MFU."""
         c = self.config
         seq_len = seq_len or c.context_length
-        d_ff = c.d_ff
-        per_layer = 4 * c.d_model * c.d_model + 3 * c.d_model * d_ff
+        ffn_matrices = 3 if c.ffn == "swiglu" else 2
+        per_layer = 4 * c.d_model * c.d_model + ffn_matrices * c.d_model * c.d_ff
         matmul_params = c.num_layers * per_layer + c.d_model * c.vocab_size
         return 6 * matmul_params + 12 * c.num_layers * c.d_model * seq_len
 
