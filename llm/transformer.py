@@ -35,6 +35,7 @@ class ModelConfig:
     rope_theta: float = 10_000.0
     tie_embeddings: bool = False
     attention: str = "fused"  # "fused": F.scaled_dot_product_attention; "ours": from scratch
+    position_encoding: str = "rope"  # "rope", or "none" (NoPE: only the causal mask)
     ffn: str = "swiglu"  # "swiglu": W2 (SiLU(W1 x) * W3 x); "silu": W2 SiLU(W1 x)
 
     def __post_init__(self) -> None:
@@ -51,7 +52,12 @@ class ModelConfig:
             raise ValueError(f"d_ff must be at least 1 (or None for the default), not {self.d_ff}")
         if not self.rope_theta > 0:
             raise ValueError(f"rope_theta must be > 0, not {self.rope_theta}")
-        if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model={self.d_model} must split into num_heads={self.num_heads} heads "
+                "of equal size"
+            )
+        if self.position_encoding == "rope" and self.d_head % 2:
             raise ValueError(
                 f"d_model={self.d_model} must split into num_heads={self.num_heads} heads "
                 "of even size (RoPE rotates pairs of dimensions)"
@@ -66,6 +72,7 @@ class ModelConfig:
 # The allowed values of ModelConfig's string options, the default first.
 CHOICES: dict[str, tuple[str, ...]] = {
     "attention": ("fused", "ours"),
+    "position_encoding": ("rope", "none"),
     "ffn": ("swiglu", "silu"),
 }
 
@@ -264,6 +271,14 @@ class RoPE(nn.Module):
         return x * cos + swapped * signed_sin
 
 
+class NoPE(nn.Module):
+    """No position encoding, NoPE (Kazemnejad et al., 2023): queries and keys are left as they
+    are, so the causal mask is the model's only clue to word order. Takes RoPE's place."""
+
+    def forward(self, x: Tensor, token_positions: Tensor | slice) -> Tensor:
+        return x
+
+
 @dataclass
 class KVCache:
     """Keys and values of the tokens seen so far, for every layer, so that decoding one more token
@@ -287,7 +302,8 @@ class KVCache:
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal multi-head self-attention with RoPE on queries and keys, and an optional KV cache."""
+    """Causal multi-head self-attention with RoPE (or NoPE) on queries and keys, and an optional
+    KV cache."""
 
     def __init__(self, config: ModelConfig, device=None, dtype=None) -> None:
         super().__init__()
@@ -297,7 +313,10 @@ class MultiHeadAttention(nn.Module):
         self.attention = config.attention
         self.qkv_proj = Linear(d_model, 3 * d_model, device, dtype)  # Q, K and V in one matmul
         self.out_proj = Linear(d_model, d_model, device, dtype)
-        self.rope = RoPE(config.rope_theta, self.d_head, config.context_length, device)
+        if config.position_encoding == "rope":
+            self.rope = RoPE(config.rope_theta, self.d_head, config.context_length, device)
+        else:
+            self.rope = NoPE()
 
     def forward(
         self,
