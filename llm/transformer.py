@@ -7,6 +7,10 @@ The architecture is the one used by Llama and most modern LMs:
 
 with RMSNorm (Zhang & Sennrich, 2019), SwiGLU feed-forward layers (Shazeer, 2020) and rotary
 position embeddings, RoPE (Su et al., 2021), applied to queries and keys.
+
+Three switches of ModelConfig turn parts of it off or back to older designs, for ablations:
+norm_position ("pre", "post" or "none"), position_encoding ("rope" or "none") and ffn ("swiglu"
+or "silu"). The defaults are the model above.
 """
 
 import math
@@ -35,6 +39,7 @@ class ModelConfig:
     rope_theta: float = 10_000.0
     tie_embeddings: bool = False
     attention: str = "fused"  # "fused": F.scaled_dot_product_attention; "ours": from scratch
+    norm_position: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x)); "none": no norms
     position_encoding: str = "rope"  # "rope", or "none" (NoPE: only the causal mask)
     ffn: str = "swiglu"  # "swiglu": W2 (SiLU(W1 x) * W3 x); "silu": W2 SiLU(W1 x)
 
@@ -72,6 +77,7 @@ class ModelConfig:
 # The allowed values of ModelConfig's string options, the default first.
 CHOICES: dict[str, tuple[str, ...]] = {
     "attention": ("fused", "ours"),
+    "norm_position": ("pre", "post", "none"),
     "position_encoding": ("rope", "none"),
     "ffn": ("swiglu", "silu"),
 }
@@ -382,14 +388,29 @@ def causal_mask(seq: int, start: int, device) -> Tensor:
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: h = x + attn(norm(x)); out = h + ffn(norm(h))."""
+    """An attention layer then a feed-forward layer, each with a residual connection and an
+    RMSNorm placed by config.norm_position:
+
+        "pre"  (default)  h = x + attn(norm1(x));   out = h + ffn(norm2(h))
+        "post"            h = norm1(x + attn(x));   out = norm2(h + ffn(h))   (Vaswani et al., 2017)
+        "none"            h = x + attn(x);          out = h + ffn(h)
+
+    Pre-norm keeps an identity path from the input to the output, which trains stably without
+    warm-up; post-norm normalises the residual stream itself (Xiong et al., 2020)."""
 
     def __init__(self, config: ModelConfig, device=None, dtype=None) -> None:
         super().__init__()
         d_model = config.d_model
-        self.attn_norm = RmsNorm(d_model, device=device, dtype=dtype)
+
+        def norm() -> nn.Module:
+            if config.norm_position == "none":
+                return nn.Identity()
+            return RmsNorm(d_model, device=device, dtype=dtype)
+
+        self.post_norm = config.norm_position == "post"
+        self.attn_norm = norm()
         self.attn = MultiHeadAttention(config, device, dtype)
-        self.ffn_norm = RmsNorm(d_model, device=device, dtype=dtype)
+        self.ffn_norm = norm()
         ffn = FFN if config.ffn == "swiglu" else SiluFFN
         self.ffn = ffn(d_model, config.d_ff, device, dtype)
 
@@ -400,12 +421,22 @@ class TransformerBlock(nn.Module):
         kv_cache: KVCache | None = None,
         layer: int = 0,
     ) -> Tensor:  # (batch, seq, d_model)
+        if self.post_norm:
+            x = self.attn_norm(x + self.attn(x, token_positions, kv_cache, layer))
+            return self.ffn_norm(x + self.ffn(x))
         x = x + self.attn(self.attn_norm(x), token_positions, kv_cache, layer)
         return x + self.ffn(self.ffn_norm(x))
 
 
 class Transformer(nn.Module):
-    """Token ids (batch, seq) -> next-token logits (batch, seq, vocab_size)."""
+    """Token ids (batch, seq) -> next-token logits (batch, seq, vocab_size).
+
+    Only the pre-norm model has a final RMSNorm before the output layer: a pre-norm block adds
+    to the residual stream un-normalised, so its last output needs one. A post-norm block
+    already ends in a norm, so, as in the original post-norm Transformer (Vaswani et al., 2017;
+    Xiong et al., 2020's Post-LN), there is none after the last block (another would only
+    rescale by a second gain); norm_position="none" has no norm at all. Either way the model then
+    holds no final_norm weight."""
 
     def __init__(self, config: ModelConfig, device=None, dtype=None) -> None:
         super().__init__()
@@ -413,7 +444,10 @@ class Transformer(nn.Module):
         c = config
         self.embedding = Embedding(c.vocab_size, c.d_model, device, dtype)
         self.blocks = nn.ModuleList(TransformerBlock(c, device, dtype) for _ in range(c.num_layers))
-        self.final_norm = RmsNorm(c.d_model, device=device, dtype=dtype)
+        if c.norm_position == "pre":
+            self.final_norm = RmsNorm(c.d_model, device=device, dtype=dtype)
+        else:
+            self.final_norm = nn.Identity()
         self.lm_head = Linear(c.d_model, c.vocab_size, device, dtype)
         if c.tie_embeddings:
             # One matrix both embeds and un-embeds (Press & Wolf, 2017); the output layer's small
