@@ -7,6 +7,10 @@ The architecture is the one used by Llama and most modern LMs:
 
 with RMSNorm (Zhang & Sennrich, 2019), SwiGLU feed-forward layers (Shazeer, 2020) and rotary
 position embeddings, RoPE (Su et al., 2021), applied to queries and keys.
+
+Three switches of ModelConfig turn parts of it off or back to older designs, for ablations:
+norm_position ("pre", "post" or "none"), position_encoding ("rope" or "none") and ffn ("swiglu"
+or "silu"). The defaults are the model above.
 """
 
 import math
@@ -31,28 +35,38 @@ class ModelConfig:
     d_model: int = 512
     num_layers: int = 4
     num_heads: int = 16
-    d_ff: int | None = 1344  # None: 8/3 * d_model rounded up to a multiple of 64
+    d_ff: int | None = 1344  # None: 8/3 d_model rounded up to 64 for swiglu, 4 d_model for silu
     rope_theta: float = 10_000.0
     tie_embeddings: bool = False
     attention: str = "fused"  # "fused": F.scaled_dot_product_attention; "ours": from scratch
+    norm_position: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x)); "none": no norms
+    position_encoding: str = "rope"  # "rope", or "none" (NoPE: only the causal mask)
+    ffn: str = "swiglu"  # "swiglu": W2 (SiLU(W1 x) * W3 x); "silu": W2 SiLU(W1 x)
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, not {getattr(self, key)}")
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                names = ", ".join(repr(a) for a in allowed)
+                raise ValueError(f"{key} must be one of {names}, not {getattr(self, key)!r}")
         if self.d_ff is None:
-            self.d_ff = default_d_ff(self.d_model)
+            self.d_ff = default_d_ff(self.d_model, self.ffn)
         if self.d_ff < 1:
-            raise ValueError(f"d_ff must be at least 1 (or None for 8/3 d_model), not {self.d_ff}")
+            raise ValueError(f"d_ff must be at least 1 (or None for the default), not {self.d_ff}")
         if not self.rope_theta > 0:
             raise ValueError(f"rope_theta must be > 0, not {self.rope_theta}")
-        if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model={self.d_model} must split into num_heads={self.num_heads} heads "
+                "of equal size"
+            )
+        if self.position_encoding == "rope" and self.d_head % 2:
             raise ValueError(
                 f"d_model={self.d_model} must split into num_heads={self.num_heads} heads "
                 "of even size (RoPE rotates pairs of dimensions)"
             )
-        if self.attention not in ("fused", "ours"):
-            raise ValueError(f"attention must be 'fused' or 'ours', not {self.attention!r}")
 
     @property
     def d_head(self) -> int:
@@ -60,8 +74,21 @@ class ModelConfig:
         return self.d_model // self.num_heads
 
 
-def default_d_ff(d_model: int) -> int:
-    """SwiGLU hidden size: 8/3 d_model keeps the FFN's parameters equal to a 4x ReLU FFN."""
+# The allowed values of ModelConfig's string options, the default first.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "attention": ("fused", "ours"),
+    "norm_position": ("pre", "post", "none"),
+    "position_encoding": ("rope", "none"),
+    "ffn": ("swiglu", "silu"),
+}
+
+
+def default_d_ff(d_model: int, ffn: str = "swiglu") -> int:
+    """The FFN's hidden size when none is given: 4 d_model for the two-matrix SiLU FFN (8 d_model^2
+    weights), 8/3 d_model rounded up to a multiple of 64 for the three-matrix SwiGLU, so that both
+    hold about the same number of parameters (Shazeer, 2020)."""
+    if ffn == "silu":
+        return 4 * d_model
     return 64 * math.ceil(8 * d_model / 3 / 64)
 
 
@@ -148,7 +175,7 @@ def silu(x: Tensor) -> Tensor:
 
 
 class FFN(nn.Module):
-    """SwiGLU feed-forward network: W2 (SiLU(W1 x) * W3 x)."""
+    """SwiGLU feed-forward network (Shazeer, 2020): W2 (SiLU(W1 x) * W3 x)."""
 
     def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
         super().__init__()
@@ -159,6 +186,20 @@ class FFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> (..., d_model)
         return self.w2(silu(self.w1(x)) * self.w3(x))
+
+
+class SiluFFN(nn.Module):
+    """Ungated feed-forward network with a SiLU activation: W2 SiLU(W1 x) (FFN_Swish in Shazeer,
+    2020; the original Transformer's FFN with SiLU in place of ReLU and no biases)."""
+
+    def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
+        super().__init__()
+        d_ff = d_ff or default_d_ff(d_model, "silu")
+        self.w1 = Linear(d_model, d_ff, device, dtype)
+        self.w2 = Linear(d_ff, d_model, device, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> (..., d_model)
+        return self.w2(silu(self.w1(x)))
 
 
 def softmax(x: Tensor, dim: int) -> Tensor:
@@ -236,6 +277,14 @@ class RoPE(nn.Module):
         return x * cos + swapped * signed_sin
 
 
+class NoPE(nn.Module):
+    """No position encoding, NoPE (Kazemnejad et al., 2023): queries and keys are left as they
+    are, so the causal mask is the model's only clue to word order. Takes RoPE's place."""
+
+    def forward(self, x: Tensor, token_positions: Tensor | slice) -> Tensor:
+        return x
+
+
 @dataclass
 class KVCache:
     """Keys and values of the tokens seen so far, for every layer, so that decoding one more token
@@ -259,7 +308,8 @@ class KVCache:
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal multi-head self-attention with RoPE on queries and keys, and an optional KV cache."""
+    """Causal multi-head self-attention with RoPE (or NoPE) on queries and keys, and an optional
+    KV cache."""
 
     def __init__(self, config: ModelConfig, device=None, dtype=None) -> None:
         super().__init__()
@@ -269,7 +319,10 @@ class MultiHeadAttention(nn.Module):
         self.attention = config.attention
         self.qkv_proj = Linear(d_model, 3 * d_model, device, dtype)  # Q, K and V in one matmul
         self.out_proj = Linear(d_model, d_model, device, dtype)
-        self.rope = RoPE(config.rope_theta, self.d_head, config.context_length, device)
+        if config.position_encoding == "rope":
+            self.rope = RoPE(config.rope_theta, self.d_head, config.context_length, device)
+        else:
+            self.rope = NoPE()
 
     def forward(
         self,
@@ -335,15 +388,31 @@ def causal_mask(seq: int, start: int, device) -> Tensor:
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: h = x + attn(norm(x)); out = h + ffn(norm(h))."""
+    """An attention layer then a feed-forward layer, each with a residual connection and an
+    RMSNorm placed by config.norm_position:
+
+        "pre"  (default)  h = x + attn(norm1(x));   out = h + ffn(norm2(h))
+        "post"            h = norm1(x + attn(x));   out = norm2(h + ffn(h))   (Vaswani et al., 2017)
+        "none"            h = x + attn(x);          out = h + ffn(h)
+
+    Pre-norm keeps an identity path from the input to the output, which trains stably without
+    warm-up; post-norm normalises the residual stream itself (Xiong et al., 2020)."""
 
     def __init__(self, config: ModelConfig, device=None, dtype=None) -> None:
         super().__init__()
         d_model = config.d_model
-        self.attn_norm = RmsNorm(d_model, device=device, dtype=dtype)
+
+        def norm() -> nn.Module:
+            if config.norm_position == "none":
+                return nn.Identity()
+            return RmsNorm(d_model, device=device, dtype=dtype)
+
+        self.post_norm = config.norm_position == "post"
+        self.attn_norm = norm()
         self.attn = MultiHeadAttention(config, device, dtype)
-        self.ffn_norm = RmsNorm(d_model, device=device, dtype=dtype)
-        self.ffn = FFN(d_model, config.d_ff, device, dtype)
+        self.ffn_norm = norm()
+        ffn = FFN if config.ffn == "swiglu" else SiluFFN
+        self.ffn = ffn(d_model, config.d_ff, device, dtype)
 
     def forward(
         self,
@@ -352,12 +421,22 @@ class TransformerBlock(nn.Module):
         kv_cache: KVCache | None = None,
         layer: int = 0,
     ) -> Tensor:  # (batch, seq, d_model)
+        if self.post_norm:
+            x = self.attn_norm(x + self.attn(x, token_positions, kv_cache, layer))
+            return self.ffn_norm(x + self.ffn(x))
         x = x + self.attn(self.attn_norm(x), token_positions, kv_cache, layer)
         return x + self.ffn(self.ffn_norm(x))
 
 
 class Transformer(nn.Module):
-    """Token ids (batch, seq) -> next-token logits (batch, seq, vocab_size)."""
+    """Token ids (batch, seq) -> next-token logits (batch, seq, vocab_size).
+
+    Only the pre-norm model has a final RMSNorm before the output layer: a pre-norm block adds
+    to the residual stream un-normalised, so its last output needs one. A post-norm block
+    already ends in a norm, so, as in the original post-norm Transformer (Vaswani et al., 2017;
+    Xiong et al., 2020's Post-LN), there is none after the last block (another would only
+    rescale by a second gain); norm_position="none" has no norm at all. Either way the model then
+    holds no final_norm weight."""
 
     def __init__(self, config: ModelConfig, device=None, dtype=None) -> None:
         super().__init__()
@@ -365,7 +444,10 @@ class Transformer(nn.Module):
         c = config
         self.embedding = Embedding(c.vocab_size, c.d_model, device, dtype)
         self.blocks = nn.ModuleList(TransformerBlock(c, device, dtype) for _ in range(c.num_layers))
-        self.final_norm = RmsNorm(c.d_model, device=device, dtype=dtype)
+        if c.norm_position == "pre":
+            self.final_norm = RmsNorm(c.d_model, device=device, dtype=dtype)
+        else:
+            self.final_norm = nn.Identity()
         self.lm_head = Linear(c.d_model, c.vocab_size, device, dtype)
         if c.tie_embeddings:
             # One matrix both embeds and un-embeds (Press & Wolf, 2017); the output layer's small
@@ -427,8 +509,8 @@ class Transformer(nn.Module):
         values (PaLM, Chowdhery et al. 2022, appendix B). Used for MFU."""
         c = self.config
         seq_len = seq_len or c.context_length
-        d_ff = c.d_ff
-        per_layer = 4 * c.d_model * c.d_model + 3 * c.d_model * d_ff
+        ffn_matrices = 3 if c.ffn == "swiglu" else 2
+        per_layer = 4 * c.d_model * c.d_model + ffn_matrices * c.d_model * c.d_ff
         matmul_params = c.num_layers * per_layer + c.d_model * c.vocab_size
         return 6 * matmul_params + 12 * c.num_layers * c.d_model * seq_len
 
