@@ -22,10 +22,15 @@ def rope_pairs_to_halves(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 def to_hf_llama(model: Transformer, attn_implementation: str = "sdpa"):
-    """A LlamaForCausalLM holding a copy of `model`'s weights (same dtype and device)."""
+    """A LlamaForCausalLM holding a copy of `model`'s weights (same dtype and device). Only the
+    Llama architecture maps: the ablation switches (post-norm, no norm, NoPE, SiLU FFN) don't."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c = model.config
+    llama = {"norm_position": "pre", "position_encoding": "rope", "ffn": "swiglu"}
+    for key, value in llama.items():
+        if getattr(c, key) != value:
+            raise ValueError(f"{key}={getattr(c, key)!r} has no Llama equivalent (needs {value!r})")
     config = LlamaConfig(
         vocab_size=c.vocab_size,
         hidden_size=c.d_model,

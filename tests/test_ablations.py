@@ -316,3 +316,14 @@ def test_odd_head_size_is_fine_without_rope():
         ModelConfig(d_model=12, num_heads=4)
     with pytest.raises(ValueError, match="heads of equal size"):
         ModelConfig(d_model=30, num_heads=4, position_encoding="none")
+
+
+@pytest.mark.parametrize(
+    "switch", [{"norm_position": "post"}, {"position_encoding": "none"}, {"ffn": "silu"}]
+)
+def test_the_hf_reference_refuses_what_llama_cannot_express(switch):
+    from kernel.hf_llama import to_hf_llama
+
+    model = Transformer(dataclasses.replace(SMALL, **switch))
+    with pytest.raises(ValueError, match=f"{next(iter(switch))}=.* has no Llama equivalent"):
+        to_hf_llama(model)
