@@ -321,7 +321,10 @@ def run_sweep(options: SweepConfig, runs: list[Run]) -> bool:
     done = len(runs) - len(todo)
     print(f"sweep of {len(runs)} runs in {options.out} ({done} done already)")
     jobs: list[_Job] = []
-    with _Signals() as signals, tqdm(total=len(runs), initial=done, desc="sweep") as bar:
+    with (
+        _Signals() as signals,
+        tqdm(total=len(runs), initial=done, desc="sweep", unit="run") as bar,
+    ):
         try:
             while jobs or (todo and not signals.received):
                 while todo and len(jobs) < parallel and not signals.received:
