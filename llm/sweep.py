@@ -178,7 +178,8 @@ def _cli_grid(words: list[str]) -> dict[str, list[str]]:
                 raise ConfigError(f"--grid {key}={word}: {problem}; write --grid KEY=V1,V2,...")
             grid[key] = []
         elif key is None:
-            raise ConfigError(f"--grid takes KEY=V1,V2,..., not {word!r}")
+            got = "nothing" if word == "true" else repr(word)  # a bare --grid reads as true
+            raise ConfigError(f"--grid takes KEY=V1,V2,..., not {got}")
         grid[key] += [word] if word else []
     return grid
 

@@ -243,6 +243,7 @@ def test_grid_flags_over_a_sweep_toml_give_every_combination(token_data_dir, tmp
         (["--grid", "max_lr="], "the grid of max_lr is empty"),
         (["--grid", "max_lr=1", "--grid", "max_lr=2"], "--grid max_lr=2: repeats the key"),
         (["--grid", "1e-3,2e-3"], "--grid takes KEY=V1,V2,..., not '1e-3'"),
+        (["--grid"], "--grid takes KEY=V1,V2,..., not nothing"),
         (["--grid", "=1,2"], "--grid =1: has no key"),
         (["--grid", "max_lr=1e-3,0.001"], "same settings: a value is repeated"),
         ([], "nothing to sweep"),
