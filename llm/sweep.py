@@ -62,7 +62,7 @@ from llm.config import ConfigError, config_from_dict, config_to_dict, describe_f
 from llm.data import DataError, load_tokens
 from llm.device import resolve_device
 from llm.run_dir import CONFIG_NAME, METRICS_NAME, read_metrics
-from llm.training import TrainConfig, _check_config, load_train_config
+from llm.training import TrainConfig, check_config, load_train_config
 
 SWEEP_NAME, RESULT_NAME, LOG_NAME = "sweep.json", "result.json", "train.log"
 DONE = ("finished", "diverged")  # how a run ended that a rerun of the sweep skips
@@ -233,7 +233,7 @@ def _plan_run(base: dict[str, Any], combination: dict[str, Any], out: Path) -> R
     flags = [f"--{key}={_text(value)}" for key, value in settings.items()]
     try:
         config = load_train_config(flags)
-        _check_config(config, world_size=1)
+        check_config(config, world_size=1)
     except ConfigError as e:
         raise ConfigError(f"run {name}: {e}") from None
     values = {key: functools.reduce(getattr, key.split("."), config) for key in combination}

@@ -213,7 +213,7 @@ class _Due(NamedTuple):
 
 def train(config: TrainConfig) -> dict:
     """Run training as configured; returns the final metrics (see _summary)."""
-    _check_config(config, int(os.environ.get("WORLD_SIZE", "1")))
+    check_config(config, int(os.environ.get("WORLD_SIZE", "1")))
     world = setup_distributed(config.device)
     try:
         return _train(config, world)
@@ -565,7 +565,8 @@ def _build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optim
     return AdamW(groups, lr=config.max_lr, betas=config.betas, eps=config.eps)
 
 
-def _check_config(config: TrainConfig, world_size: int) -> None:
+def check_config(config: TrainConfig, world_size: int = 1) -> None:
+    """Raise a ConfigError naming the first setting that cannot train (before any work)."""
     choices = {
         "optimizer": ("adamw", "sgd"),
         "dtype": ("auto", "float32", "bfloat16"),

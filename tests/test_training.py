@@ -132,7 +132,7 @@ def test_model_config_loads_from_toml(tmp_path):
 @pytest.mark.parametrize("name", ["tinystories-17m", "cpu-small"])
 def test_shipped_configs_load(name):
     config = load_train_config([str(REPO / "configs" / f"{name}.toml")])
-    training._check_config(config, world_size=1)
+    training.check_config(config, world_size=1)
     if name == "tinystories-17m":  # the CS336 recipe: ~327M tokens through the 17M model
         tokens = config.max_iters * config.batch_size * config.model.context_length
         assert config.model == ModelConfig() and 3.2e8 < tokens < 3.4e8
