@@ -24,11 +24,11 @@ def rope_pairs_to_halves(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
 def to_hf_llama(model: Transformer, attn_implementation: str = "sdpa"):
     """A LlamaForCausalLM holding a copy of `model`'s weights (same dtype and device). Only the
     Llama architecture maps: grouped-query attention does (num_key_value_heads), the ablation
-    switches (post-norm, no norm, NoPE, SiLU FFN) don't."""
+    switches (post-norm, no norm, NoPE, SiLU FFN) and QK-norm don't."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c = model.config
-    llama = {"norm_position": "pre", "position_encoding": "rope", "ffn": "swiglu"}
+    llama = {"norm_position": "pre", "position_encoding": "rope", "ffn": "swiglu", "qk_norm": False}
     for key, value in llama.items():
         if getattr(c, key) != value:
             raise ValueError(f"{key}={getattr(c, key)!r} has no Llama equivalent (needs {value!r})")

@@ -10,8 +10,8 @@ position embeddings, RoPE (Su et al., 2021), applied to queries and keys.
 
 Three switches of ModelConfig turn parts of it off or back to older designs, for ablations:
 norm_position ("pre", "post" or "none"), position_encoding ("rope" or "none") and ffn ("swiglu"
-or "silu"). An option adds a newer ingredient: grouped-query attention (num_kv_heads).
-The defaults are the model above.
+or "silu"). Two options add newer ingredients: grouped-query attention (num_kv_heads) and QK-norm
+(qk_norm). The defaults are the model above.
 """
 
 import math
@@ -44,6 +44,7 @@ class ModelConfig:
     position_encoding: str = "rope"  # "rope", or "none" (NoPE: only the causal mask)
     ffn: str = "swiglu"  # "swiglu": W2 (SiLU(W1 x) * W3 x); "silu": W2 SiLU(W1 x)
     num_kv_heads: int | None = None  # GQA: K/V heads, each shared by a query group; None: num_heads
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys, before RoPE
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
@@ -348,7 +349,9 @@ class MultiHeadAttention(nn.Module):
 
     config.num_kv_heads < num_heads gives grouped-query attention (Ainslie et al., 2023): K and V
     have num_kv_heads heads, each shared by num_heads / num_kv_heads query heads, so the K/V
-    projection and the KV cache shrink by that factor.
+    projection and the KV cache shrink by that factor. config.qk_norm applies RMSNorm to each
+    head's queries and keys after the projection, before RoPE (Dehghani et al., 2023; OLMo 2;
+    Gemma 3): one learned gain of size d_head for queries and one for keys, shared by all heads.
     """
 
     def __init__(self, config: ModelConfig, device=None, dtype=None) -> None:
@@ -361,6 +364,10 @@ class MultiHeadAttention(nn.Module):
         qkv_size = (self.num_heads + 2 * self.num_kv_heads) * self.d_head
         self.qkv_proj = Linear(d_model, qkv_size, device, dtype)  # Q, K and V in one matmul
         self.out_proj = Linear(d_model, d_model, device, dtype)
+        self.qk_norm = config.qk_norm
+        if self.qk_norm:
+            self.q_norm = RmsNorm(self.d_head, device=device, dtype=dtype)
+            self.k_norm = RmsNorm(self.d_head, device=device, dtype=dtype)
         if config.position_encoding == "rope":
             self.rope = RoPE(config.rope_theta, self.d_head, config.context_length, device)
         else:
@@ -388,6 +395,9 @@ class MultiHeadAttention(nn.Module):
         # (batch, seq, (heads + 2 kv_heads) d_head) -> (batch, heads + 2 kv_heads, seq, d_head)
         qkv = self.qkv_proj(x).view(batch, seq, -1, self.d_head).transpose(1, 2)
         qk, v = qkv.split([heads + kv_heads, kv_heads], dim=1)
+        if self.qk_norm:
+            q, k = qk.split([heads, kv_heads], dim=1)
+            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=1)  # each with its gain
         qk = self.rope(qk, token_positions)  # rotate queries and keys in one call
         q, k = qk.split([heads, kv_heads], dim=1)  # (batch, heads or kv_heads, seq, d_head)
         if kv_cache is not None:

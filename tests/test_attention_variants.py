@@ -1,7 +1,7 @@
 """The model options of ModelConfig beyond the ablation switches: grouped-query attention
-(num_kv_heads), checked against its definition written out in plain PyTorch, and through the
-KV cache, both attention paths, the ablation switches, checkpoints, flags and the parameter and
-FLOP counts."""
+(num_kv_heads) and QK-norm (qk_norm). Each is checked against its definition written out in
+plain PyTorch, and through the KV cache, both attention paths, the ablation switches,
+checkpoints, flags and the parameter and FLOP counts."""
 
 import dataclasses
 import math
@@ -23,9 +23,9 @@ SMALL = ModelConfig(
 )
 VARIANTS = [
     {"num_kv_heads": 2},
-    {"num_kv_heads": 1},
-    {"num_kv_heads": 3, "position_encoding": "none"},
-    {"num_kv_heads": 2, "norm_position": "post", "ffn": "silu"},
+    {"num_kv_heads": 1, "qk_norm": True},
+    {"num_kv_heads": 3, "qk_norm": True, "position_encoding": "none"},
+    {"qk_norm": True, "norm_position": "post", "ffn": "silu"},
     {"num_kv_heads": 2, "norm_position": "none"},
 ]
 
@@ -60,6 +60,11 @@ def small_model(**changes) -> Transformer:
 # --- attention written out from the papers --------------------------------------------------
 
 
+def rms_norm(x, weight):
+    """RMSNorm (Zhang & Sennrich, 2019): x / sqrt(mean(x^2) + eps) * g."""
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * weight
+
+
 def rotate(x, positions, theta):
     """RoPE as complex multiplication: pair (a, b) at position p becomes (a + ib) e^(i p w_k)."""
     d = x.shape[-1]
@@ -72,7 +77,8 @@ def rotate(x, positions, theta):
 
 def reference_attention(mha, config, x, positions=None):
     """Causal attention with num_kv_heads K/V heads, each repeated for its group of
-    num_heads / num_kv_heads query heads (Ainslie et al., 2023)."""
+    num_heads / num_kv_heads query heads (Ainslie et al., 2023), and, with qk_norm, RMSNorm of
+    every head's queries and keys (shared gains) before RoPE."""
     heads, kv_heads, d_head = config.num_heads, config.kv_heads, config.d_head
     seq = x.shape[-2]
     positions = torch.arange(seq) if positions is None else positions[:, None]  # per sequence
@@ -84,6 +90,8 @@ def reference_attention(mha, config, x, positions=None):
     q, k, v = (split_heads(F.linear(x, w)) for w in (wq, wk, wv))
     k = k.repeat_interleave(heads // kv_heads, dim=1)  # query head h reads K/V head h // group
     v = v.repeat_interleave(heads // kv_heads, dim=1)
+    if config.qk_norm:
+        q, k = rms_norm(q, mha.q_norm.weight), rms_norm(k, mha.k_norm.weight)
     if config.position_encoding == "rope":
         q, k = rotate(q, positions, config.rope_theta), rotate(k, positions, config.rope_theta)
     scores = q @ k.transpose(-2, -1) / math.sqrt(d_head)  # (batch, heads, seq, seq)
@@ -94,10 +102,13 @@ def reference_attention(mha, config, x, positions=None):
 
 @pytest.mark.parametrize("attention", ["ours", "fused"])
 @pytest.mark.parametrize("position_encoding", ["rope", "none"])
+@pytest.mark.parametrize("qk_norm", [False, True])
 @pytest.mark.parametrize("num_kv_heads", [6, 3, 2, 1])
-def test_attention_matches_its_definition_in_float64(num_kv_heads, position_encoding, attention):
+def test_attention_matches_its_definition_in_float64(
+    num_kv_heads, qk_norm, position_encoding, attention
+):
     config = config_with(
-        num_kv_heads=num_kv_heads, position_encoding=position_encoding,
+        num_kv_heads=num_kv_heads, qk_norm=qk_norm, position_encoding=position_encoding,
         attention=attention, rope_theta=500.0,
     )  # fmt: skip
     mha = perturb(MultiHeadAttention(config, dtype=torch.float64))
@@ -111,6 +122,33 @@ def test_attention_matches_its_definition_in_float64(num_kv_heads, position_enco
     torch.testing.assert_close(
         mha(x, positions), reference_attention(mha, config, x, positions), atol=1e-6, rtol=0
     )
+
+
+def test_qk_norm_gains_are_one_per_head_dimension_for_queries_and_keys():
+    model = Transformer(config_with(qk_norm=True, num_kv_heads=2))
+    names = {
+        n: tuple(p.shape) for n, p in model.named_parameters() if "q_norm" in n or "k_norm" in n
+    }
+    assert names == {
+        f"blocks.{i}.attn.{qk}_norm.weight": (SMALL.d_head,) for i in (0, 1) for qk in "qk"
+    }
+    assert all((p == 1).all() for n, p in model.named_parameters() if "_norm" in n)
+    assert not any("_norm" in n for n, _ in Transformer(SMALL).blocks[0].attn.named_parameters())
+
+
+def test_qk_norm_bounds_the_attention_logits():
+    """With QK-norm (unit gains) every query and key has norm sqrt(d_head), so q.k / sqrt(d_head)
+    is at most sqrt(d_head) whatever the inputs' scale: attention cannot saturate."""
+    mha = MultiHeadAttention(config_with(qk_norm=True, position_encoding="none"))
+    x = 1000 * torch.randn(2, 10, 48)
+    captured = {}
+    mha.k_norm.register_forward_hook(lambda m, i, out: captured.setdefault("k", out))
+    mha.q_norm.register_forward_hook(lambda m, i, out: captured.setdefault("q", out))
+    mha(x)
+    for t in captured.values():
+        torch.testing.assert_close(
+            t.norm(dim=-1), torch.full(t.shape[:-1], 8**0.5), rtol=1e-4, atol=0
+        )
 
 
 # --- grouped-query attention ----------------------------------------------------------------
@@ -164,7 +202,7 @@ def test_fused_path_with_and_without_sdpas_enable_gqa(enable_gqa, monkeypatch):
 
 def test_default_model_gets_no_gqa_work():
     attn = Transformer(SMALL).blocks[0].attn
-    assert attn.group == 1 and attn.sdpa_options == {} and not attn.repeat_kv
+    assert attn.group == 1 and attn.sdpa_options == {} and not attn.repeat_kv and not attn.qk_norm
 
 
 # --- every option through the cache, both attention paths, checkpoints, counts --------------
@@ -189,7 +227,7 @@ def test_kv_cache_decoding_equals_full_recompute(variant, attention):
 @pytest.mark.parametrize("attention", ["ours", "fused"])
 def test_kv_cache_key_mask_ignores_left_padding_with_gqa(attention):
     """The padding mask is (batch, 1, seq, keys): per sequence, the same for every head group."""
-    model = small_model(num_kv_heads=2, attention=attention).eval()
+    model = small_model(num_kv_heads=2, qk_norm=True, attention=attention).eval()
     ids = torch.randint(0, SMALL.vocab_size, (2, 10))
     padded = torch.cat([torch.zeros(2, 3, dtype=torch.long), ids], dim=1)
     cache = model.new_kv_cache(batch_size=2)
@@ -220,7 +258,7 @@ def test_fused_attention_equals_ours_outputs_and_gradients(variant):
 
 
 def test_kv_cache_decoding_traces_as_one_graph_for_torch_compile():
-    model = small_model(num_kv_heads=2).eval()
+    model = small_model(num_kv_heads=2, qk_norm=True).eval()
     compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=True)
     ids = torch.randint(0, SMALL.vocab_size, (1, 12))
     cache = model.new_kv_cache(batch_size=1)
@@ -232,7 +270,7 @@ def test_kv_cache_decoding_traces_as_one_graph_for_torch_compile():
 
 
 def test_bfloat16_autocast_stays_close_to_float32():
-    model = small_model(num_kv_heads=2).eval()
+    model = small_model(num_kv_heads=2, qk_norm=True).eval()
     ids = torch.randint(0, SMALL.vocab_size, (2, 20))
     with torch.no_grad():
         expected = model(ids)
@@ -244,7 +282,7 @@ def test_bfloat16_autocast_stays_close_to_float32():
 
 
 def test_checkpoint_rebuilds_every_option(tmp_path):
-    options = {"num_kv_heads": 3}
+    options = {"num_kv_heads": 3, "qk_norm": True}
     model = small_model(**options)
     path = save_checkpoint(model, None, 7, tmp_path / "checkpoint.pt")
     loaded, checkpoint = load_model(path)
@@ -259,16 +297,17 @@ def test_checkpoint_rebuilds_every_option(tmp_path):
 
 @pytest.mark.parametrize("tie", [False, True])
 @pytest.mark.parametrize("num_kv_heads", [None, 3, 1])
-def test_parameter_count_and_flops(num_kv_heads, tie):
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_parameter_count_and_flops(qk_norm, num_kv_heads, tie):
     config = ModelConfig(
         vocab_size=1000, context_length=128, d_model=96, num_layers=3, num_heads=6, d_ff=256,
-        num_kv_heads=num_kv_heads, tie_embeddings=tie,
+        num_kv_heads=num_kv_heads, qk_norm=qk_norm, tie_embeddings=tie,
     )  # fmt: skip
     model = Transformer(config, device="meta")
     v, t, d, layers, d_head = 1000, 128, 96, 3, 16
     kv = num_kv_heads or 6
     attention = d * (6 + 2 * kv) * d_head + d * d  # qkv_proj, out_proj
-    gains = 2 * d
+    gains = 2 * d + (2 * d_head if qk_norm else 0)
     embeddings = v * d if tie else 2 * v * d
     expected = layers * (attention + 3 * d * 256 + gains) + embeddings + d
     assert model.num_parameters() == expected
@@ -292,10 +331,10 @@ def test_num_kv_heads_must_divide_num_heads(num_kv_heads):
 
 def test_options_are_training_flags():
     config = load_train_config(
-        ["--model.num_heads", "8", "--model.num_kv_heads", "2"]
+        ["--model.num_heads", "8", "--model.num_kv_heads", "2", "--model.qk_norm", "true"]
     ).model  # fmt: skip
-    assert config.num_kv_heads == 2
+    assert (config.num_kv_heads, config.qk_norm) == (2, True)
     assert config.kv_heads == 2
     assert load_train_config(["--model.num_kv_heads", "none"]).model.num_kv_heads is None
     defaults = load_train_config([]).model
-    assert defaults.num_kv_heads is None
+    assert (defaults.num_kv_heads, defaults.qk_norm) == (None, False)
