@@ -10,8 +10,9 @@ position embeddings, RoPE (Su et al., 2021), applied to queries and keys.
 
 Three switches of ModelConfig turn parts of it off or back to older designs, for ablations:
 norm_position ("pre", "post" or "none"), position_encoding ("rope" or "none") and ffn ("swiglu"
-or "silu"). Two options add newer ingredients: grouped-query attention (num_kv_heads) and QK-norm
-(qk_norm). The defaults are the model above.
+or "silu"). Three options add newer ingredients: grouped-query attention (num_kv_heads), QK-norm
+(qk_norm) and zero-initialised output projections (zero_init_residual). The defaults are the
+model above.
 """
 
 import math
@@ -45,6 +46,7 @@ class ModelConfig:
     ffn: str = "swiglu"  # "swiglu": W2 (SiLU(W1 x) * W3 x); "silu": W2 SiLU(W1 x)
     num_kv_heads: int | None = None  # GQA: K/V heads, each shared by a query group; None: num_heads
     qk_norm: bool = False  # RMSNorm on each head's queries and keys, before RoPE
+    zero_init_residual: bool = False  # attention's out_proj and the FFN's W2 start at zero
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
@@ -477,6 +479,11 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = norm()
         ffn = FFN if config.ffn == "swiglu" else SiluFFN
         self.ffn = ffn(d_model, config.d_ff, device, dtype)
+        if config.zero_init_residual:
+            # Both branches add nothing at first, so a pre-norm block starts as the identity
+            # (as in modded-nanogpt); their gradients are not zero, so they still learn.
+            nn.init.zeros_(self.attn.out_proj.weight)
+            nn.init.zeros_(self.ffn.w2.weight)
 
     def forward(
         self,

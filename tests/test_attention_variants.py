@@ -1,7 +1,8 @@
 """The model options of ModelConfig beyond the ablation switches: grouped-query attention
-(num_kv_heads) and QK-norm (qk_norm). Each is checked against its definition written out in
-plain PyTorch, and through the KV cache, both attention paths, the ablation switches,
-checkpoints, flags and the parameter and FLOP counts."""
+(num_kv_heads), QK-norm (qk_norm) and zero-initialised output projections (zero_init_residual).
+Each is checked against its definition written out in plain PyTorch, and through the KV cache,
+both attention paths, the ablation switches, checkpoints, flags and the parameter and FLOP
+counts."""
 
 import dataclasses
 import math
@@ -26,7 +27,7 @@ VARIANTS = [
     {"num_kv_heads": 1, "qk_norm": True},
     {"num_kv_heads": 3, "qk_norm": True, "position_encoding": "none"},
     {"qk_norm": True, "norm_position": "post", "ffn": "silu"},
-    {"num_kv_heads": 2, "norm_position": "none"},
+    {"num_kv_heads": 2, "zero_init_residual": True, "norm_position": "none"},
 ]
 
 
@@ -44,12 +45,14 @@ def config_with(**changes) -> ModelConfig:
 
 
 def perturb(module: torch.nn.Module) -> torch.nn.Module:
-    """Move the norm gains away from 1, so that a gain applied in the wrong place (or not at
-    all) changes the output."""
+    """Move the norm gains away from 1 and every zero-initialised matrix away from 0, so that a
+    gain applied in the wrong place (or not at all) changes the output."""
     with torch.no_grad():
         for p in module.parameters():
             if p.ndim == 1:
                 p.copy_(1 + 0.5 * torch.randn_like(p))
+            elif not p.any():
+                p.normal_(std=0.1)
     return module
 
 
@@ -205,6 +208,48 @@ def test_default_model_gets_no_gqa_work():
     assert attn.group == 1 and attn.sdpa_options == {} and not attn.repeat_kv and not attn.qk_norm
 
 
+# --- zero-initialised output projections ----------------------------------------------------
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "none"])
+@pytest.mark.parametrize("attention", ["ours", "fused"])
+def test_zero_init_blocks_start_as_the_identity(norm_position, attention):
+    model = Transformer(
+        config_with(zero_init_residual=True, norm_position=norm_position, attention=attention)
+    )
+    for block in model.blocks:
+        assert not block.attn.out_proj.weight.any() and not block.ffn.w2.weight.any()
+    ids = torch.randint(0, 53, (2, 16))
+    x = model.embedding(ids)
+    torch.testing.assert_close(model.blocks[0](x), x, atol=0, rtol=0)
+    # The whole model is then the embedding path: embedding -> final norm -> output layer.
+    torch.testing.assert_close(model(ids), model.lm_head(model.final_norm(x)))
+    assert Transformer(SMALL).blocks[0].ffn.w2.weight.abs().min() > 0  # the default is not zero
+
+
+@pytest.mark.parametrize("ffn", ["swiglu", "silu"])
+def test_zero_init_still_trains_every_parameter(ffn):
+    """At step 0 only the zeroed matrices (and the embedding path) get gradients, since every
+    branch's output passes through one of them; after one step they are no longer zero and
+    every parameter gets a gradient."""
+    model = Transformer(config_with(zero_init_residual=True, qk_norm=True, num_kv_heads=2, ffn=ffn))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ids = torch.randint(0, 53, (4, 17))
+    zeroed = {n for n, p in model.named_parameters() if not p.any()}
+    assert zeroed == {
+        f"blocks.{i}.{m}" for i in (0, 1) for m in ("attn.out_proj.weight", "ffn.w2.weight")
+    }
+    for step in range(2):
+        optimizer.zero_grad()
+        cross_entropy(model(ids[:, :-1]), ids[:, 1:]).backward()
+        with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+        if step == 0:
+            assert with_grad == zeroed | {"embedding.weight", "final_norm.weight", "lm_head.weight"}
+        else:
+            assert with_grad == {n for n, _ in model.named_parameters()}
+        optimizer.step()
+
+
 # --- every option through the cache, both attention paths, checkpoints, counts --------------
 
 
@@ -282,7 +327,7 @@ def test_bfloat16_autocast_stays_close_to_float32():
 
 
 def test_checkpoint_rebuilds_every_option(tmp_path):
-    options = {"num_kv_heads": 3, "qk_norm": True}
+    options = {"num_kv_heads": 3, "qk_norm": True, "zero_init_residual": True}
     model = small_model(**options)
     path = save_checkpoint(model, None, 7, tmp_path / "checkpoint.pt")
     loaded, checkpoint = load_model(path)
@@ -331,10 +376,15 @@ def test_num_kv_heads_must_divide_num_heads(num_kv_heads):
 
 def test_options_are_training_flags():
     config = load_train_config(
-        ["--model.num_heads", "8", "--model.num_kv_heads", "2", "--model.qk_norm", "true"]
+        ["--model.num_heads", "8", "--model.num_kv_heads", "2", "--model.qk_norm", "true",
+         "--model.zero_init_residual", "true"]
     ).model  # fmt: skip
-    assert (config.num_kv_heads, config.qk_norm) == (2, True)
+    assert (config.num_kv_heads, config.qk_norm, config.zero_init_residual) == (2, True, True)
     assert config.kv_heads == 2
     assert load_train_config(["--model.num_kv_heads", "none"]).model.num_kv_heads is None
     defaults = load_train_config([]).model
-    assert (defaults.num_kv_heads, defaults.qk_norm) == (None, False)
+    assert (defaults.num_kv_heads, defaults.qk_norm, defaults.zero_init_residual) == (
+        None,
+        False,
+        False,
+    )
