@@ -23,11 +23,12 @@ def rope_pairs_to_halves(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 def to_hf_llama(model: Transformer, attn_implementation: str = "sdpa"):
     """A LlamaForCausalLM holding a copy of `model`'s weights (same dtype and device). Only the
-    Llama architecture maps: the ablation switches (post-norm, no norm, NoPE, SiLU FFN) don't."""
+    Llama architecture maps: grouped-query attention does (num_key_value_heads), the ablation
+    switches (post-norm, no norm, NoPE, SiLU FFN) and QK-norm don't."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c = model.config
-    llama = {"norm_position": "pre", "position_encoding": "rope", "ffn": "swiglu"}
+    llama = {"norm_position": "pre", "position_encoding": "rope", "ffn": "swiglu", "qk_norm": False}
     for key, value in llama.items():
         if getattr(c, key) != value:
             raise ValueError(f"{key}={getattr(c, key)!r} has no Llama equivalent (needs {value!r})")
@@ -37,7 +38,7 @@ def to_hf_llama(model: Transformer, attn_implementation: str = "sdpa"):
         intermediate_size=c.d_ff,
         num_hidden_layers=c.num_layers,
         num_attention_heads=c.num_heads,
-        num_key_value_heads=c.num_heads,
+        num_key_value_heads=c.kv_heads,
         max_position_embeddings=c.context_length,
         rope_theta=c.rope_theta,
         rms_norm_eps=model.final_norm.eps.item(),
@@ -56,12 +57,13 @@ def to_hf_llama(model: Transformer, attn_implementation: str = "sdpa"):
     }
     for i, block in enumerate(model.blocks):
         prefix = f"model.layers.{i}."
-        wq, wk, wv = block.attn.qkv_proj.weight.chunk(3, dim=0)
+        q_rows, kv_rows = c.num_heads * c.d_head, c.kv_heads * c.d_head
+        wq, wk, wv = block.attn.qkv_proj.weight.split([q_rows, kv_rows, kv_rows], dim=0)
         state |= {
             prefix + "input_layernorm.weight": block.attn_norm.weight,
             prefix + "post_attention_layernorm.weight": block.ffn_norm.weight,
             prefix + "self_attn.q_proj.weight": rope_pairs_to_halves(wq, c.num_heads),
-            prefix + "self_attn.k_proj.weight": rope_pairs_to_halves(wk, c.num_heads),
+            prefix + "self_attn.k_proj.weight": rope_pairs_to_halves(wk, c.kv_heads),
             prefix + "self_attn.v_proj.weight": wv,
             prefix + "self_attn.o_proj.weight": block.attn.out_proj.weight,
             prefix + "mlp.gate_proj.weight": block.ffn.w1.weight,

@@ -10,7 +10,9 @@ position embeddings, RoPE (Su et al., 2021), applied to queries and keys.
 
 Three switches of ModelConfig turn parts of it off or back to older designs, for ablations:
 norm_position ("pre", "post" or "none"), position_encoding ("rope" or "none") and ffn ("swiglu"
-or "silu"). The defaults are the model above.
+or "silu"). Three options add newer ingredients: grouped-query attention (num_kv_heads), QK-norm
+(qk_norm) and zero-initialised output projections (zero_init_residual). The defaults are the
+model above.
 """
 
 import math
@@ -42,6 +44,9 @@ class ModelConfig:
     norm_position: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x)); "none": no norms
     position_encoding: str = "rope"  # "rope", or "none" (NoPE: only the causal mask)
     ffn: str = "swiglu"  # "swiglu": W2 (SiLU(W1 x) * W3 x); "silu": W2 SiLU(W1 x)
+    num_kv_heads: int | None = None  # GQA: K/V heads, each shared by a query group; None: num_heads
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys, before RoPE
+    zero_init_residual: bool = False  # attention's out_proj and the FFN's W2 start at zero
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
@@ -62,6 +67,13 @@ class ModelConfig:
                 f"d_model={self.d_model} must split into num_heads={self.num_heads} heads "
                 "of equal size"
             )
+        if self.num_kv_heads is not None and (
+            self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads
+        ):
+            raise ValueError(
+                f"num_kv_heads must divide num_heads={self.num_heads} (or be None for "
+                f"num_heads), not {self.num_kv_heads}"
+            )
         if self.position_encoding == "rope" and self.d_head % 2:
             raise ValueError(
                 f"d_model={self.d_model} must split into num_heads={self.num_heads} heads "
@@ -72,6 +84,11 @@ class ModelConfig:
     def d_head(self) -> int:
         """Size of one attention head (queries, keys and values)."""
         return self.d_model // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads: num_kv_heads, or num_heads (no sharing) when None."""
+        return self.num_kv_heads or self.num_heads
 
 
 # The allowed values of ModelConfig's string options, the default first.
@@ -241,6 +258,26 @@ class ScaledDotProductAttention(nn.Module):
         return scaled_dot_product_attention(q, k, v, mask)
 
 
+def grouped_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Grouped-query attention, GQA (Ainslie et al., 2023): each key/value head is shared by a
+    group of consecutive query heads (query head h reads K/V head h // group).
+
+    q: (batch, heads, seq, d_head); k, v: (batch, kv_heads, keys, d_head) -> like q.
+    mask: (seq, keys) or (batch, 1, seq, keys), as for scaled_dot_product_attention.
+    The queries are split into groups and K, V broadcast over them, so K and V are never copied.
+    """
+    heads, kv_heads = q.shape[1], k.shape[1]
+    q = q.unflatten(1, (kv_heads, heads // kv_heads))  # (batch, kv_heads, group, seq, d_head)
+    if mask is not None and mask.ndim == 4:
+        mask = mask.unsqueeze(2)  # (batch, 1, 1, seq, keys)
+    out = scaled_dot_product_attention(q, k.unsqueeze(2), v.unsqueeze(2), mask)
+    return out.flatten(1, 2)  # (batch, heads, seq, d_head)
+
+
+# F.scaled_dot_product_attention shares K/V heads itself (enable_gqa) since PyTorch 2.5.
+SDPA_HAS_GQA = torch.__version__ >= "2.5"
+
+
 class RoPE(nn.Module):
     """Rotary position embedding (Su et al., 2021): rotate each pair (x[2i], x[2i+1]) of a query
     or key at position pos by the angle t = pos * theta^(-2i/d_k):
@@ -294,13 +331,14 @@ class KVCache:
     marks which cached positions are real tokens (False = left padding, never attended to).
     """
 
-    keys: list[Tensor]  # per layer: (batch, heads, context_length, d_head)
+    keys: list[Tensor]  # per layer: (batch, kv_heads, context_length, d_head)
     values: list[Tensor]
     length: int = 0
     key_mask: Tensor | None = None
 
     def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store this layer's new keys/values (batch, heads, new, d_head); return all so far."""
+        """Store this layer's new keys/values (batch, kv_heads, new, d_head); return all so
+        far."""
         start, end = self.length, self.length + k.shape[-2]
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
@@ -309,20 +347,38 @@ class KVCache:
 
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention with RoPE (or NoPE) on queries and keys, and an optional
-    KV cache."""
+    KV cache.
+
+    config.num_kv_heads < num_heads gives grouped-query attention (Ainslie et al., 2023): K and V
+    have num_kv_heads heads, each shared by num_heads / num_kv_heads query heads, so the K/V
+    projection and the KV cache shrink by that factor. config.qk_norm applies RMSNorm to each
+    head's queries and keys after the projection, before RoPE (Dehghani et al., 2023; OLMo 2;
+    Gemma 3): one learned gain of size d_head for queries and one for keys, shared by all heads.
+    """
 
     def __init__(self, config: ModelConfig, device=None, dtype=None) -> None:
         super().__init__()
         d_model = config.d_model
         self.num_heads = config.num_heads
+        self.num_kv_heads = config.kv_heads
         self.d_head = config.d_head
         self.attention = config.attention
-        self.qkv_proj = Linear(d_model, 3 * d_model, device, dtype)  # Q, K and V in one matmul
+        qkv_size = (self.num_heads + 2 * self.num_kv_heads) * self.d_head
+        self.qkv_proj = Linear(d_model, qkv_size, device, dtype)  # Q, K and V in one matmul
         self.out_proj = Linear(d_model, d_model, device, dtype)
+        self.qk_norm = config.qk_norm
+        if self.qk_norm:
+            self.q_norm = RmsNorm(self.d_head, device=device, dtype=dtype)
+            self.k_norm = RmsNorm(self.d_head, device=device, dtype=dtype)
         if config.position_encoding == "rope":
             self.rope = RoPE(config.rope_theta, self.d_head, config.context_length, device)
         else:
             self.rope = NoPE()
+        # Query heads per K/V head. The fused kernel shares K/V heads itself when it can
+        # (enable_gqa); on older PyTorch, K and V are repeated per group.
+        self.group = self.num_heads // self.num_kv_heads
+        self.sdpa_options = {"enable_gqa": True} if self.group > 1 and SDPA_HAS_GQA else {}
+        self.repeat_kv = self.group > 1 and not SDPA_HAS_GQA
 
     def forward(
         self,
@@ -337,24 +393,34 @@ class MultiHeadAttention(nn.Module):
             token_positions = slice(start, start + seq)
         elif token_positions.ndim > 1:
             token_positions = token_positions.unsqueeze(-2)  # (batch, 1, seq): same for all heads
-        # (batch, seq, 3 * d_model) -> (3, batch, heads, seq, d_head)
-        qkv = self.qkv_proj(x).view(batch, seq, 3, self.num_heads, self.d_head)
-        qkv = qkv.permute(2, 0, 3, 1, 4)
-        qk = self.rope(qkv[:2], token_positions)  # rotate queries and keys in one call
-        q, k = qk.unbind(0)  # (batch, heads, seq, d_head)
-        v = qkv[2]
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        # (batch, seq, (heads + 2 kv_heads) d_head) -> (batch, heads + 2 kv_heads, seq, d_head)
+        qkv = self.qkv_proj(x).view(batch, seq, -1, self.d_head).transpose(1, 2)
+        qk, v = qkv.split([heads + kv_heads, kv_heads], dim=1)
+        if self.qk_norm:
+            q, k = qk.split([heads, kv_heads], dim=1)
+            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=1)  # each with its gain
+        qk = self.rope(qk, token_positions)  # rotate queries and keys in one call
+        q, k = qk.split([heads, kv_heads], dim=1)  # (batch, heads or kv_heads, seq, d_head)
         if kv_cache is not None:
-            k, v = kv_cache.append(layer, k, v)  # (batch, heads, start + seq, d_head)
+            k, v = kv_cache.append(layer, k, v)  # (batch, kv_heads, start + seq, d_head)
         if kv_cache is None or (start == 0 and kv_cache.key_mask is None):
             is_causal, mask = True, None  # a fresh sequence: the fused kernel builds the mask
         else:
             is_causal, mask = False, self._mask(seq, start, x.device, kv_cache)
         if self.attention == "fused":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+            if self.repeat_kv:  # (batch, heads, keys, d_head)
+                k, v = k.repeat_interleave(self.group, 1), v.repeat_interleave(self.group, 1)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal, **self.sdpa_options
+            )
         else:
             if is_causal:
                 mask = causal_mask(seq, 0, x.device)
-            out = scaled_dot_product_attention(q, k, v, mask)
+            if self.group > 1:
+                out = grouped_query_attention(q, k, v, mask)
+            else:
+                out = scaled_dot_product_attention(q, k, v, mask)
         out = out.transpose(1, 2).reshape(batch, seq, d_model)  # concatenate the heads
         return self.out_proj(out)
 
@@ -413,6 +479,11 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = norm()
         ffn = FFN if config.ffn == "swiglu" else SiluFFN
         self.ffn = ffn(d_model, config.d_ff, device, dtype)
+        if config.zero_init_residual:
+            # Both branches add nothing at first, so a pre-norm block starts as the identity
+            # (as in modded-nanogpt); their gradients are not zero, so they still learn.
+            nn.init.zeros_(self.attn.out_proj.weight)
+            nn.init.zeros_(self.ffn.w2.weight)
 
     def forward(
         self,
@@ -486,7 +557,7 @@ class Transformer(nn.Module):
         (pass the autocast dtype when decoding under autocast)."""
         c = self.config
         weight = self.lm_head.weight
-        shape = (batch_size, c.num_heads, c.context_length, c.d_head)
+        shape = (batch_size, c.kv_heads, c.context_length, c.d_head)
 
         def buffers() -> list[Tensor]:
             return [
@@ -510,7 +581,8 @@ class Transformer(nn.Module):
         c = self.config
         seq_len = seq_len or c.context_length
         ffn_matrices = 3 if c.ffn == "swiglu" else 2
-        per_layer = 4 * c.d_model * c.d_model + ffn_matrices * c.d_model * c.d_ff
+        attention = (c.num_heads + 2 * c.kv_heads) * c.d_head * c.d_model + c.d_model * c.d_model
+        per_layer = attention + ffn_matrices * c.d_model * c.d_ff
         matmul_params = c.num_layers * per_layer + c.d_model * c.vocab_size
         return 6 * matmul_params + 12 * c.num_layers * c.d_model * seq_len
 

@@ -319,7 +319,8 @@ def test_odd_head_size_is_fine_without_rope():
 
 
 @pytest.mark.parametrize(
-    "switch", [{"norm_position": "post"}, {"position_encoding": "none"}, {"ffn": "silu"}]
+    "switch",
+    [{"norm_position": "post"}, {"position_encoding": "none"}, {"ffn": "silu"}, {"qk_norm": True}],
 )
 def test_the_hf_reference_refuses_what_llama_cannot_express(switch):
     from kernel.hf_llama import to_hf_llama

@@ -276,10 +276,12 @@ def test_gradcheck_blocks_in_float64():
 # --- the whole model ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("num_kv_heads", [None, 2, 1])  # 4 query heads: MHA, GQA, MQA
 @pytest.mark.parametrize("tie", [False, True])
-def test_transformer_matches_hf_llama_in_float64(tie):
-    model = small_model(tie_embeddings=tie).double()
+def test_transformer_matches_hf_llama_in_float64(tie, num_kv_heads):
+    model = small_model(tie_embeddings=tie, num_kv_heads=num_kv_heads).double()
     hf = to_hf_llama(model)
+    assert hf.config.num_key_value_heads == (num_kv_heads or SMALL.num_heads)
     ids = torch.randint(0, SMALL.vocab_size, (3, SMALL.context_length))
     with torch.no_grad():
         ours, theirs = model(ids), hf(ids).logits
