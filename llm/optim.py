@@ -37,23 +37,26 @@ class AdamW(torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = _call_closure(closure)
         for group in self.param_groups:
-            lr, (beta1, beta2) = group["lr"], group["betas"]
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-                p.mul_(1 - lr * group["weight_decay"])
-                m.lerp_(p.grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
-                p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+                if p.grad is not None:
+                    _adamw_update(p, self.state[p], group)
         return loss
+
+
+def _adamw_update(p: Tensor, state: dict, group: dict) -> None:
+    """One AdamW step of parameter p (see AdamW) with the hyperparameters of its group."""
+    lr, (beta1, beta2) = group["lr"], group["betas"]
+    if not state:
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    state["step"] += 1
+    t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+    p.mul_(1 - lr * group["weight_decay"])
+    m.lerp_(p.grad, 1 - beta1)
+    v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+    denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
+    p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
 
 
 class SGDDecay(torch.optim.Optimizer):
