@@ -2,12 +2,19 @@
 reference of the formula, which parameters it takes, and training runs with it."""
 
 import math
+import signal
 
 import pytest
 import torch
 from conftest import SMALL
+from test_training import metrics, small_config
 
+from llm import training
+from llm.checkpoint import read_checkpoint
+from llm.config import ConfigError
 from llm.optim import AdamW, Muon, muon_param_groups, newton_schulz
+from llm.run_dir import read_metrics
+from llm.training import load_train_config, train
 from llm.transformer import ModelConfig, Transformer
 
 
@@ -189,3 +196,83 @@ def test_muon_trains_a_model_step_by_step():
         muon.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 1.0 and math.isfinite(losses[-1])
+
+
+# --- training runs with optimizer = "muon" -------------------------------------------------
+
+MUON = dict(optimizer="muon", max_lr=0.02, min_lr=0.002, adam_lr=4e-3)
+
+
+def test_the_schedule_scales_the_adamw_groups_by_adam_lr_over_max_lr():
+    config = load_train_config(
+        ["--optimizer", "muon", "--max_lr", "0.02", "--adam_lr", "4e-3", "--min_lr", "0.002"]
+        + ["--momentum", "0.9", "--nesterov", "false", "--ns_steps", "3", "--warmup_iters", "10"]
+    )
+    optimizer = training._build_optimizer(Transformer(config.model), config)
+    assert isinstance(optimizer, Muon)
+    muon_group, *adamw_groups = optimizer.param_groups
+    assert [muon_group[key] for key in ("momentum", "nesterov", "ns_steps")] == [0.9, False, 3]
+    for step, lr in [(5, 0.01), (config.max_iters, 0.002)]:  # warm-up; the end of the decay
+        assert training._set_lr(optimizer, step, config) == pytest.approx(lr)
+        assert muon_group["lr"] == pytest.approx(lr)
+        assert [g["lr"] for g in adamw_groups] == pytest.approx([lr / 5, lr / 5])
+
+
+def test_training_with_muon_lowers_the_loss(token_data_dir, tmp_path):
+    config = small_config(token_data_dir, tmp_path / "run", max_iters=30, batch_size=16, **MUON)
+    result = train(config)
+    train_records = [r for r in read_metrics(tmp_path / "run") if r["type"] == "train"]
+    assert train_records[-1]["loss"] < train_records[0]["loss"] - 1.0
+    assert result["val_loss"] < 4.0  # ln 512 = 6.2 nats at the start
+    assert train_records[0]["lr"] == pytest.approx(0.01)  # the Muon lr: 2nd step of 2 warm-up
+
+
+def test_muon_resume_after_interrupt_is_bit_exact(token_data_dir, tmp_path, monkeypatch):
+    extra = dict(grad_accum_steps=2, checkpoint_interval=4, **MUON)
+    full = train(small_config(token_data_dir, tmp_path / "full", **extra))
+
+    schedule = training.cos_lr_scheduler
+
+    def ctrl_c_during_step_4(t, *args):
+        if t == 4:
+            signal.raise_signal(signal.SIGINT)  # the real handler: stop after this step, save
+        return schedule(t, *args)
+
+    monkeypatch.setattr(training, "cos_lr_scheduler", ctrl_c_during_step_4)
+    part = train(small_config(token_data_dir, tmp_path / "split", **extra))
+    monkeypatch.undo()
+    assert part["interrupted"] and part["step"] == 5
+    resumed = train(load_train_config(["--run_dir", str(tmp_path / "split"), "--resume"]))
+    assert not resumed["interrupted"] and resumed["step"] == 12
+
+    assert metrics(tmp_path / "split") == metrics(tmp_path / "full")  # losses, evals, lrs
+    assert resumed["val_loss"] == full["val_loss"]
+    a, b = read_checkpoint(tmp_path / "full"), read_checkpoint(tmp_path / "split")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    states = a["optimizer"]["state"]
+    assert {name for state in states.values() for name in state} == {
+        "momentum_buffer", "step", "exp_avg", "exp_avg_sq"
+    }  # fmt: skip
+    for index, state in states.items():
+        for name, value in state.items():
+            assert torch.equal(
+                torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][index][name])
+            )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(momentum=1.0), r"^momentum must be in \[0, 1\), not 1.0$"),
+        (dict(momentum=-0.5), "momentum must be in"),
+        (dict(ns_steps=0), "^ns_steps must be at least 1, not 0$"),
+        (dict(adam_lr=0.0), "^adam_lr must be > 0, not 0.0$"),
+        (dict(adam_lr=float("nan")), "adam_lr must be > 0"),
+    ],
+)
+def test_bad_muon_settings_are_named(token_data_dir, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(small_config(token_data_dir, tmp_path / "run", optimizer="muon", **overrides))
+    assert not (tmp_path / "run").exists()
