@@ -37,23 +37,26 @@ class AdamW(torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = _call_closure(closure)
         for group in self.param_groups:
-            lr, (beta1, beta2) = group["lr"], group["betas"]
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-                p.mul_(1 - lr * group["weight_decay"])
-                m.lerp_(p.grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
-                p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+                if p.grad is not None:
+                    _adamw_update(p, self.state[p], group)
         return loss
+
+
+def _adamw_update(p: Tensor, state: dict, group: dict) -> None:
+    """One AdamW step of parameter p (see AdamW) with the hyperparameters of its group."""
+    lr, (beta1, beta2) = group["lr"], group["betas"]
+    if not state:
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    state["step"] += 1
+    t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+    p.mul_(1 - lr * group["weight_decay"])
+    m.lerp_(p.grad, 1 - beta1)
+    v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+    denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
+    p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
 
 
 class SGDDecay(torch.optim.Optimizer):
@@ -82,6 +85,105 @@ class SGDDecay(torch.optim.Optimizer):
                 p.add_(p.grad, alpha=-group["lr"] / math.sqrt(t + 1))
                 state["t"] = t + 1
         return loss
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon, MomentUm Orthogonalized by Newton-Schulz (Jordan et al., 2024), for the hidden
+    matrices, and AdamW for the other parameters, in one optimizer (one state to save).
+
+    Groups with "muon": True hold 2-D weights W (rows x cols); with gradient g, per step:
+        buf <- momentum buf + g
+        u   <- g + momentum buf  (Nesterov, the default), or buf
+        O   <- newton_schulz(u)                     ~ U V^T where u = U S V^T (orthogonalised)
+        W   <- W - lr (O sqrt(max(1, rows / cols)) + weight_decay W)
+    Groups with "muon": False take exactly AdamW's step (see AdamW), at adam_lr unless the group
+    sets its own lr. Each group gets lr_scale = its lr / lr, which a schedule that sets one lr
+    for all groups multiplies by (llm.training: Muon at the schedule's lr, AdamW at
+    lr x adam_lr / max_lr).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        weight_decay: float = 0.0,
+        adam_lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+    ) -> None:
+        ok = lr > 0 and adam_lr > 0 and 0 <= momentum < 1 and ns_steps >= 1 and eps >= 0
+        if not (ok and weight_decay >= 0 and all(0 <= b < 1 for b in betas)):
+            raise ValueError(
+                f"Muon needs lr, adam_lr > 0, 0 <= momentum < 1, ns_steps >= 1, eps, "
+                f"weight_decay >= 0 and 0 <= betas < 1, got lr={lr}, adam_lr={adam_lr}, "
+                f"momentum={momentum}, ns_steps={ns_steps}, eps={eps}, "
+                f"weight_decay={weight_decay}, betas={betas}"
+            )
+        groups = list(params)
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]  # plain tensors: all Muon
+        groups = [{"muon": True, **group} for group in groups]
+        for group in groups:
+            group.setdefault("lr", lr if group["muon"] else adam_lr)
+            group.setdefault("lr_scale", group["lr"] / lr)
+            if group["muon"] and any(p.ndim != 2 for p in group["params"]):
+                raise ValueError("Muon updates matrices only: give other parameters muon=False")
+        defaults = dict(
+            lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+            weight_decay=weight_decay, betas=betas, eps=eps,
+        )  # fmt: skip
+        super().__init__(groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = _call_closure(closure)
+        for group in self.param_groups:
+            update = _muon_update if group["muon"] else _adamw_update
+            for p in group["params"]:
+                if p.grad is not None:
+                    update(p, self.state[p], group)
+        return loss
+
+
+def _muon_update(p: Tensor, state: dict, group: dict) -> None:
+    """One Muon step of matrix p (see Muon) with the hyperparameters of its group."""
+    lr, momentum = group["lr"], group["momentum"]
+    if not state:
+        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    buf = state["momentum_buffer"]
+    buf.mul_(momentum).add_(p.grad)
+    u = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+    rows, cols = p.shape
+    p.mul_(1 - lr * group["weight_decay"])
+    p.add_(newton_schulz(u, group["ns_steps"]), alpha=-lr * math.sqrt(max(1, rows / cols)))
+
+
+def newton_schulz(g: Tensor, steps: int = 5) -> Tensor:
+    """Orthogonalise the matrix g = U S V^T: about U S' V^T with S' near the identity, the
+    update direction Muon uses (Jordan et al., 2024; ideally U V^T).
+
+    A quintic Newton-Schulz iteration. X = g / ||g||_F has singular values s in [0, 1]; each
+    step X <- a X + b (X X^T) X + c (X X^T)^2 X maps every s to a s + b s^3 + c s^5, whose
+    coefficients grow small s fast (x3.4 a step) instead of converging to 1 exactly: after 5
+    steps every s >= 1/700 lies in [0.68, 1.21], and U, V are kept. X is made wide (rows <=
+    cols) so that X X^T is the smaller Gram matrix. Runs in bfloat16 on CUDA, as the reference
+    implementation does (fast, and the iteration tolerates the rounding), in float32 elsewhere;
+    returns g's dtype."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
+    tall = g.shape[0] > g.shape[1]
+    if tall:
+        x = x.T  # (rows, cols) -> (cols, rows), wide
+    x = x / (torch.linalg.matrix_norm(x) + 1e-7)  # Frobenius norm >= spectral norm: s <= 1
+    for _ in range(steps):
+        gram = x @ x.T  # (short, short)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if tall:
+        x = x.T
+    return x.to(g.dtype)
 
 
 def _call_closure(closure: Callable[[], float] | None) -> float | None:
@@ -130,4 +232,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def muon_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Muon's groups for a Transformer: Muon for the 2-D weights of its blocks (attention and FFN
+    matrices); AdamW for the embedding, the output layer and the norm gains, which are not
+    hidden linear maps (Jordan et al., 2024), decaying matrices only as in param_groups."""
+    hidden = {id(p) for p in model.blocks.parameters() if p.ndim == 2}
+    params = [p for p in model.parameters() if p.requires_grad]
+    matrices = [p for p in params if id(p) in hidden]
+    other_matrices = [p for p in params if id(p) not in hidden and p.ndim >= 2]
+    return [
+        {"params": matrices, "muon": True, "weight_decay": weight_decay},
+        {"params": other_matrices, "muon": False, "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "muon": False, "weight_decay": 0.0},
     ]

@@ -72,7 +72,15 @@ from llm.device import (
     setup_distributed,
 )
 from llm.evaluation import evaluate_exact, evaluate_windows, load_token_bytes
-from llm.optim import AdamW, SGDDecay, cos_lr_scheduler, gradient_clip, param_groups
+from llm.optim import (
+    AdamW,
+    Muon,
+    SGDDecay,
+    cos_lr_scheduler,
+    gradient_clip,
+    muon_param_groups,
+    param_groups,
+)
 from llm.plots import plot_run
 from llm.run_dir import METRICS_NAME, append_metrics, check_run_dir, start_run_dir
 from llm.transformer import MODEL_PRESETS, ModelConfig, Transformer, cross_entropy
@@ -89,15 +97,19 @@ class TrainConfig:
     tokenizer_dir: str = ""  # tokenizer that encoded the data, for bits/byte ("" = ids are bytes)
     run_dir: str = "runs/default"  # checkpoint, metrics.jsonl, config.json and img/ go here
     resume: bool = False  # continue the run in run_dir from its checkpoint
-    optimizer: str = "adamw"  # "adamw" or "sgd" (SGD with lr / sqrt(t + 1) decay)
+    optimizer: str = "adamw"  # "adamw", "sgd" (SGD, lr / sqrt(t + 1) decay) or "muon" (see adam_lr)
     max_lr: float = 1e-3  # peak learning rate, reached after warmup_iters
     min_lr: float = 1e-4  # learning rate at the end of the cosine decay (step max_iters)
     warmup_iters: int = 100  # steps of linear warm-up from 0
     max_iters: int = 1000  # optimizer steps in the whole run
     max_train_seconds: float = 0.0  # also stop after this much training time (0 = no limit)
-    weight_decay: float = 0.1  # decoupled (AdamW); matrices only, never norm gains
+    weight_decay: float = 0.1  # decoupled (AdamW, Muon); matrices only, never norm gains
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW moment decay rates
     eps: float = 1e-8  # AdamW denominator term
+    momentum: float = 0.95  # Muon's momentum
+    nesterov: bool = True  # Muon: Nesterov momentum (false: plain momentum)
+    ns_steps: int = 5  # Muon: Newton-Schulz steps that orthogonalise each update
+    adam_lr: float = 1e-3  # Muon: peak lr of embedding, lm_head, gains (AdamW); max_lr is Muon's
     grad_clip: float = 1.0  # max global gradient L2 norm (0 = no clipping)
     batch_size: int = 32  # sequences per optimizer step, over all processes and micro-steps
     grad_accum_steps: int = 1  # micro-steps (forward/backward passes) per optimizer step
@@ -360,10 +372,11 @@ def _train_loop(run: _Run) -> None:
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, step: int, config: TrainConfig) -> float:
-    """Set the learning rate of `step` (0-based): linear warm-up, then cosine decay."""
+    """Set the learning rate of `step` (0-based): linear warm-up, then cosine decay. A group
+    with an lr_scale gets lr x lr_scale (Muon's AdamW groups: adam_lr / max_lr)."""
     lr = cos_lr_scheduler(step, config.max_lr, config.min_lr, config.warmup_iters, config.max_iters)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr
 
 
@@ -558,7 +571,13 @@ class NextTokenLoss(nn.Module):
         return cross_entropy(self.model(inputs), targets)
 
 
-def _build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def _build_optimizer(model: Transformer, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "muon":
+        groups = muon_param_groups(model, config.weight_decay)
+        return Muon(
+            groups, lr=config.max_lr, momentum=config.momentum, nesterov=config.nesterov,
+            ns_steps=config.ns_steps, adam_lr=config.adam_lr, betas=config.betas, eps=config.eps,
+        )  # fmt: skip
     groups = param_groups(model, config.weight_decay)
     if config.optimizer == "sgd":
         return SGDDecay(groups, lr=config.max_lr)
@@ -568,7 +587,7 @@ def _build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optim
 def check_config(config: TrainConfig, world_size: int = 1) -> None:
     """Raise a ConfigError naming the first setting that cannot train (before any work)."""
     choices = {
-        "optimizer": ("adamw", "sgd"),
+        "optimizer": ("adamw", "sgd", "muon"),
         "dtype": ("auto", "float32", "bfloat16"),
         "final_eval": ("exact", "sampled", "none"),
     }
@@ -583,8 +602,13 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
     for key in ["warmup_iters", "grad_clip", "max_train_seconds", "weight_decay", "min_lr"]:
         if not getattr(config, key) >= 0:  # written this way so that NaN fails too
             raise ConfigError(f"{key} must be >= 0 (0 = off), not {getattr(config, key)}")
-    if not config.max_lr > 0:
-        raise ConfigError(f"max_lr must be > 0, not {config.max_lr}")
+    for key in ["max_lr", "adam_lr"]:
+        if not getattr(config, key) > 0:
+            raise ConfigError(f"{key} must be > 0, not {getattr(config, key)}")
+    if not 0 <= config.momentum < 1:
+        raise ConfigError(f"momentum must be in [0, 1), not {config.momentum}")
+    if config.ns_steps < 1:
+        raise ConfigError(f"ns_steps must be at least 1, not {config.ns_steps}")
     try:
         resolve_device(config.device)
     except ValueError as e:

@@ -500,7 +500,10 @@ def test_final_evaluation_modes(token_data_dir, tmp_path, final_eval):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(optimizer="adam"), "optimizer must be one of \\('adamw', 'sgd'\\), not 'adam'"),
+        (
+            dict(optimizer="adam"),
+            r"optimizer must be one of \('adamw', 'sgd', 'muon'\), not 'adam'",
+        ),
         (dict(dtype="float16"), "dtype must be one of"),
         (dict(final_eval="all"), "final_eval must be one of"),
         (dict(max_iters=0), "max_iters must be at least 1, not 0"),
