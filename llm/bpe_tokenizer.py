@@ -125,9 +125,13 @@ class BpeTokenizer:
         return tuple(chain.from_iterable(map(self._pretokens.__getitem__, pretokens)))
 
     def _encode_pretoken(self, pretoken: str) -> tuple[int, ...]:
-        """BPE on one pre-token, as tiktoken does: merge the leftmost adjacent pair whose
-        concatenation has the lowest rank, until no pair is a token."""
-        parts = [bytes([b]) for b in pretoken.encode("utf-8")]
+        """BPE on one pre-token, as tiktoken does: a pre-token that is a token is that one token,
+        even where merging its bytes would end elsewhere; in any other, merge the leftmost
+        adjacent pair whose concatenation has the lowest rank, until no pair is a token."""
+        piece = pretoken.encode("utf-8")
+        if piece in self.ranks:
+            return (self.ranks[piece],)
+        parts = [bytes([b]) for b in piece]
         no_token = self._no_token
         ranks = [self.ranks.get(a + b, no_token) for a, b in pairwise(parts)]
         while ranks and (best := min(ranks)) != no_token:

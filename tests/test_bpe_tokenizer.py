@@ -435,3 +435,13 @@ def test_cli_default_pipeline_needs_the_validation_split(corpus_path, tmp_path, 
     message = cli_error(["--vocab-size", "300", "--workers", "1"])
     assert "TinyStoriesV2-GPT4-valid.txt not found" in message and "--valid FILE" in message
     assert not (tmp_path / "data/tinystories-bpe-10k").exists()  # checked before training
+
+
+def test_a_pretoken_that_is_a_token_is_that_token():
+    # Merging the bytes of "abcd" stops at [a, bc, d] ("bc" comes first; "abc" and "bcd" are no
+    # tokens), but "abcd" is a token: tiktoken takes the pre-token whole, and so must we.
+    vocab = {b: bytes([b]) for b in range(256)} | {256: b"bc", 257: b"ab", 258: b"cd", 259: b"abcd"}
+    tok = BpeTokenizer(vocab, [])
+    enc = tok.to_tiktoken()
+    assert enc.encode("abcd xabcd") == [259, ord(" "), ord("x"), ord("a"), 256, ord("d")]
+    assert tok.encode("abcd xabcd") == enc.encode("abcd xabcd")
