@@ -3,9 +3,15 @@
 Encoding a piece of text works like GPT-2 and tiktoken:
 1. cut out the special tokens (longest first), which map straight to their ids;
 2. split the rest into pre-tokens with the GPT-2 regex (llm/pretokenization.py);
-3. turn each pre-token into bytes, then repeatedly merge the adjacent pair whose concatenation
-   is the token with the lowest rank (id), until no adjacent pair forms a token.
+3. a pre-token that is a token becomes that token; any other is turned into bytes, and the
+   adjacent pair whose concatenation is the token with the lowest rank (id) is merged, leftmost
+   first, again and again until no adjacent pair forms a token.
 A trained tokenizer's ids are in merge order, so step 3 replays the merges of training.
+
+`merge_pretoken_simple` is step 3 written as plainly as possible: it looks at every pair for
+every merge, O(n^2) for a pre-token of n bytes. Text without whitespace (minified code, base64,
+URLs, DNA) makes pre-tokens of megabytes, so the encoder uses `merge_pretoken`, which gives the
+same ids in O(n log n) with a priority queue, and the tests check the two agree.
 The same words recur constantly (" the", " and,"), so the ids of text segments and of
 pre-tokens are cached.
 
@@ -19,7 +25,9 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
+from heapq import heappop, heappush
 from itertools import chain, pairwise
 from pathlib import Path
 
@@ -82,7 +90,6 @@ class BpeTokenizer:
         if missing:
             raise ValueError(f"the vocabulary lacks single bytes, e.g. {bytes(missing[:5])!r}")
         self._vocab_size = max(self.vocab) + 1
-        self._no_token = self._vocab_size  # a rank greater than any token's
         self._special_re = special_token_regex(self.special_tokens)
         self._pretokens = _Cache(self._encode_pretoken)  # {pre-token: ids}
         self._segments = _Cache(self._encode_segment)  # {segment: ids}
@@ -125,24 +132,13 @@ class BpeTokenizer:
         return tuple(chain.from_iterable(map(self._pretokens.__getitem__, pretokens)))
 
     def _encode_pretoken(self, pretoken: str) -> tuple[int, ...]:
-        """BPE on one pre-token, as tiktoken does: a pre-token that is a token is that one token,
-        even where merging its bytes would end elsewhere; in any other, merge the leftmost
-        adjacent pair whose concatenation has the lowest rank, until no pair is a token."""
+        """As tiktoken: a pre-token that is a token is that one token, even where merging its
+        bytes would end elsewhere; any other is merged (merge_pretoken)."""
         piece = pretoken.encode("utf-8")
-        if piece in self.ranks:
-            return (self.ranks[piece],)
-        parts = [bytes([b]) for b in piece]
-        no_token = self._no_token
-        ranks = [self.ranks.get(a + b, no_token) for a, b in pairwise(parts)]
-        while ranks and (best := min(ranks)) != no_token:
-            i = ranks.index(best)
-            parts[i : i + 2] = [parts[i] + parts[i + 1]]
-            del ranks[i]
-            if i > 0:
-                ranks[i - 1] = self.ranks.get(parts[i - 1] + parts[i], no_token)
-            if i < len(ranks):
-                ranks[i] = self.ranks.get(parts[i] + parts[i + 1], no_token)
-        return tuple(self.ranks[p] for p in parts)
+        rank = self.ranks.get(piece)
+        if rank is not None:
+            return (rank,)
+        return tuple(merge_pretoken(piece, self.ranks))
 
     def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
         """Ids of "".join(texts), produced lazily: memory stays small for any input size.
@@ -245,6 +241,114 @@ class BpeTokenizer:
         return tiktoken.Encoding(
             name, pat_str=GPT2_PATTERN, mergeable_ranks=self.ranks, special_tokens=self.special_ids
         )
+
+
+NO_RANK = sys.maxsize  # greater than every rank: "this pair is not a token"
+SHORT_PIECE = 64  # merge_pretoken uses the list loop up to this many bytes, the heap beyond
+
+
+def merge_pretoken_simple(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
+    """BPE on the bytes of one pre-token, the textbook way, and the reference for the fast
+    versions below: start from single bytes; while some adjacent pair of parts joins into a
+    token, merge the pair whose token has the lowest rank (the leftmost one on a tie). Returns the
+    ranks (ids) of the final parts. O(n^2) for n bytes: every step looks at every pair.
+
+    This is tiktoken's rule. (minbpe merges every occurrence of the best pair in one step, which
+    can differ when a merge makes a pair of lower rank: with ranks ab=1, aba=0, "abab" is
+    [aba, b] here and [ab, ab] there.)"""
+    parts = [bytes([b]) for b in piece]
+    while True:
+        pair_ranks = [ranks.get(a + b, NO_RANK) for a, b in pairwise(parts)]
+        best = min(pair_ranks, default=NO_RANK)
+        if best == NO_RANK:
+            return [ranks[part] for part in parts]
+        i = pair_ranks.index(best)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+
+
+def merge_pretoken(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
+    """merge_pretoken_simple's result, in O(n log n) time for any length n."""
+    if len(piece) <= SHORT_PIECE:
+        return merge_pretoken_list(piece, ranks)
+    return merge_pretoken_heap(piece, ranks)
+
+
+def merge_pretoken_list(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
+    """merge_pretoken_simple, as tiktoken does it for short pieces: the parts are offsets into
+    `piece`, and the rank of each adjacent pair is kept in a list where only the two pairs beside
+    a merge change. Still O(n^2), but the n is in C loops (min, index, del) over a short list: for
+    the pre-tokens of ordinary text, a few bytes long, this is the fastest."""
+    get = ranks.get
+    starts = list(range(len(piece) + 1))  # where each part starts, then the end
+    pair_ranks = [get(piece[i : i + 2], NO_RANK) for i in range(len(piece) - 1)]
+    while pair_ranks and (best := min(pair_ranks)) != NO_RANK:
+        i = pair_ranks.index(best)
+        del starts[i + 1], pair_ranks[i]
+        if i > 0:
+            pair_ranks[i - 1] = get(piece[starts[i - 1] : starts[i + 1]], NO_RANK)
+        if i < len(pair_ranks):
+            pair_ranks[i] = get(piece[starts[i] : starts[i + 2]], NO_RANK)
+    return [ranks[piece[a:b]] for a, b in pairwise(starts)]
+
+
+def merge_pretoken_heap(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
+    """merge_pretoken_simple in O(n log n): each step finds the next merge in a priority queue
+    instead of looking at every pair, and changes only its neighbours.
+
+    The parts form a doubly linked list over byte offsets: the part that starts at offset i ends
+    at end[i], and the part before it starts at start_before[i]. Every adjacent pair that joins
+    into a token is a candidate merge, written as one int, rank << shift | i (i: where the pair
+    starts), so that the smallest candidate is the lowest rank and, on a tie, the leftmost pair:
+    the one merge_pretoken_simple merges next. The candidates of the single bytes are sorted once
+    and taken in order; those that merges create go to a heap; each step takes the smaller of the
+    two heads. A merge changes the pairs on both of its sides. Their old candidates are not
+    searched for and deleted: key_at[i] holds the candidate of the pair that starts at i now, and
+    a candidate that is no longer there is skipped when its turn comes (lazy deletion).
+    Arrays, not lists: on pieces of megabytes their compact memory makes the loop twice as fast.
+    """
+    n = len(piece)
+    get = ranks.get
+    shift = n.bit_length()
+    mask = (1 << shift) - 1  # candidate & mask = where its pair starts
+    pair_ranks = [get(piece[i : i + 2]) for i in range(n - 1)]
+    keys = [-1 if r is None else r << shift | i for i, r in enumerate(pair_ranks)]
+    initial = sorted((key for key in keys if key >= 0), reverse=True)  # pop() takes the smallest
+    created: list[int] = []  # heap of the candidates merges create
+    key_at = array("q", keys)
+    key_at.append(-1)  # -1: no candidate (not a token, or no part starts here)
+    end = array("q", range(1, n + 1))
+    start_before = array("q", range(-1, n - 1))
+    while initial or created:
+        if created and (not initial or created[0] < initial[-1]):
+            key = heappop(created)
+        else:
+            key = initial.pop()
+        i = key & mask
+        if key_at[i] != key:
+            continue  # stale: the pair at i changed since this candidate was made
+        j = end[i]  # merge the parts at i and j into one, from i to k
+        k = end[j]
+        end[i] = k
+        key_at[i] = key_at[j] = -1
+        if k < n:  # the pair (i, k) is new
+            start_before[k] = i
+            rank = get(piece[i : end[k]])
+            if rank is not None:
+                key_at[i] = key = rank << shift | i
+                heappush(created, key)
+        if i > 0:  # and so is the pair (h, i)
+            h = start_before[i]
+            rank = get(piece[h:k])
+            key_at[h] = -1
+            if rank is not None:
+                key_at[h] = key = rank << shift | h
+                heappush(created, key)
+    ids = []
+    i = 0
+    while i < n:
+        ids.append(ranks[piece[i : end[i]]])
+        i = end[i]
+    return ids
 
 
 class _Cache(dict):

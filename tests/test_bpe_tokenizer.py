@@ -66,6 +66,8 @@ text_with_specials = st.lists(
         st.just(EOT),
         st.sampled_from(CORPUS.split(" ")),
         st.sampled_from(WHITESPACE),
+        st.text("ab", min_size=60, max_size=300),  # long pre-tokens take the heap path
+        st.builds(str.__mul__, st.sampled_from(["a", "1", "!", " ", "ab"]), st.integers(2, 300)),
     ),
     max_size=16,
 ).map("".join)
