@@ -142,14 +142,17 @@ class BpeTokenizer:
 
     def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
         """Ids of "".join(texts), produced lazily: memory stays small for any input size.
-        Text is encoded in pieces cut where cutting does not change the result (see find_cut)."""
+        Text is encoded in pieces cut where cutting does not change the result (see find_cut).
+        Where no cut is found, the next try waits for twice the text, so that a long stretch
+        without whitespace is joined and searched O(1) times per character, not once per text."""
         margin = max((len(t) for t in self.special_tokens), default=1)
         pending: list[str] = []
         size = 0
+        wanted = STREAM_CHARS  # try to cut when this much text is pending
         for text in texts:
             pending.append(text)
             size += len(text)
-            if size < STREAM_CHARS:
+            if size < wanted:
                 continue
             buffer = "".join(pending)
             cut = find_cut(buffer, max(size // 2, margin), size - margin, self.special_tokens)
@@ -157,6 +160,7 @@ class BpeTokenizer:
                 yield from self.encode(buffer[:cut])
                 buffer = buffer[cut:]
             pending, size = [buffer], len(buffer)
+            wanted = max(STREAM_CHARS, 2 * size)
         yield from self.encode("".join(pending))
 
     def decode(self, ids: Iterable[int]) -> str:

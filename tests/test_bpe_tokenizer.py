@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from llm import bpe_tokenizer
 from llm.bpe_tokenizer import BpeTokenizer, main
 from llm.bpe_training import train_bpe
-from llm.pretokenization import GPT2_PATTERN
+from llm.pretokenization import GPT2_PATTERN, find_cut
 
 EOT = "<|endoftext|>"
 CORPUS = (
@@ -125,6 +125,22 @@ def test_encode_iterable_equals_encode_on_a_file(tokenizer, corpus_path, monkeyp
         streamed = tokenizer.encode_iterable(f)
         assert not isinstance(streamed, list)
         assert list(streamed) == tokenizer.encode(text)
+
+
+def test_encode_iterable_searches_a_long_stretch_without_cuts_a_few_times(tokenizer, monkeypatch):
+    # 300,000 characters without whitespace, in texts of 100: trying to cut after every text
+    # would search about 300,000^2 / 400 characters for a cut; doubling the wait, a few times n.
+    searched = []
+
+    def counting_find_cut(text, start, end, special_tokens):
+        searched.append(end - start)
+        return find_cut(text, start, end, special_tokens)
+
+    monkeypatch.setattr(bpe_tokenizer, "find_cut", counting_find_cut)
+    text = "ab" * 150_000 + " the end"
+    pieces = [text[i : i + 100] for i in range(0, len(text), 100)]
+    assert list(tokenizer.encode_iterable(pieces)) == tokenizer.encode(text)
+    assert 0 < sum(searched) < 2 * len(text)
 
 
 @settings(max_examples=50, deadline=None)
