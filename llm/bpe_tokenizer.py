@@ -284,13 +284,14 @@ def merge_pretoken_list(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
     the pre-tokens of ordinary text, a few bytes long, this is the fastest."""
     get = ranks.get
     starts = list(range(len(piece) + 1))  # where each part starts, then the end
-    pair_ranks = [get(piece[i : i + 2], NO_RANK) for i in range(len(piece) - 1)]
-    while pair_ranks and (best := min(pair_ranks)) != NO_RANK:
+    # The rank of the pair each part makes with the next; NO_RANK for the last part.
+    pair_ranks = [get(piece[i : i + 2], NO_RANK) for i in range(len(piece) - 1)] + [NO_RANK]
+    while (best := min(pair_ranks)) != NO_RANK:
         i = pair_ranks.index(best)
-        del starts[i + 1], pair_ranks[i]
+        del starts[i + 1], pair_ranks[i]  # part i now runs to starts[i + 1]
         if i > 0:
             pair_ranks[i - 1] = get(piece[starts[i - 1] : starts[i + 1]], NO_RANK)
-        if i < len(pair_ranks):
+        if starts[i + 1] < len(piece):  # (if not, pair_ranks[i] is the last part's NO_RANK)
             pair_ranks[i] = get(piece[starts[i] : starts[i + 2]], NO_RANK)
     return [ranks[piece[a:b]] for a, b in pairwise(starts)]
 
