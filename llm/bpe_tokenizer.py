@@ -24,16 +24,17 @@ Command line (see --help):
 import argparse
 import os
 import sys
-import tempfile
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from heapq import heappop, heappush
 from itertools import chain, pairwise
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
 
+from llm.atomic_write import atomic_write, remove_stale_temp_files
 from llm.bpe_files import (
     read_merges,
     read_special_tokens,
@@ -184,12 +185,16 @@ class BpeTokenizer:
     ) -> int:
         """Encode a UTF-8 text file to a .npy array of ids (uint16 when every id fits, else
         uint32), in parallel processes, with memory independent of the file size. The output
-        appears only when complete. Returns the number of tokens."""
+        appears only when complete (atomic_write; temp files that a killed run left are removed
+        first). Returns the number of tokens."""
         input_path, output_path = Path(input_path), Path(output_path)
         if not input_path.is_file():
             raise FileNotFoundError(f"{input_path}: no such file")
         if input_path.stat().st_size == 0:
             raise ValueError(f"{input_path}: the file is empty")
+        if output_path.is_dir():
+            raise IsADirectoryError(f"{output_path}: is a directory, not a .npy file")
+        remove_stale_temp_files(output_path.parent, output_path.name)
         dtype = np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
         bounds = chunk_boundaries(input_path, chunk_bytes, self.special_tokens)
         jobs = [(str(input_path), a, b) for a, b in pairwise(bounds)]
@@ -197,12 +202,17 @@ class BpeTokenizer:
         init = (self.vocab, self.merges, self.special_tokens, dtype)
         desc = f"encode {input_path.name}"
         bar = tqdm(total=bounds[-1], unit="B", unit_scale=True, desc=desc, disable=not progress)
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        with bar, _AtomicNpy(output_path, dtype) as out:
+        with bar, atomic_write(output_path) as f:
+            header_size = _write_npy_header(f, dtype, 0)  # the length is known only at the end
+            length = 0
             for nbytes, ids in parallel_map(_encode_job, jobs, workers, _init_worker, init):
-                out.write(ids)
+                f.write(ids.tobytes())
+                length += len(ids)
                 bar.update(nbytes)
-            return out.length
+            f.seek(0)
+            if _write_npy_header(f, dtype, length) != header_size:
+                raise RuntimeError("the .npy header changed size")  # numpy leaves room for it
+        return length
 
     # ---- files
 
@@ -221,7 +231,8 @@ class BpeTokenizer:
     def save(self, directory: str | Path) -> None:
         """Write vocab.json, merges.txt and special_tokens.json into `directory`."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("vocab.json", "merges.txt", "special_tokens.json"):
+            remove_stale_temp_files(directory, name)
         write_vocab(directory / "vocab.json", self.vocab)
         write_merges(directory / "merges.txt", self.merges)
         write_special_tokens(directory / "special_tokens.json", self.special_tokens)
@@ -386,41 +397,14 @@ def _encode_job(job: tuple[str, int, int]) -> tuple[int, np.ndarray]:
     return end - start, np.array(ids, dtype=_worker["dtype"])
 
 
-class _AtomicNpy:
-    """Append 1-D arrays to a .npy file whose length is known only at the end: write the data to
-    a temporary file after a header, fix the header's shape, then rename into place."""
-
-    def __init__(self, path: Path, dtype: np.dtype):
-        self.path, self.dtype, self.length = path, dtype, 0
-
-    def __enter__(self) -> "_AtomicNpy":
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        self.file = os.fdopen(fd, "wb")
-        self._write_header()
-        return self
-
-    def _write_header(self) -> None:
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
-        np.lib.format.write_array_header_1_0(self.file, {**header, "shape": (self.length,)})
-
-    def write(self, array: np.ndarray) -> None:
-        self.file.write(array.tobytes())
-        self.length += len(array)
-
-    def __exit__(self, exc_type, *_) -> None:
-        try:
-            if exc_type is None:
-                data_start = self.file.tell() - self.length * self.dtype.itemsize
-                self.file.seek(0)
-                self._write_header()  # numpy leaves room in the header for a longer shape
-                assert self.file.tell() == data_start, "npy header changed size"
-                self.file.close()
-                os.chmod(self.tmp, 0o644)  # mkstemp makes it private (0o600)
-                os.replace(self.tmp, self.path)
-        finally:
-            self.file.close()
-            if os.path.exists(self.tmp):  # not renamed: something failed
-                os.unlink(self.tmp)
+def _write_npy_header(f: BinaryIO, dtype: np.dtype, length: int) -> int:
+    """Write the header of a 1-D .npy array at the file's position; return its size. numpy pads
+    it so that a longer shape fits in the same bytes, so it can be rewritten once the length is
+    known."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+    start = f.tell()
+    np.lib.format.write_array_header_1_0(f, {**header, "shape": (length,)})
+    return f.tell() - start
 
 
 # ---- command line

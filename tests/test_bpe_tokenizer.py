@@ -1,6 +1,7 @@
 """BPE encoding: equal to tiktoken, round trips, streaming, .npy files, GPT-2 files, CLI errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -463,3 +464,22 @@ def test_a_pretoken_that_is_a_token_is_that_token():
     enc = tok.to_tiktoken()
     assert enc.encode("abcd xabcd") == [259, ord(" "), ord("x"), ord("a"), 256, ord("d")]
     assert tok.encode("abcd xabcd") == enc.encode("abcd xabcd")
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+def test_writers_remove_temp_files_that_killed_runs_left(tokenizer, corpus_path, tmp_path):
+    pid = dead_pid()
+    stale = [f".ids.npy.{pid}.k2j4.tmp", f".vocab.json.{pid}.x81q.tmp", f".merges.txt.{pid}.a.tmp"]
+    alive = [f".ids.npy.{os.getpid()}.zz9.tmp", f".other.npy.{pid}.k2j4.tmp"]  # running; not ours
+    for name in stale + alive:
+        (tmp_path / name).write_bytes(b"half a file")
+    tokenizer.encode_file(corpus_path, tmp_path / "ids.npy", num_workers=1, progress=False)
+    tokenizer.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        alive + ["ids.npy", "merges.txt", "special_tokens.json", "vocab.json"]
+    )
