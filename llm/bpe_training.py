@@ -22,6 +22,7 @@ replacement as BPE, done by Python's C string code.
 
 import heapq
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,11 +45,20 @@ def train_bpe(
     Returns vocab {id: bytes} (ids 0-255 are the bytes, then the special tokens, then one token
     per merge) and the merges in the order they were made. The result does not depend on
     `num_workers` (processes for pre-tokenization, default: all CPUs) or `chunk_bytes`.
+    Warns when the corpus runs out of pairs to merge before the vocabulary reaches `vocab_size`.
     """
     check_training_args(input_path, vocab_size, special_tokens)
     workers = num_workers or os.cpu_count() or 1
     word_counts = count_pretokens(input_path, special_tokens, workers, chunk_bytes, progress)
-    return merge_pairs(word_counts, vocab_size, special_tokens, progress)
+    vocab, merges = merge_pairs(word_counts, vocab_size, special_tokens, progress)
+    if len(vocab) < vocab_size:
+        made = f"{len(merges):,} merge" + ("s" if len(merges) != 1 else "")
+        warnings.warn(
+            f"only {made} possible on this corpus: the vocabulary has {len(vocab):,} tokens,"
+            f" not the {vocab_size:,} asked for",
+            stacklevel=2,
+        )
+    return vocab, merges
 
 
 def check_training_args(input_path: str | Path, vocab_size: int, special_tokens: list[str]) -> None:
