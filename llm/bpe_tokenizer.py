@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from tqdm import tqdm
 
 from llm.atomic_write import atomic_write, remove_stale_temp_files
 from llm.bpe_files import (
@@ -52,6 +51,7 @@ from llm.pretokenization import (
     chunk_boundaries,
     find_cut,
     parallel_map,
+    progress_bar,
     read_chunk,
     special_token_regex,
 )
@@ -200,9 +200,10 @@ class BpeTokenizer:
         jobs = [(str(input_path), a, b) for a, b in pairwise(bounds)]
         workers = num_workers or os.cpu_count() or 1
         init = (self.vocab, self.merges, self.special_tokens, dtype)
-        desc = f"encode {input_path.name}"
-        bar = tqdm(total=bounds[-1], unit="B", unit_scale=True, desc=desc, disable=not progress)
-        with bar, atomic_write(output_path) as f:
+        with (
+            progress_bar(bounds[-1], f"encode {input_path.name}", progress) as bar,
+            atomic_write(output_path) as f,
+        ):
             header_size = _write_npy_header(f, dtype, 0)  # the length is known only at the end
             length = 0
             for nbytes, ids in parallel_map(_encode_job, jobs, workers, _init_worker, init):

@@ -103,7 +103,12 @@ def merge_pairs(
     heap = [heap_entry(pair) for pair in pair_counts]
     heapq.heapify(heap)
     merges = []
-    bar = tqdm(total=vocab_size - len(vocab), desc="merge", unit="tok", disable=not progress)
+    bar = tqdm(
+        total=vocab_size - len(vocab),
+        desc="merge",
+        unit="tok",
+        disable=None if progress else True,  # None: on a terminal only
+    )
     while len(vocab) < vocab_size and heap:
         neg_count, _, _, pair = heapq.heappop(heap)
         if -neg_count != pair_counts[pair]:  # stale: the pair lost occurrences since its push

@@ -15,8 +15,10 @@ import codecs
 import multiprocessing
 import os
 import re
+import threading
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
 
@@ -149,6 +151,30 @@ def parallel_map(fn, jobs: list, num_workers: int, initializer=None, initargs=()
             yield pending.popleft().get()
 
 
+@contextmanager
+def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[tqdm]:
+    """A tqdm bar of bytes, shown only on a terminal, and redrawn every second: when one chunk
+    takes long (a megabyte without whitespace is a single pre-token), the clock keeps running
+    instead of the bar looking hung."""
+    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=None if enabled else True)
+    stop = threading.Event()
+
+    def redraw() -> None:
+        while not stop.wait(1.0):
+            bar.refresh()
+
+    thread = threading.Thread(target=redraw, daemon=True)
+    with bar:
+        if not bar.disable:
+            thread.start()
+        try:
+            yield bar
+        finally:
+            stop.set()
+            if thread.is_alive():
+                thread.join()
+
+
 def count_pretokens(
     path: str | Path,
     special_tokens: Sequence[str],
@@ -160,9 +186,7 @@ def count_pretokens(
     bounds = chunk_boundaries(path, chunk_bytes, special_tokens)
     jobs = [(str(path), a, b, list(special_tokens)) for a, b in pairwise(bounds)]
     total: Counter[str] = Counter()
-    with tqdm(
-        total=bounds[-1], unit="B", unit_scale=True, desc="pre-tokenize", disable=not progress
-    ) as bar:
+    with progress_bar(bounds[-1], "pre-tokenize", progress) as bar:
         for nbytes, counts in parallel_map(_count_job, jobs, num_workers):
             total.update(counts)
             bar.update(nbytes)
