@@ -26,6 +26,7 @@ import os
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import closing
 from heapq import heappop, heappush
 from itertools import chain, pairwise
 from pathlib import Path
@@ -203,10 +204,11 @@ class BpeTokenizer:
         with (
             progress_bar(bounds[-1], f"encode {input_path.name}", progress) as bar,
             atomic_write(output_path) as f,
+            closing(parallel_map(_encode_job, jobs, workers, _init_worker, init)) as results,
         ):
             header_size = _write_npy_header(f, dtype, 0)  # the length is known only at the end
             length = 0
-            for nbytes, ids in parallel_map(_encode_job, jobs, workers, _init_worker, init):
+            for nbytes, ids in results:
                 f.write(ids.tobytes())
                 length += len(ids)
                 bar.update(nbytes)
