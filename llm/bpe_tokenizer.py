@@ -21,12 +21,14 @@ Command line (see --help):
     uv run -m llm.bpe_tokenizer encode --tokenizer tok/ --input corpus.txt --output corpus.npy
 """
 
-import argparse
 import os
+import signal
 import sys
+import warnings
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing
+from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from itertools import chain, pairwise
 from pathlib import Path
@@ -43,7 +45,9 @@ from llm.bpe_files import (
     write_special_tokens,
     write_vocab,
 )
-from llm.bpe_training import check_training_args, train_bpe
+from llm.bpe_training import check_training_args, check_vocab_size, train_bpe
+from llm.cli import parse_command, run_main
+from llm.config import ConfigError
 from llm.pretokenization import (
     CHUNK_BYTES,
     GPT2_PATTERN,
@@ -189,6 +193,8 @@ class BpeTokenizer:
         appears only when complete (atomic_write; temp files that a killed run left are removed
         first). Returns the number of tokens."""
         input_path, output_path = Path(input_path), Path(output_path)
+        if input_path.is_dir():
+            raise IsADirectoryError(f"{input_path}: is a directory, not a text file")
         if not input_path.is_file():
             raise FileNotFoundError(f"{input_path}: no such file")
         if input_path.stat().st_size == 0:
@@ -412,19 +418,93 @@ def _write_npy_header(f: BinaryIO, dtype: np.dtype, length: int) -> int:
 
 # ---- command line
 
-DEFAULT_TRAIN = Path("data/TinyStoriesV2-GPT4-train.txt")
-DEFAULT_VALID = Path("data/TinyStoriesV2-GPT4-valid.txt")
-DEFAULT_OUT = Path("data/tinystories-bpe-10k")
+EOT = "<|endoftext|>"
+DEFAULT_TRAIN = "data/TinyStoriesV2-GPT4-train.txt"
+DEFAULT_VALID = "data/TinyStoriesV2-GPT4-valid.txt"
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens.json")
 
 
-def _train(args: argparse.Namespace) -> BpeTokenizer:
-    check_training_args(args.input, args.vocab_size, args.special_tokens)
-    print(f"training a {args.vocab_size:,}-token BPE tokenizer on {args.input}")
-    vocab, merges = train_bpe(args.input, args.vocab_size, args.special_tokens, args.workers)
-    tokenizer = BpeTokenizer(vocab, merges, args.special_tokens)
-    tokenizer.save(args.out)
-    print(f"saved {args.out}/vocab.json, merges.txt, special_tokens.json")
+@dataclass
+class TrainOptions:
+    input: str  # training text (UTF-8)
+    vocab_size: int  # tokens in all: 256 bytes + special tokens + one per merge
+    out: str  # directory for vocab.json, merges.txt and special_tokens.json
+    special_tokens: list[str] = field(default_factory=lambda: [EOT])  # never split ("," for none)
+    workers: int = 0  # processes (0 = one per CPU)
+
+    def __post_init__(self):
+        check_vocab_size(self.vocab_size, self.special_tokens)
+        check_workers(self.workers)
+
+
+@dataclass
+class EncodeOptions:
+    tokenizer: str  # directory with vocab.json, merges.txt (and special_tokens.json)
+    input: str  # text file (UTF-8)
+    output: str  # .npy file of token ids to write
+    workers: int = 0  # processes (0 = one per CPU)
+
+    def __post_init__(self):
+        check_workers(self.workers)
+
+
+@dataclass
+class PipelineOptions:
+    input: str = DEFAULT_TRAIN  # training text; also encoded to OUT/train.npy
+    valid: str = ""  # text encoded to OUT/valid.npy ("": TinyStories valid with the default input)
+    out: str = "data/tinystories-bpe-10k"  # directory for the tokenizer and the .npy files
+    vocab_size: int = 10_000  # tokens in all: 256 bytes + special tokens + one per merge
+    special_tokens: list[str] = field(default_factory=lambda: [EOT])  # never split ("," for none)
+    workers: int = 0  # processes (0 = one per CPU)
+
+    def __post_init__(self):
+        check_vocab_size(self.vocab_size, self.special_tokens)
+        check_workers(self.workers)
+
+
+COMMANDS = {
+    "train": (TrainOptions, "train a tokenizer on a text file"),
+    "encode": (EncodeOptions, "encode a text file to a .npy array of token ids"),
+    "pipeline": (PipelineOptions, "train on TinyStories (or --input), encode train and valid"),
+}
+
+
+def check_workers(workers: int) -> None:
+    if workers < 0:
+        raise ValueError(f"workers must be 0 (one per CPU) or more, not {workers}")
+
+
+def run_train(options: TrainOptions) -> BpeTokenizer:
+    """The `train` command."""
+    out = Path(options.out)
+    check_training_args(options.input, options.vocab_size, options.special_tokens)
+    check_outputs([out / name for name in TOKENIZER_FILES], inputs=[Path(options.input)])
+    return _train_and_save(
+        options.input, options.vocab_size, options.special_tokens, out, options.workers
+    )
+
+
+def _train_and_save(
+    input_path: str, vocab_size: int, special_tokens: list[str], out: Path, workers: int
+) -> BpeTokenizer:
+    print(f"training a {vocab_size:,}-token BPE tokenizer on {input_path}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vocab, merges = train_bpe(input_path, vocab_size, special_tokens, workers)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    tokenizer = BpeTokenizer(vocab, merges, special_tokens)
+    tokenizer.save(out)
+    print(f"saved {out}/vocab.json, merges.txt, special_tokens.json")
     return tokenizer
+
+
+def run_encode(options: EncodeOptions) -> None:
+    """The `encode` command."""
+    directory, output = Path(options.tokenizer), Path(options.output)
+    tokenizer_files = [directory / name for name in TOKENIZER_FILES]
+    check_outputs([output], inputs=[Path(options.input), *tokenizer_files])
+    _encode(BpeTokenizer.load(directory), Path(options.input), output, options.workers)
 
 
 def _encode(tokenizer: BpeTokenizer, input_path: Path, output_path: Path, workers: int) -> None:
@@ -432,74 +512,65 @@ def _encode(tokenizer: BpeTokenizer, input_path: Path, output_path: Path, worker
     print(f"wrote {output_path}: {n:,} tokens")
 
 
-def _default_pipeline(args: argparse.Namespace) -> None:
-    """No subcommand: train on the TinyStories train split, then encode train and valid."""
-    if not args.input.is_file():
+def run_pipeline(options: PipelineOptions) -> None:
+    """The default command: train on the TinyStories train split, encode train and valid."""
+    train_path, out = Path(options.input), Path(options.out)
+    if not train_path.exists():
         hint = "run `uv run -m llm.data download tinystories`, or pass --input FILE"
-        raise FileNotFoundError(
-            f"{args.input} not found" + (f": {hint}" if args.input == DEFAULT_TRAIN else "")
-        )
-    valid = args.valid
-    if valid is None and args.input == DEFAULT_TRAIN:
-        valid = DEFAULT_VALID
-    if valid is not None and not valid.is_file():
+        default = options.input == DEFAULT_TRAIN
+        raise FileNotFoundError(f"{train_path} not found" + (f": {hint}" if default else ""))
+    valid = options.valid or (DEFAULT_VALID if options.input == DEFAULT_TRAIN else "")
+    splits = {"train": train_path} | ({"valid": Path(valid)} if valid else {})
+    if valid and not splits["valid"].exists():
         raise FileNotFoundError(f"{valid} not found (the validation split; or pass --valid FILE)")
-    tokenizer = _train(args)
-    _encode(tokenizer, args.input, args.out / "train.npy", args.workers)
-    if valid is not None:
-        _encode(tokenizer, valid, args.out / "valid.npy", args.workers)
-    print(f"done. Tokenizer and token arrays are in {args.out}/")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="uv run -m llm.bpe_tokenizer",
-        description="Train a byte-level BPE tokenizer and encode text files to .npy token arrays."
-        " With no subcommand: train a 10K tokenizer on TinyStories and encode train and valid.",
+    check_training_args(train_path, options.vocab_size, options.special_tokens)
+    outputs = [out / name for name in (*TOKENIZER_FILES, "train.npy", "valid.npy")]
+    check_outputs(outputs, inputs=list(splits.values()))
+    tokenizer = _train_and_save(
+        options.input, options.vocab_size, options.special_tokens, out, options.workers
     )
-    p.add_argument("--input", type=Path, default=DEFAULT_TRAIN, help="training text (UTF-8)")
-    p.add_argument("--valid", type=Path, help="validation text to encode too")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    p.add_argument("--vocab-size", type=int, default=10_000)
-    p.add_argument("--special-tokens", nargs="*", default=["<|endoftext|>"], metavar="TOKEN")
-    p.add_argument("--workers", type=_positive, default=None, help="processes (default: all CPUs)")
-    sub = p.add_subparsers(dest="command")
-
-    train = sub.add_parser("train", help="train a tokenizer on a text file")
-    train.add_argument("--input", type=Path, required=True, help="training text (UTF-8)")
-    train.add_argument("--vocab-size", type=int, required=True)
-    train.add_argument("--special-tokens", nargs="*", default=["<|endoftext|>"], metavar="TOKEN")
-    train.add_argument("--out", type=Path, required=True, help="directory for the tokenizer files")
-    train.add_argument("--workers", type=_positive, default=None, help="processes (default: all)")
-
-    encode = sub.add_parser("encode", help="encode a text file to a .npy array of token ids")
-    encode.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory")
-    encode.add_argument("--input", type=Path, required=True, help="text file (UTF-8)")
-    encode.add_argument("--output", type=Path, required=True, help="output .npy file")
-    encode.add_argument("--workers", type=_positive, default=None, help="processes (default: all)")
-    return p
+    for name, path in splits.items():
+        _encode(tokenizer, path, out / f"{name}.npy", options.workers)
+    print(f"done. Tokenizer and token arrays are in {out}/")
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
+def check_outputs(outputs: list[Path], inputs: list[Path]) -> None:
+    """Refuse to write where writing would destroy an input (the same file, also through a
+    symbolic or hard link), or where a directory is expected and a file stands."""
+    for output in outputs:
+        if not output.parent.is_dir() and output.parent.exists():
+            raise NotADirectoryError(f"{output.parent}: is a file, not a directory")
+        for path in inputs:
+            if output.exists() and path.exists() and os.path.samefile(output, path):
+                raise ConfigError(f"the output {output} is the input {path}: not overwriting it")
+
+
+class Terminated(Exception):
+    """SIGTERM arrived. Raised in the main process, so that every `with` block cleans up: temp
+    files are deleted, worker processes are stopped."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated("terminated (SIGTERM); unfinished files were removed")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    def run() -> None:
+        name, options = parse_command(
+            COMMANDS,
+            argv,
+            default="pipeline",
+            description=__doc__,
+            prog="uv run -m llm.bpe_tokenizer",
+        )
+        {"train": run_train, "encode": run_encode, "pipeline": run_pipeline}[name](options)
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        if args.command == "train":
-            _train(args)
-        elif args.command == "encode":
-            _encode(BpeTokenizer.load(args.tokenizer), args.input, args.output, args.workers)
-        else:
-            _default_pipeline(args)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    except KeyboardInterrupt:
-        raise SystemExit("interrupted; no output was left half-written") from None
+        run_main(run, errors=(OSError, ValueError, Terminated))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

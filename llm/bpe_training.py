@@ -62,12 +62,19 @@ def train_bpe(
 
 
 def check_training_args(input_path: str | Path, vocab_size: int, special_tokens: list[str]) -> None:
-    """Raise a ValueError (or FileNotFoundError) that says what is wrong with the arguments."""
+    """Raise a ValueError (or an OSError) that says what is wrong with the arguments."""
     path = Path(input_path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a text file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: the corpus is empty")
+    check_vocab_size(vocab_size, special_tokens)
+
+
+def check_vocab_size(vocab_size: int, special_tokens: list[str]) -> None:
+    """Raise a ValueError if the special tokens or the vocabulary size cannot work."""
     if any(not t for t in special_tokens):
         raise ValueError("a special token is empty")
     if any(len(t.encode("utf-8")) == 1 for t in special_tokens):

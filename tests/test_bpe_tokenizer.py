@@ -1,4 +1,4 @@
-"""BPE encoding: equal to tiktoken, round trips, streaming, .npy files, GPT-2 files, CLI errors."""
+"""BPE encoding: equal to tiktoken, round trips, streaming, .npy files, GPT-2 files."""
 
 import json
 import os
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from llm import bpe_tokenizer
-from llm.bpe_tokenizer import BpeTokenizer, main
+from llm.bpe_tokenizer import BpeTokenizer
 from llm.bpe_training import train_bpe
 from llm.pretokenization import GPT2_PATTERN, find_cut
 
@@ -283,106 +283,6 @@ def test_vocabulary_must_hold_all_bytes():
         BpeTokenizer({i: bytes([i]) for i in range(200)}, [])
 
 
-def test_cli_train_and_encode(corpus_path, tmp_path):
-    main(
-        [
-            "train",
-            "--input",
-            str(corpus_path),
-            "--vocab-size",
-            "300",
-            "--out",
-            str(tmp_path / "tok"),
-            "--workers",
-            "1",
-        ]
-    )
-    out = tmp_path / "ids.npy"
-    main(
-        [
-            "encode",
-            "--tokenizer",
-            str(tmp_path / "tok"),
-            "--input",
-            str(corpus_path),
-            "--output",
-            str(out),
-        ]
-    )
-    tok = BpeTokenizer.load(tmp_path / "tok")
-    assert tok.vocab_size == 300
-    assert np.load(out).tolist() == tok.encode(corpus_path.read_text(encoding="utf-8"))
-
-
-def test_cli_default_pipeline(corpus_path, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "data").mkdir()
-    text = corpus_path.read_text(encoding="utf-8")
-    (tmp_path / "data/TinyStoriesV2-GPT4-train.txt").write_text(text, encoding="utf-8")
-    (tmp_path / "data/TinyStoriesV2-GPT4-valid.txt").write_text(text[:2000], encoding="utf-8")
-    main(["--vocab-size", "300", "--workers", "1"])
-    out = tmp_path / "data/tinystories-bpe-10k"
-    tok = BpeTokenizer.load(out)
-    for split in ("train", "valid"):
-        text = (tmp_path / f"data/TinyStoriesV2-GPT4-{split}.txt").read_text(encoding="utf-8")
-        assert np.load(out / f"{split}.npy").tolist() == tok.encode(text)
-
-
-def cli_error(argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    return str(exit_info.value.code)
-
-
-def test_cli_default_pipeline_explains_how_to_get_the_data(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    message = cli_error([])
-    assert "data/TinyStoriesV2-GPT4-train.txt not found" in message
-    assert "uv run -m llm.data download tinystories" in message and "--input" in message
-
-
-def test_cli_bad_inputs_give_one_line_errors(corpus_path, tmp_path):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    train = ["train", "--out", str(tmp_path / "tok"), "--workers", "1"]
-    cases = [
-        (train + ["--input", str(tmp_path / "missing.txt"), "--vocab-size", "300"], "no such file"),
-        (train + ["--input", str(empty), "--vocab-size", "300"], "empty"),
-        (train + ["--input", str(corpus_path), "--vocab-size", "200"], "smaller than 256"),
-        (
-            train + ["--input", str(corpus_path), "--vocab-size", "300", "--special-tokens", ""],
-            "empty",
-        ),
-        (
-            [
-                "encode",
-                "--tokenizer",
-                str(tmp_path),
-                "--input",
-                str(corpus_path),
-                "--output",
-                "x.npy",
-            ],
-            "no vocab.json",
-        ),
-    ]
-    for argv, expected in cases:
-        message = cli_error(argv)
-        assert message.startswith("error: ") and expected in message and "\n" not in message
-    assert not (tmp_path / "tok").exists() and not (tmp_path / "x.npy").exists()
-
-
-def test_cli_error_has_no_traceback(tmp_path):
-    argv = ["encode", "--tokenizer", str(tmp_path), "--input", "x.txt", "--output", "y.npy"]
-    result = subprocess.run(
-        [sys.executable, "-m", "llm.bpe_tokenizer", *argv], capture_output=True, text=True
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        f"error: {tmp_path}: no vocab.json; is this a tokenizer directory?"
-    ]
-
-
 def test_token_id_of_ordinary_tokens_equals_tiktoken(tokenizer, tiktoken_encoding):
     texts = [tokenizer.vocab[i].decode("utf-8", "replace") for i in range(257, 400)]
     texts = [t for t in texts if t.encode("utf-8") in tokenizer.ranks]  # whole characters
@@ -436,24 +336,6 @@ def test_written_files_are_readable_by_others(tokenizer, corpus_path, tmp_path):
     assert len(paths) == 4
     for path in paths:
         assert path.stat().st_mode & 0o777 == 0o644, path.name
-
-
-def test_cli_workers_must_be_positive(corpus_path, tmp_path, capsys):
-    argv = ["train", "--input", str(corpus_path), "--vocab-size", "300", "--out", str(tmp_path)]
-    with pytest.raises(SystemExit) as exit_info:
-        main([*argv, "--workers", "0"])
-    assert exit_info.value.code == 2  # an argparse usage error
-    assert "expected a positive integer, got '0'" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_cli_default_pipeline_needs_the_validation_split(corpus_path, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data/TinyStoriesV2-GPT4-train.txt").write_text("some text")
-    message = cli_error(["--vocab-size", "300", "--workers", "1"])
-    assert "TinyStoriesV2-GPT4-valid.txt not found" in message and "--valid FILE" in message
-    assert not (tmp_path / "data/tinystories-bpe-10k").exists()  # checked before training
 
 
 def test_a_pretoken_that_is_a_token_is_that_token():
