@@ -1,13 +1,16 @@
 """Side-by-side benchmark of our BPE tokenizer against Hugging Face `tokenizers` and tiktoken.
 
-    uv run python kernel/benchmarking_tokenizer.py                  # everything (a few minutes)
+    uv run python kernel/benchmarking_tokenizer.py                  # everything (5-10 minutes)
     uv run python kernel/benchmarking_tokenizer.py --sections train
-    uv run python kernel/benchmarking_tokenizer.py --sections encode
+    uv run python kernel/benchmarking_tokenizer.py --sections encode,cold,long
 
 Training: ours (2 worker processes) vs HF's BpeTrainer (ByteLevel pre-tokenizer, 2 threads), same
 corpus, vocab size and special token. Encoding: ours vs tiktoken built from our own ranks (so the
 ids are identical): one process vs one thread, and a whole file encoded by 2 worker processes vs
-tiktoken encode_batch with 2 threads.
+tiktoken encode_batch with 2 threads. Cold: a fresh tokenizer's first pass over a text (every
+word is new to its caches) and its second pass (cached words), each against tiktoken in the same
+process. Long: one 10 MB pre-token (no whitespace) through encode, encode_iterable and
+encode_file, against tiktoken.
 
 Every measurement runs in a fresh child process. Wall time is taken inside the child around the
 work only (no interpreter start or imports). Ours and the peer run alternately, twice each (A B B
@@ -20,6 +23,7 @@ count and pages they share are not counted twice.
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT.parent / "shared/data/docs/train.txt"
 DOCS_VALID = ROOT.parent / "shared/data/docs/valid.txt"
 TINYSTORIES = ROOT.parent / "shared/data/tinystories/train.txt"
+TINYSTORIES_VALID = ROOT.parent / "shared/data/tinystories/valid.txt"
+OWT = ROOT.parent / "shared/data/owt/valid.txt"
 EOT = "<|endoftext|>"
 
 
@@ -117,25 +123,109 @@ def encode_batch_tiktoken(tokenizer_dir: str, path: str, threads: int) -> dict:
     return {"seconds": seconds, "mb_s": os.path.getsize(path) / 1e6 / seconds, "tokens": n}
 
 
-TASKS = {f.__name__: f for f in (train_ours, train_hf, encode_one_process, encode_file_ours)}
-TASKS["encode_batch_tiktoken"] = encode_batch_tiktoken
+def encode_cold_warm(tokenizer_dir: str, path: str, repeat: int = 7) -> dict:
+    """A fresh tokenizer's first pass over the text (the cold path: every word is merged) and
+    second pass (words from the cache), and tiktoken's pass, alternating; best of `repeat`."""
+    from llm.bpe_tokenizer import BpeTokenizer
+
+    text = Path(path).read_text(encoding="utf-8")
+    enc = BpeTokenizer.load(tokenizer_dir).to_tiktoken()
+    cold, warm, theirs = [], [], []
+    for _ in range(repeat):
+        tokenizer = BpeTokenizer.load(tokenizer_dir)
+        start = time.perf_counter()
+        ids = tokenizer.encode(text)
+        cold.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        again = tokenizer.encode(text)
+        warm.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        expected = enc.encode(text, allowed_special="all")
+        theirs.append(time.perf_counter() - start)
+        assert ids == again == expected, "ids differ from tiktoken"
+    mb = len(text.encode("utf-8")) / 1e6
+    return {
+        "cold_mb_s": mb / min(cold),
+        "warm_mb_s": mb / min(warm),
+        "tiktoken_mb_s": mb / min(theirs),
+        "seconds": min(cold),
+    }
+
+
+def encode_long_piece(tokenizer_dir: str, letters: str, size: int, mode: str) -> dict:
+    """One pre-token of `size` random letters (seed 0), through `mode` (encode, encode_iterable
+    in pieces of 65,536 characters, or encode_file), then tiktoken; the ids must be equal."""
+    import random
+
+    import numpy as np
+
+    from llm.bpe_tokenizer import BpeTokenizer
+
+    text = "".join(random.Random(0).choices(letters, k=size))
+    tokenizer = BpeTokenizer.load(tokenizer_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "long.txt").write_text(text, encoding="utf-8")
+        start = time.perf_counter()
+        if mode == "encode":
+            ids = tokenizer.encode(text)
+        elif mode == "encode_iterable":
+            pieces = (text[i : i + 65536] for i in range(0, len(text), 65536))
+            ids = list(tokenizer.encode_iterable(pieces))
+        else:
+            tokenizer.encode_file(Path(tmp, "long.txt"), Path(tmp, "ids.npy"), 2, progress=False)
+            ids = np.load(Path(tmp, "ids.npy")).tolist()
+        seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    expected = tokenizer.to_tiktoken().encode_ordinary(text)
+    tiktoken_seconds = time.perf_counter() - start
+    assert ids == expected, "ids differ from tiktoken"
+    peak_kb = max(
+        resource.getrusage(who).ru_maxrss
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return {
+        "seconds": seconds,
+        "tiktoken_seconds": tiktoken_seconds,
+        "tokens": len(ids),
+        "peak_mb": peak_kb / 1024,  # the largest RSS of this process or of a worker
+    }
+
+
+TASKS = {
+    f.__name__: f
+    for f in (
+        train_ours,
+        train_hf,
+        encode_one_process,
+        encode_file_ours,
+        encode_batch_tiktoken,
+        encode_cold_warm,
+        encode_long_piece,
+    )
+}
 
 
 # ---- the parent: run a task in a child process and watch its memory
 
 
-def run_child(task: str, **kwargs) -> dict:
-    """Run TASKS[task](**kwargs) in a new process; add its peak tree memory (MB)."""
+def run_child(task: str, watch_memory: bool = True, **kwargs) -> dict:
+    """Run TASKS[task](**kwargs) in a new process; add its peak tree memory (MB). Reading the
+    PSS of a process of hundreds of MB every 10 ms slows it down (twice as slow for the long
+    pre-token), so tasks that measure their own peak RSS run with watch_memory=False."""
     cmd = [sys.executable, __file__, "--child", json.dumps({"task": task, "kwargs": kwargs})]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     peak = [0]
     watcher = threading.Thread(target=_watch_memory, args=(child, peak), daemon=True)
-    watcher.start()
+    if watch_memory:
+        watcher.start()
     out, _ = child.communicate()
-    watcher.join()
     if child.returncode != 0:
         raise RuntimeError(f"{task} failed with exit code {child.returncode}")
-    return json.loads(out.strip().splitlines()[-1]) | {"peak_mb": peak[0] / 1024}
+    result = json.loads(out.strip().splitlines()[-1])
+    if watch_memory:
+        watcher.join()
+        result["peak_mb"] = peak[0] / 1024
+    return result
 
 
 def run_pair(a: tuple[str, dict], b: tuple[str, dict], repeat: int = 2) -> tuple[dict, dict]:
@@ -209,20 +299,24 @@ def bench_training(tokenizer_dirs: dict[str, str], tmp: str) -> list[str]:
     return rows
 
 
+def ensure_tokenizer(tokenizer_dirs: dict[str, str], tmp: str, name: str, corpus: Path) -> str:
+    """The directory of a 10K tokenizer trained on `corpus`, trained now if not yet."""
+    key = f"{name}-10000"
+    if key not in tokenizer_dirs:
+        tokenizer_dirs[key] = tempfile.mkdtemp(dir=tmp)
+        run_child(
+            "train_ours",
+            corpus=str(corpus),
+            vocab_size=10_000,
+            workers=2,
+            save_dir=tokenizer_dirs[key],
+        )
+    return tokenizer_dirs[key]
+
+
 def bench_encoding(tokenizer_dirs: dict[str, str], tmp: str) -> list[str]:
-    for key, corpus in [
-        ("tinystories/train.txt-10000", TINYSTORIES),
-        ("docs/train.txt-10000", DOCS),
-    ]:
-        if key not in tokenizer_dirs:
-            tokenizer_dirs[key] = tempfile.mkdtemp(dir=tmp)
-            run_child(
-                "train_ours",
-                corpus=str(corpus),
-                vocab_size=10_000,
-                workers=2,
-                save_dir=tokenizer_dirs[key],
-            )
+    ensure_tokenizer(tokenizer_dirs, tmp, "tinystories/train.txt", TINYSTORIES)
+    ensure_tokenizer(tokenizer_dirs, tmp, "docs/train.txt", DOCS)
     rows = [
         "| text (10K vocab trained on it) | mode | ours MB/s | tiktoken MB/s | ratio"
         " | ours peak MB |",
@@ -270,18 +364,72 @@ def bench_encoding(tokenizer_dirs: dict[str, str], tmp: str) -> list[str]:
     return rows
 
 
+def bench_cold(tokenizer_dirs: dict[str, str], tmp: str) -> list[str]:
+    rows = [
+        "| text | tokenizer (10K, trained on) | ours cold MB/s | ours warm MB/s | tiktoken MB/s"
+        " | cold ratio | warm ratio |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for text_name, text, tokenizer_name, corpus in [
+        ("owt/valid.txt", OWT, "docs/train.txt", DOCS),
+        ("owt/valid.txt", OWT, "owt/valid.txt", OWT),
+        ("tinystories/valid.txt", TINYSTORIES_VALID, "tinystories/train.txt", TINYSTORIES),
+    ]:
+        directory = ensure_tokenizer(tokenizer_dirs, tmp, tokenizer_name, corpus)
+        r = run_child("encode_cold_warm", tokenizer_dir=directory, path=str(text))
+        print(f"cold {text_name} / {tokenizer_name}: {r}", file=sys.stderr)
+        rows.append(
+            f"| {text_name} | {tokenizer_name} | {r['cold_mb_s']:.2f} | {r['warm_mb_s']:.2f} "
+            f"| {r['tiktoken_mb_s']:.2f} | {r['cold_mb_s'] / r['tiktoken_mb_s']:.2f}x "
+            f"| {r['warm_mb_s'] / r['tiktoken_mb_s']:.2f}x |"
+        )
+    return rows
+
+
+def bench_long(tokenizer_dirs: dict[str, str], tmp: str) -> list[str]:
+    directory = ensure_tokenizer(tokenizer_dirs, tmp, "owt/valid.txt", OWT)
+    rows = [
+        "| 10 MB pre-token | ours | ours s | tiktoken s | time ratio | ours peak RSS MB | tokens |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, letters, modes in [
+        ("random a-z", "abcdefghijklmnopqrstuvwxyz", ["encode", "encode_iterable", "encode_file"]),
+        ('"aaaa..."', "a", ["encode"]),
+    ]:
+        for mode in modes:
+            r = run_child(
+                "encode_long_piece",
+                watch_memory=False,
+                tokenizer_dir=directory,
+                letters=letters,
+                size=10**7,
+                mode=mode,
+            )
+            print(f"long {name} {mode}: {r}", file=sys.stderr)
+            rows.append(
+                f"| {name} | {mode} | {r['seconds']:.1f} | {r['tiktoken_seconds']:.1f} "
+                f"| {r['seconds'] / r['tiktoken_seconds']:.1f}x | {r['peak_mb']:.0f} "
+                f"| {r['tokens']:,} |"
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sections", default="train,encode", help="comma-separated: train, encode")
+    parser.add_argument(
+        "--sections",
+        default="train,encode,cold,long",
+        help="comma-separated: train, encode, cold, long",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)
         print(json.dumps(TASKS[spec["task"]](**spec["kwargs"])))
         return
-    for corpus in (DOCS, TINYSTORIES):
+    for corpus in (DOCS, TINYSTORIES, TINYSTORIES_VALID, OWT):
         if not corpus.is_file():
             raise SystemExit(f"error: {corpus} not found (the shared benchmark data)")
     tokenizer_dirs: dict[str, str] = {}
@@ -291,6 +439,10 @@ def main() -> None:
             print("\n".join(["### Training", "", *bench_training(tokenizer_dirs, tmp), ""]))
         if "encode" in sections:
             print("\n".join(["### Encoding", "", *bench_encoding(tokenizer_dirs, tmp), ""]))
+        if "cold" in sections:
+            print("\n".join(["### Cold and warm", "", *bench_cold(tokenizer_dirs, tmp), ""]))
+        if "long" in sections:
+            print("\n".join(["### One long pre-token", "", *bench_long(tokenizer_dirs, tmp), ""]))
 
 
 if __name__ == "__main__":

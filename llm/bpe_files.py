@@ -13,9 +13,9 @@ Hugging Face `tokenizers` and GPT-2's own files use this format.
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from llm.atomic_write import write_text
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -46,28 +46,14 @@ def str_to_token(text: str, where: str) -> bytes:
         ) from None
 
 
-def write_atomically(path: str | Path, text: str) -> None:
-    """Write a text file through a temporary file and a rename: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private (0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_vocab(path: str | Path, vocab: dict[int, bytes]) -> None:
     entries = {token_to_str(vocab[i]): i for i in sorted(vocab)}
-    write_atomically(path, json.dumps(entries, ensure_ascii=False, indent=0) + "\n")
+    write_text(path, json.dumps(entries, ensure_ascii=False, indent=0) + "\n")
 
 
 def write_merges(path: str | Path, merges: list[tuple[bytes, bytes]]) -> None:
     lines = [f"{token_to_str(a)} {token_to_str(b)}\n" for a, b in merges]
-    write_atomically(path, "#version: 0.2\n" + "".join(lines))
+    write_text(path, "#version: 0.2\n" + "".join(lines))
 
 
 def read_vocab(path: str | Path) -> dict[int, bytes]:
@@ -123,7 +109,7 @@ def read_merges(path: str | Path, token_bytes: set[bytes]) -> list[tuple[bytes, 
 
 
 def write_special_tokens(path: str | Path, special_tokens: list[str]) -> None:
-    write_atomically(path, json.dumps(special_tokens, ensure_ascii=False) + "\n")
+    write_text(path, json.dumps(special_tokens, ensure_ascii=False) + "\n")
 
 
 def read_special_tokens(path: str | Path) -> list[str]:

@@ -3,9 +3,15 @@
 Encoding a piece of text works like GPT-2 and tiktoken:
 1. cut out the special tokens (longest first), which map straight to their ids;
 2. split the rest into pre-tokens with the GPT-2 regex (llm/pretokenization.py);
-3. turn each pre-token into bytes, then repeatedly merge the adjacent pair whose concatenation
-   is the token with the lowest rank (id), until no adjacent pair forms a token.
+3. a pre-token that is a token becomes that token; any other is turned into bytes, and the
+   adjacent pair whose concatenation is the token with the lowest rank (id) is merged, leftmost
+   first, again and again until no adjacent pair forms a token.
 A trained tokenizer's ids are in merge order, so step 3 replays the merges of training.
+
+`merge_pretoken_simple` is step 3 written as plainly as possible: it looks at every pair for
+every merge, O(n^2) for a pre-token of n bytes. Text without whitespace (minified code, base64,
+URLs, DNA) makes pre-tokens of megabytes, so the encoder uses `merge_pretoken`, which gives the
+same ids in O(n log n) with a priority queue, and the tests check the two agree.
 The same words recur constantly (" the", " and,"), so the ids of text segments and of
 pre-tokens are cached.
 
@@ -15,17 +21,22 @@ Command line (see --help):
     uv run -m llm.bpe_tokenizer encode --tokenizer tok/ --input corpus.txt --output corpus.npy
 """
 
-import argparse
 import os
+import signal
 import sys
-import tempfile
-from collections.abc import Iterable, Iterator
+import warnings
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import closing
+from dataclasses import dataclass, field
+from heapq import heappop, heappush
 from itertools import chain, pairwise
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from tqdm import tqdm
 
+from llm.atomic_write import atomic_write, remove_stale_temp_files
 from llm.bpe_files import (
     read_merges,
     read_special_tokens,
@@ -34,7 +45,9 @@ from llm.bpe_files import (
     write_special_tokens,
     write_vocab,
 )
-from llm.bpe_training import check_training_args, train_bpe
+from llm.bpe_training import check_training_args, check_vocab_size, train_bpe
+from llm.cli import parse_command, run_main
+from llm.config import ConfigError
 from llm.pretokenization import (
     CHUNK_BYTES,
     GPT2_PATTERN,
@@ -43,6 +56,7 @@ from llm.pretokenization import (
     chunk_boundaries,
     find_cut,
     parallel_map,
+    progress_bar,
     read_chunk,
     special_token_regex,
 )
@@ -82,7 +96,6 @@ class BpeTokenizer:
         if missing:
             raise ValueError(f"the vocabulary lacks single bytes, e.g. {bytes(missing[:5])!r}")
         self._vocab_size = max(self.vocab) + 1
-        self._no_token = self._vocab_size  # a rank greater than any token's
         self._special_re = special_token_regex(self.special_tokens)
         self._pretokens = _Cache(self._encode_pretoken)  # {pre-token: ids}
         self._segments = _Cache(self._encode_segment)  # {segment: ids}
@@ -125,31 +138,27 @@ class BpeTokenizer:
         return tuple(chain.from_iterable(map(self._pretokens.__getitem__, pretokens)))
 
     def _encode_pretoken(self, pretoken: str) -> tuple[int, ...]:
-        """BPE on one pre-token, as tiktoken does: merge the leftmost adjacent pair whose
-        concatenation has the lowest rank, until no pair is a token."""
-        parts = [bytes([b]) for b in pretoken.encode("utf-8")]
-        no_token = self._no_token
-        ranks = [self.ranks.get(a + b, no_token) for a, b in pairwise(parts)]
-        while ranks and (best := min(ranks)) != no_token:
-            i = ranks.index(best)
-            parts[i : i + 2] = [parts[i] + parts[i + 1]]
-            del ranks[i]
-            if i > 0:
-                ranks[i - 1] = self.ranks.get(parts[i - 1] + parts[i], no_token)
-            if i < len(ranks):
-                ranks[i] = self.ranks.get(parts[i] + parts[i + 1], no_token)
-        return tuple(self.ranks[p] for p in parts)
+        """As tiktoken: a pre-token that is a token is that one token, even where merging its
+        bytes would end elsewhere; any other is merged (merge_pretoken)."""
+        piece = pretoken.encode("utf-8")
+        rank = self.ranks.get(piece)
+        if rank is not None:
+            return (rank,)
+        return tuple(merge_pretoken(piece, self.ranks))
 
     def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
         """Ids of "".join(texts), produced lazily: memory stays small for any input size.
-        Text is encoded in pieces cut where cutting does not change the result (see find_cut)."""
+        Text is encoded in pieces cut where cutting does not change the result (see find_cut).
+        Where no cut is found, the next try waits for twice the text, so that a long stretch
+        without whitespace is joined and searched O(1) times per character, not once per text."""
         margin = max((len(t) for t in self.special_tokens), default=1)
         pending: list[str] = []
         size = 0
+        wanted = STREAM_CHARS  # try to cut when this much text is pending
         for text in texts:
             pending.append(text)
             size += len(text)
-            if size < STREAM_CHARS:
+            if size < wanted:
                 continue
             buffer = "".join(pending)
             cut = find_cut(buffer, max(size // 2, margin), size - margin, self.special_tokens)
@@ -157,6 +166,7 @@ class BpeTokenizer:
                 yield from self.encode(buffer[:cut])
                 buffer = buffer[cut:]
             pending, size = [buffer], len(buffer)
+            wanted = max(STREAM_CHARS, 2 * size)
         yield from self.encode("".join(pending))
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -180,25 +190,38 @@ class BpeTokenizer:
     ) -> int:
         """Encode a UTF-8 text file to a .npy array of ids (uint16 when every id fits, else
         uint32), in parallel processes, with memory independent of the file size. The output
-        appears only when complete. Returns the number of tokens."""
+        appears only when complete (atomic_write; temp files that a killed run left are removed
+        first). Returns the number of tokens."""
         input_path, output_path = Path(input_path), Path(output_path)
+        if input_path.is_dir():
+            raise IsADirectoryError(f"{input_path}: is a directory, not a text file")
         if not input_path.is_file():
             raise FileNotFoundError(f"{input_path}: no such file")
         if input_path.stat().st_size == 0:
             raise ValueError(f"{input_path}: the file is empty")
+        if output_path.is_dir():
+            raise IsADirectoryError(f"{output_path}: is a directory, not a .npy file")
+        remove_stale_temp_files(output_path.parent, output_path.name)
         dtype = np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
         bounds = chunk_boundaries(input_path, chunk_bytes, self.special_tokens)
         jobs = [(str(input_path), a, b) for a, b in pairwise(bounds)]
         workers = num_workers or os.cpu_count() or 1
         init = (self.vocab, self.merges, self.special_tokens, dtype)
-        desc = f"encode {input_path.name}"
-        bar = tqdm(total=bounds[-1], unit="B", unit_scale=True, desc=desc, disable=not progress)
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        with bar, _AtomicNpy(output_path, dtype) as out:
-            for nbytes, ids in parallel_map(_encode_job, jobs, workers, _init_worker, init):
-                out.write(ids)
+        with (
+            progress_bar(bounds[-1], f"encode {input_path.name}", progress) as bar,
+            atomic_write(output_path) as f,
+            closing(parallel_map(_encode_job, jobs, workers, _init_worker, init)) as results,
+        ):
+            header_size = _write_npy_header(f, dtype, 0)  # the length is known only at the end
+            length = 0
+            for nbytes, ids in results:
+                f.write(ids.tobytes())
+                length += len(ids)
                 bar.update(nbytes)
-            return out.length
+            f.seek(0)
+            if _write_npy_header(f, dtype, length) != header_size:
+                raise RuntimeError("the .npy header changed size")  # numpy leaves room for it
+        return length
 
     # ---- files
 
@@ -217,7 +240,8 @@ class BpeTokenizer:
     def save(self, directory: str | Path) -> None:
         """Write vocab.json, merges.txt and special_tokens.json into `directory`."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("vocab.json", "merges.txt", "special_tokens.json"):
+            remove_stale_temp_files(directory, name)
         write_vocab(directory / "vocab.json", self.vocab)
         write_merges(directory / "merges.txt", self.merges)
         write_special_tokens(directory / "special_tokens.json", self.special_tokens)
@@ -241,6 +265,115 @@ class BpeTokenizer:
         return tiktoken.Encoding(
             name, pat_str=GPT2_PATTERN, mergeable_ranks=self.ranks, special_tokens=self.special_ids
         )
+
+
+NO_RANK = sys.maxsize  # greater than every rank: "this pair is not a token"
+SHORT_PIECE = 64  # merge_pretoken uses the list loop up to this many bytes, the heap beyond
+
+
+def merge_pretoken_simple(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
+    """BPE on the bytes of one pre-token, the textbook way, and the reference for the fast
+    versions below: start from single bytes; while some adjacent pair of parts joins into a
+    token, merge the pair whose token has the lowest rank (the leftmost one on a tie). Returns the
+    ranks (ids) of the final parts. O(n^2) for n bytes: every step looks at every pair.
+
+    This is tiktoken's rule. (minbpe merges every occurrence of the best pair in one step, which
+    can differ when a merge makes a pair of lower rank: with ranks ab=1, aba=0, "abab" is
+    [aba, b] here and [ab, ab] there.)"""
+    parts = [bytes([b]) for b in piece]
+    while True:
+        pair_ranks = [ranks.get(a + b, NO_RANK) for a, b in pairwise(parts)]
+        best = min(pair_ranks, default=NO_RANK)
+        if best == NO_RANK:
+            return [ranks[part] for part in parts]
+        i = pair_ranks.index(best)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+
+
+def merge_pretoken(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
+    """merge_pretoken_simple's result, in O(n log n) time for any length n."""
+    if len(piece) <= SHORT_PIECE:
+        return merge_pretoken_list(piece, ranks)
+    return merge_pretoken_heap(piece, ranks)
+
+
+def merge_pretoken_list(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
+    """merge_pretoken_simple, as tiktoken does it for short pieces: the parts are offsets into
+    `piece`, and the rank of each adjacent pair is kept in a list where only the two pairs beside
+    a merge change. Still O(n^2), but the n is in C loops (min, index, del) over a short list: for
+    the pre-tokens of ordinary text, a few bytes long, this is the fastest."""
+    get = ranks.get
+    starts = list(range(len(piece) + 1))  # where each part starts, then the end
+    # The rank of the pair each part makes with the next; NO_RANK for the last part.
+    pair_ranks = [get(piece[i : i + 2], NO_RANK) for i in range(len(piece) - 1)] + [NO_RANK]
+    while (best := min(pair_ranks)) != NO_RANK:
+        i = pair_ranks.index(best)
+        del starts[i + 1], pair_ranks[i]  # part i now runs to starts[i + 1]
+        if i > 0:
+            pair_ranks[i - 1] = get(piece[starts[i - 1] : starts[i + 1]], NO_RANK)
+        if starts[i + 1] < len(piece):  # (if not, pair_ranks[i] is the last part's NO_RANK)
+            pair_ranks[i] = get(piece[starts[i] : starts[i + 2]], NO_RANK)
+    return [ranks[piece[a:b]] for a, b in pairwise(starts)]
+
+
+def merge_pretoken_heap(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
+    """merge_pretoken_simple in O(n log n): each step finds the next merge in a priority queue
+    instead of looking at every pair, and changes only its neighbours.
+
+    The parts form a doubly linked list over byte offsets: the part that starts at offset i ends
+    at end[i], and the part before it starts at start_before[i]. Every adjacent pair that joins
+    into a token is a candidate merge, written as one int, rank << shift | i (i: where the pair
+    starts), so that the smallest candidate is the lowest rank and, on a tie, the leftmost pair:
+    the one merge_pretoken_simple merges next. The candidates of the single bytes are sorted once
+    and taken in order; those that merges create go to a heap; each step takes the smaller of the
+    two heads. A merge changes the pairs on both of its sides. Their old candidates are not
+    searched for and deleted: key_at[i] holds the candidate of the pair that starts at i now, and
+    a candidate that is no longer there is skipped when its turn comes (lazy deletion).
+    Arrays, not lists: on pieces of megabytes their compact memory makes the loop twice as fast.
+    """
+    n = len(piece)
+    get = ranks.get
+    shift = n.bit_length()
+    mask = (1 << shift) - 1  # candidate & mask = where its pair starts
+    pair_ranks = [get(piece[i : i + 2]) for i in range(n - 1)]
+    keys = [-1 if r is None else r << shift | i for i, r in enumerate(pair_ranks)]
+    initial = sorted((key for key in keys if key >= 0), reverse=True)  # pop() takes the smallest
+    created: list[int] = []  # heap of the candidates merges create
+    key_at = array("q", keys)
+    key_at.append(-1)  # -1: no candidate (not a token, or no part starts here)
+    end = array("q", range(1, n + 1))
+    start_before = array("q", range(-1, n - 1))
+    while initial or created:
+        if created and (not initial or created[0] < initial[-1]):
+            key = heappop(created)
+        else:
+            key = initial.pop()
+        i = key & mask
+        if key_at[i] != key:
+            continue  # stale: the pair at i changed since this candidate was made
+        j = end[i]  # merge the parts at i and j into one, from i to k
+        k = end[j]
+        end[i] = k
+        key_at[i] = key_at[j] = -1
+        if k < n:  # the pair (i, k) is new
+            start_before[k] = i
+            rank = get(piece[i : end[k]])
+            if rank is not None:
+                key_at[i] = key = rank << shift | i
+                heappush(created, key)
+        if i > 0:  # and so is the pair (h, i)
+            h = start_before[i]
+            rank = get(piece[h:k])
+            key_at[h] = -1
+            if rank is not None:
+                key_at[h] = key = rank << shift | h
+                heappush(created, key)
+    ids = []
+    i = 0
+    while i < n:
+        ids.append(ranks[piece[i : end[i]]])
+        i = end[i]
+    return ids
 
 
 class _Cache(dict):
@@ -273,58 +406,105 @@ def _encode_job(job: tuple[str, int, int]) -> tuple[int, np.ndarray]:
     return end - start, np.array(ids, dtype=_worker["dtype"])
 
 
-class _AtomicNpy:
-    """Append 1-D arrays to a .npy file whose length is known only at the end: write the data to
-    a temporary file after a header, fix the header's shape, then rename into place."""
-
-    def __init__(self, path: Path, dtype: np.dtype):
-        self.path, self.dtype, self.length = path, dtype, 0
-
-    def __enter__(self) -> "_AtomicNpy":
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        self.file = os.fdopen(fd, "wb")
-        self._write_header()
-        return self
-
-    def _write_header(self) -> None:
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
-        np.lib.format.write_array_header_1_0(self.file, {**header, "shape": (self.length,)})
-
-    def write(self, array: np.ndarray) -> None:
-        self.file.write(array.tobytes())
-        self.length += len(array)
-
-    def __exit__(self, exc_type, *_) -> None:
-        try:
-            if exc_type is None:
-                data_start = self.file.tell() - self.length * self.dtype.itemsize
-                self.file.seek(0)
-                self._write_header()  # numpy leaves room in the header for a longer shape
-                assert self.file.tell() == data_start, "npy header changed size"
-                self.file.close()
-                os.chmod(self.tmp, 0o644)  # mkstemp makes it private (0o600)
-                os.replace(self.tmp, self.path)
-        finally:
-            self.file.close()
-            if os.path.exists(self.tmp):  # not renamed: something failed
-                os.unlink(self.tmp)
+def _write_npy_header(f: BinaryIO, dtype: np.dtype, length: int) -> int:
+    """Write the header of a 1-D .npy array at the file's position; return its size. numpy pads
+    it so that a longer shape fits in the same bytes, so it can be rewritten once the length is
+    known."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+    start = f.tell()
+    np.lib.format.write_array_header_1_0(f, {**header, "shape": (length,)})
+    return f.tell() - start
 
 
 # ---- command line
 
-DEFAULT_TRAIN = Path("data/TinyStoriesV2-GPT4-train.txt")
-DEFAULT_VALID = Path("data/TinyStoriesV2-GPT4-valid.txt")
-DEFAULT_OUT = Path("data/tinystories-bpe-10k")
+EOT = "<|endoftext|>"
+DEFAULT_TRAIN = "data/TinyStoriesV2-GPT4-train.txt"
+DEFAULT_VALID = "data/TinyStoriesV2-GPT4-valid.txt"
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens.json")
 
 
-def _train(args: argparse.Namespace) -> BpeTokenizer:
-    check_training_args(args.input, args.vocab_size, args.special_tokens)
-    print(f"training a {args.vocab_size:,}-token BPE tokenizer on {args.input}")
-    vocab, merges = train_bpe(args.input, args.vocab_size, args.special_tokens, args.workers)
-    tokenizer = BpeTokenizer(vocab, merges, args.special_tokens)
-    tokenizer.save(args.out)
-    print(f"saved {args.out}/vocab.json, merges.txt, special_tokens.json")
+@dataclass
+class TrainOptions:
+    input: str  # training text (UTF-8)
+    vocab_size: int  # tokens in all: 256 bytes + special tokens + one per merge
+    out: str  # directory for vocab.json, merges.txt and special_tokens.json
+    special_tokens: list[str] = field(default_factory=lambda: [EOT])  # never split ("," for none)
+    workers: int = 0  # processes (0 = one per CPU)
+
+    def __post_init__(self):
+        check_vocab_size(self.vocab_size, self.special_tokens)
+        check_workers(self.workers)
+
+
+@dataclass
+class EncodeOptions:
+    tokenizer: str  # directory with vocab.json, merges.txt (and special_tokens.json)
+    input: str  # text file (UTF-8)
+    output: str  # .npy file of token ids to write
+    workers: int = 0  # processes (0 = one per CPU)
+
+    def __post_init__(self):
+        check_workers(self.workers)
+
+
+@dataclass
+class PipelineOptions:
+    input: str = DEFAULT_TRAIN  # training text; also encoded to OUT/train.npy
+    valid: str = ""  # text encoded to OUT/valid.npy ("": TinyStories valid with the default input)
+    out: str = "data/tinystories-bpe-10k"  # directory for the tokenizer and the .npy files
+    vocab_size: int = 10_000  # tokens in all: 256 bytes + special tokens + one per merge
+    special_tokens: list[str] = field(default_factory=lambda: [EOT])  # never split ("," for none)
+    workers: int = 0  # processes (0 = one per CPU)
+
+    def __post_init__(self):
+        check_vocab_size(self.vocab_size, self.special_tokens)
+        check_workers(self.workers)
+
+
+COMMANDS = {
+    "train": (TrainOptions, "train a tokenizer on a text file"),
+    "encode": (EncodeOptions, "encode a text file to a .npy array of token ids"),
+    "pipeline": (PipelineOptions, "train on TinyStories (or --input), encode train and valid"),
+}
+
+
+def check_workers(workers: int) -> None:
+    if workers < 0:
+        raise ValueError(f"workers must be 0 (one per CPU) or more, not {workers}")
+
+
+def run_train(options: TrainOptions) -> BpeTokenizer:
+    """The `train` command."""
+    out = Path(options.out)
+    check_training_args(options.input, options.vocab_size, options.special_tokens)
+    check_outputs([out / name for name in TOKENIZER_FILES], inputs=[Path(options.input)])
+    return _train_and_save(
+        options.input, options.vocab_size, options.special_tokens, out, options.workers
+    )
+
+
+def _train_and_save(
+    input_path: str, vocab_size: int, special_tokens: list[str], out: Path, workers: int
+) -> BpeTokenizer:
+    print(f"training a {vocab_size:,}-token BPE tokenizer on {input_path}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vocab, merges = train_bpe(input_path, vocab_size, special_tokens, workers)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    tokenizer = BpeTokenizer(vocab, merges, special_tokens)
+    tokenizer.save(out)
+    print(f"saved {out}/vocab.json, merges.txt, special_tokens.json")
     return tokenizer
+
+
+def run_encode(options: EncodeOptions) -> None:
+    """The `encode` command."""
+    directory, output = Path(options.tokenizer), Path(options.output)
+    tokenizer_files = [directory / name for name in TOKENIZER_FILES]
+    check_outputs([output], inputs=[Path(options.input), *tokenizer_files])
+    _encode(BpeTokenizer.load(directory), Path(options.input), output, options.workers)
 
 
 def _encode(tokenizer: BpeTokenizer, input_path: Path, output_path: Path, workers: int) -> None:
@@ -332,74 +512,65 @@ def _encode(tokenizer: BpeTokenizer, input_path: Path, output_path: Path, worker
     print(f"wrote {output_path}: {n:,} tokens")
 
 
-def _default_pipeline(args: argparse.Namespace) -> None:
-    """No subcommand: train on the TinyStories train split, then encode train and valid."""
-    if not args.input.is_file():
+def run_pipeline(options: PipelineOptions) -> None:
+    """The default command: train on the TinyStories train split, encode train and valid."""
+    train_path, out = Path(options.input), Path(options.out)
+    if not train_path.exists():
         hint = "run `uv run -m llm.data download tinystories`, or pass --input FILE"
-        raise FileNotFoundError(
-            f"{args.input} not found" + (f": {hint}" if args.input == DEFAULT_TRAIN else "")
-        )
-    valid = args.valid
-    if valid is None and args.input == DEFAULT_TRAIN:
-        valid = DEFAULT_VALID
-    if valid is not None and not valid.is_file():
+        default = options.input == DEFAULT_TRAIN
+        raise FileNotFoundError(f"{train_path} not found" + (f": {hint}" if default else ""))
+    valid = options.valid or (DEFAULT_VALID if options.input == DEFAULT_TRAIN else "")
+    splits = {"train": train_path} | ({"valid": Path(valid)} if valid else {})
+    if valid and not splits["valid"].exists():
         raise FileNotFoundError(f"{valid} not found (the validation split; or pass --valid FILE)")
-    tokenizer = _train(args)
-    _encode(tokenizer, args.input, args.out / "train.npy", args.workers)
-    if valid is not None:
-        _encode(tokenizer, valid, args.out / "valid.npy", args.workers)
-    print(f"done. Tokenizer and token arrays are in {args.out}/")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="uv run -m llm.bpe_tokenizer",
-        description="Train a byte-level BPE tokenizer and encode text files to .npy token arrays."
-        " With no subcommand: train a 10K tokenizer on TinyStories and encode train and valid.",
+    check_training_args(train_path, options.vocab_size, options.special_tokens)
+    outputs = [out / name for name in (*TOKENIZER_FILES, "train.npy", "valid.npy")]
+    check_outputs(outputs, inputs=list(splits.values()))
+    tokenizer = _train_and_save(
+        options.input, options.vocab_size, options.special_tokens, out, options.workers
     )
-    p.add_argument("--input", type=Path, default=DEFAULT_TRAIN, help="training text (UTF-8)")
-    p.add_argument("--valid", type=Path, help="validation text to encode too")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    p.add_argument("--vocab-size", type=int, default=10_000)
-    p.add_argument("--special-tokens", nargs="*", default=["<|endoftext|>"], metavar="TOKEN")
-    p.add_argument("--workers", type=_positive, default=None, help="processes (default: all CPUs)")
-    sub = p.add_subparsers(dest="command")
-
-    train = sub.add_parser("train", help="train a tokenizer on a text file")
-    train.add_argument("--input", type=Path, required=True, help="training text (UTF-8)")
-    train.add_argument("--vocab-size", type=int, required=True)
-    train.add_argument("--special-tokens", nargs="*", default=["<|endoftext|>"], metavar="TOKEN")
-    train.add_argument("--out", type=Path, required=True, help="directory for the tokenizer files")
-    train.add_argument("--workers", type=_positive, default=None, help="processes (default: all)")
-
-    encode = sub.add_parser("encode", help="encode a text file to a .npy array of token ids")
-    encode.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory")
-    encode.add_argument("--input", type=Path, required=True, help="text file (UTF-8)")
-    encode.add_argument("--output", type=Path, required=True, help="output .npy file")
-    encode.add_argument("--workers", type=_positive, default=None, help="processes (default: all)")
-    return p
+    for name, path in splits.items():
+        _encode(tokenizer, path, out / f"{name}.npy", options.workers)
+    print(f"done. Tokenizer and token arrays are in {out}/")
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
+def check_outputs(outputs: list[Path], inputs: list[Path]) -> None:
+    """Refuse to write where writing would destroy an input (the same file, also through a
+    symbolic or hard link), or where a directory is expected and a file stands."""
+    for output in outputs:
+        if not output.parent.is_dir() and output.parent.exists():
+            raise NotADirectoryError(f"{output.parent}: is a file, not a directory")
+        for path in inputs:
+            if output.exists() and path.exists() and os.path.samefile(output, path):
+                raise ConfigError(f"the output {output} is the input {path}: not overwriting it")
+
+
+class Terminated(Exception):
+    """SIGTERM arrived. Raised in the main process, so that every `with` block cleans up: temp
+    files are deleted, worker processes are stopped."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated("terminated (SIGTERM); unfinished files were removed")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    def run() -> None:
+        name, options = parse_command(
+            COMMANDS,
+            argv,
+            default="pipeline",
+            description=__doc__,
+            prog="uv run -m llm.bpe_tokenizer",
+        )
+        {"train": run_train, "encode": run_encode, "pipeline": run_pipeline}[name](options)
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        if args.command == "train":
-            _train(args)
-        elif args.command == "encode":
-            _encode(BpeTokenizer.load(args.tokenizer), args.input, args.output, args.workers)
-        else:
-            _default_pipeline(args)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    except KeyboardInterrupt:
-        raise SystemExit("interrupted; no output was left half-written") from None
+        run_main(run, errors=(OSError, ValueError, Terminated))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -22,6 +22,7 @@ replacement as BPE, done by Python's C string code.
 
 import heapq
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,20 +45,36 @@ def train_bpe(
     Returns vocab {id: bytes} (ids 0-255 are the bytes, then the special tokens, then one token
     per merge) and the merges in the order they were made. The result does not depend on
     `num_workers` (processes for pre-tokenization, default: all CPUs) or `chunk_bytes`.
+    Warns when the corpus runs out of pairs to merge before the vocabulary reaches `vocab_size`.
     """
     check_training_args(input_path, vocab_size, special_tokens)
     workers = num_workers or os.cpu_count() or 1
     word_counts = count_pretokens(input_path, special_tokens, workers, chunk_bytes, progress)
-    return merge_pairs(word_counts, vocab_size, special_tokens, progress)
+    vocab, merges = merge_pairs(word_counts, vocab_size, special_tokens, progress)
+    if len(vocab) < vocab_size:
+        made = f"{len(merges):,} merge" + ("s" if len(merges) != 1 else "")
+        warnings.warn(
+            f"only {made} possible on this corpus: the vocabulary has {len(vocab):,} tokens,"
+            f" not the {vocab_size:,} asked for",
+            stacklevel=2,
+        )
+    return vocab, merges
 
 
 def check_training_args(input_path: str | Path, vocab_size: int, special_tokens: list[str]) -> None:
-    """Raise a ValueError (or FileNotFoundError) that says what is wrong with the arguments."""
+    """Raise a ValueError (or an OSError) that says what is wrong with the arguments."""
     path = Path(input_path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a text file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: the corpus is empty")
+    check_vocab_size(vocab_size, special_tokens)
+
+
+def check_vocab_size(vocab_size: int, special_tokens: list[str]) -> None:
+    """Raise a ValueError if the special tokens or the vocabulary size cannot work."""
     if any(not t for t in special_tokens):
         raise ValueError("a special token is empty")
     if any(len(t.encode("utf-8")) == 1 for t in special_tokens):
@@ -93,7 +110,12 @@ def merge_pairs(
     heap = [heap_entry(pair) for pair in pair_counts]
     heapq.heapify(heap)
     merges = []
-    bar = tqdm(total=vocab_size - len(vocab), desc="merge", unit="tok", disable=not progress)
+    bar = tqdm(
+        total=vocab_size - len(vocab),
+        desc="merge",
+        unit="tok",
+        disable=None if progress else True,  # None: on a terminal only
+    )
     while len(vocab) < vocab_size and heap:
         neg_count, _, _, pair = heapq.heappop(heap)
         if -neg_count != pair_counts[pair]:  # stale: the pair lost occurrences since its push

@@ -15,8 +15,11 @@ import codecs
 import multiprocessing
 import os
 import re
+import signal
+import threading
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, closing, contextmanager
 from itertools import pairwise
 from pathlib import Path
 
@@ -133,13 +136,18 @@ def _count_job(job: tuple) -> tuple[int, Counter[str]]:
 def parallel_map(fn, jobs: list, num_workers: int, initializer=None, initargs=()) -> Iterator:
     """Yield fn(job) for each job, in order: in this process for one worker or one job, else in
     a pool of processes. At most 4 jobs per worker are in flight, so results that wait for an
-    earlier, slower job cannot pile up in memory."""
+    earlier, slower job cannot pile up in memory. Closing the generator stops the workers (use
+    `with closing(parallel_map(...))` where an error can leave it unfinished)."""
     if num_workers <= 1 or len(jobs) <= 1:
         if initializer is not None:
             initializer(*initargs)
         yield from map(fn, jobs)
         return
-    with multiprocessing.Pool(min(num_workers, len(jobs)), initializer, initargs) as pool:
+    with ExitStack() as stack:
+        with _sigterm_held():  # while the workers are forked
+            workers = min(num_workers, len(jobs))
+            pool = multiprocessing.Pool(workers, _start_worker, (initializer, initargs))
+            stack.enter_context(pool)  # from here on, leaving the block stops the workers
         pending: deque = deque()
         for job in jobs:
             pending.append(pool.apply_async(fn, (job,)))
@@ -147,6 +155,63 @@ def parallel_map(fn, jobs: list, num_workers: int, initializer=None, initargs=()
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+@contextmanager
+def _sigterm_held() -> Iterator[None]:
+    """Hold a SIGTERM back until the end of the block, then deliver it.
+
+    A handler that raises (see llm/bpe_tokenizer.py) must not run while workers are forked:
+    raised inside fork's bookkeeping, the exception is ignored; raised between a fork and the
+    pool's record of the worker, it leaves a worker that nobody stops. Inside the block, the
+    handler only notes the signal, and SIGTERM is blocked, so that the workers begin with it
+    blocked (they inherit their parent's handlers, which _start_worker replaces)."""
+    received = []
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:  # only the main thread may set handlers (and only it runs them)
+        previous = signal.signal(signal.SIGTERM, lambda *_: received.append(True))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if received:
+        signal.raise_signal(signal.SIGTERM)
+
+
+def _start_worker(initializer, initargs) -> None:
+    """Let SIGTERM kill a worker, as Pool.terminate expects. A forked worker inherits its
+    parent's handlers (one that raises would keep it alive) and its blocked SIGTERM."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    if initializer is not None:
+        initializer(*initargs)
+
+
+@contextmanager
+def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[tqdm]:
+    """A tqdm bar of bytes, shown only on a terminal, and redrawn every second: when one chunk
+    takes long (a megabyte without whitespace is a single pre-token), the clock keeps running
+    instead of the bar looking hung."""
+    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=None if enabled else True)
+    stop = threading.Event()
+
+    def redraw() -> None:
+        while not stop.wait(1.0):
+            bar.refresh()
+
+    thread = threading.Thread(target=redraw, daemon=True)
+    with bar:
+        if not bar.disable:
+            thread.start()
+        try:
+            yield bar
+        finally:
+            stop.set()
+            if thread.is_alive():
+                thread.join()
 
 
 def count_pretokens(
@@ -160,10 +225,11 @@ def count_pretokens(
     bounds = chunk_boundaries(path, chunk_bytes, special_tokens)
     jobs = [(str(path), a, b, list(special_tokens)) for a, b in pairwise(bounds)]
     total: Counter[str] = Counter()
-    with tqdm(
-        total=bounds[-1], unit="B", unit_scale=True, desc="pre-tokenize", disable=not progress
-    ) as bar:
-        for nbytes, counts in parallel_map(_count_job, jobs, num_workers):
+    with (
+        progress_bar(bounds[-1], "pre-tokenize", progress) as bar,
+        closing(parallel_map(_count_job, jobs, num_workers)) as results,
+    ):
+        for nbytes, counts in results:
             total.update(counts)
             bar.update(nbytes)
     return {word.encode("utf-8"): n for word, n in total.items()}

@@ -1,6 +1,7 @@
-"""BPE encoding: equal to tiktoken, round trips, streaming, .npy files, GPT-2 files, CLI errors."""
+"""BPE encoding: equal to tiktoken, round trips, streaming, .npy files, GPT-2 files."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,9 +13,9 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from llm import bpe_tokenizer
-from llm.bpe_tokenizer import BpeTokenizer, main
+from llm.bpe_tokenizer import BpeTokenizer
 from llm.bpe_training import train_bpe
-from llm.pretokenization import GPT2_PATTERN
+from llm.pretokenization import GPT2_PATTERN, find_cut
 
 EOT = "<|endoftext|>"
 CORPUS = (
@@ -66,6 +67,8 @@ text_with_specials = st.lists(
         st.just(EOT),
         st.sampled_from(CORPUS.split(" ")),
         st.sampled_from(WHITESPACE),
+        st.text("ab", min_size=60, max_size=300),  # long pre-tokens take the heap path
+        st.builds(str.__mul__, st.sampled_from(["a", "1", "!", " ", "ab"]), st.integers(2, 300)),
     ),
     max_size=16,
 ).map("".join)
@@ -123,6 +126,22 @@ def test_encode_iterable_equals_encode_on_a_file(tokenizer, corpus_path, monkeyp
         streamed = tokenizer.encode_iterable(f)
         assert not isinstance(streamed, list)
         assert list(streamed) == tokenizer.encode(text)
+
+
+def test_encode_iterable_searches_a_long_stretch_without_cuts_a_few_times(tokenizer, monkeypatch):
+    # 300,000 characters without whitespace, in texts of 100: trying to cut after every text
+    # would search about 300,000^2 / 400 characters for a cut; doubling the wait, a few times n.
+    searched = []
+
+    def counting_find_cut(text, start, end, special_tokens):
+        searched.append(end - start)
+        return find_cut(text, start, end, special_tokens)
+
+    monkeypatch.setattr(bpe_tokenizer, "find_cut", counting_find_cut)
+    text = "ab" * 150_000 + " the end"
+    pieces = [text[i : i + 100] for i in range(0, len(text), 100)]
+    assert list(tokenizer.encode_iterable(pieces)) == tokenizer.encode(text)
+    assert 0 < sum(searched) < 2 * len(text)
 
 
 @settings(max_examples=50, deadline=None)
@@ -264,106 +283,6 @@ def test_vocabulary_must_hold_all_bytes():
         BpeTokenizer({i: bytes([i]) for i in range(200)}, [])
 
 
-def test_cli_train_and_encode(corpus_path, tmp_path):
-    main(
-        [
-            "train",
-            "--input",
-            str(corpus_path),
-            "--vocab-size",
-            "300",
-            "--out",
-            str(tmp_path / "tok"),
-            "--workers",
-            "1",
-        ]
-    )
-    out = tmp_path / "ids.npy"
-    main(
-        [
-            "encode",
-            "--tokenizer",
-            str(tmp_path / "tok"),
-            "--input",
-            str(corpus_path),
-            "--output",
-            str(out),
-        ]
-    )
-    tok = BpeTokenizer.load(tmp_path / "tok")
-    assert tok.vocab_size == 300
-    assert np.load(out).tolist() == tok.encode(corpus_path.read_text(encoding="utf-8"))
-
-
-def test_cli_default_pipeline(corpus_path, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "data").mkdir()
-    text = corpus_path.read_text(encoding="utf-8")
-    (tmp_path / "data/TinyStoriesV2-GPT4-train.txt").write_text(text, encoding="utf-8")
-    (tmp_path / "data/TinyStoriesV2-GPT4-valid.txt").write_text(text[:2000], encoding="utf-8")
-    main(["--vocab-size", "300", "--workers", "1"])
-    out = tmp_path / "data/tinystories-bpe-10k"
-    tok = BpeTokenizer.load(out)
-    for split in ("train", "valid"):
-        text = (tmp_path / f"data/TinyStoriesV2-GPT4-{split}.txt").read_text(encoding="utf-8")
-        assert np.load(out / f"{split}.npy").tolist() == tok.encode(text)
-
-
-def cli_error(argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    return str(exit_info.value.code)
-
-
-def test_cli_default_pipeline_explains_how_to_get_the_data(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    message = cli_error([])
-    assert "data/TinyStoriesV2-GPT4-train.txt not found" in message
-    assert "uv run -m llm.data download tinystories" in message and "--input" in message
-
-
-def test_cli_bad_inputs_give_one_line_errors(corpus_path, tmp_path):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    train = ["train", "--out", str(tmp_path / "tok"), "--workers", "1"]
-    cases = [
-        (train + ["--input", str(tmp_path / "missing.txt"), "--vocab-size", "300"], "no such file"),
-        (train + ["--input", str(empty), "--vocab-size", "300"], "empty"),
-        (train + ["--input", str(corpus_path), "--vocab-size", "200"], "smaller than 256"),
-        (
-            train + ["--input", str(corpus_path), "--vocab-size", "300", "--special-tokens", ""],
-            "empty",
-        ),
-        (
-            [
-                "encode",
-                "--tokenizer",
-                str(tmp_path),
-                "--input",
-                str(corpus_path),
-                "--output",
-                "x.npy",
-            ],
-            "no vocab.json",
-        ),
-    ]
-    for argv, expected in cases:
-        message = cli_error(argv)
-        assert message.startswith("error: ") and expected in message and "\n" not in message
-    assert not (tmp_path / "tok").exists() and not (tmp_path / "x.npy").exists()
-
-
-def test_cli_error_has_no_traceback(tmp_path):
-    argv = ["encode", "--tokenizer", str(tmp_path), "--input", "x.txt", "--output", "y.npy"]
-    result = subprocess.run(
-        [sys.executable, "-m", "llm.bpe_tokenizer", *argv], capture_output=True, text=True
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        f"error: {tmp_path}: no vocab.json; is this a tokenizer directory?"
-    ]
-
-
 def test_token_id_of_ordinary_tokens_equals_tiktoken(tokenizer, tiktoken_encoding):
     texts = [tokenizer.vocab[i].decode("utf-8", "replace") for i in range(257, 400)]
     texts = [t for t in texts if t.encode("utf-8") in tokenizer.ranks]  # whole characters
@@ -419,19 +338,30 @@ def test_written_files_are_readable_by_others(tokenizer, corpus_path, tmp_path):
         assert path.stat().st_mode & 0o777 == 0o644, path.name
 
 
-def test_cli_workers_must_be_positive(corpus_path, tmp_path, capsys):
-    argv = ["train", "--input", str(corpus_path), "--vocab-size", "300", "--out", str(tmp_path)]
-    with pytest.raises(SystemExit) as exit_info:
-        main([*argv, "--workers", "0"])
-    assert exit_info.value.code == 2  # an argparse usage error
-    assert "expected a positive integer, got '0'" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
+def test_a_pretoken_that_is_a_token_is_that_token():
+    # Merging the bytes of "abcd" stops at [a, bc, d] ("bc" comes first; "abc" and "bcd" are no
+    # tokens), but "abcd" is a token: tiktoken takes the pre-token whole, and so must we.
+    vocab = {b: bytes([b]) for b in range(256)} | {256: b"bc", 257: b"ab", 258: b"cd", 259: b"abcd"}
+    tok = BpeTokenizer(vocab, [])
+    enc = tok.to_tiktoken()
+    assert enc.encode("abcd xabcd") == [259, ord(" "), ord("x"), ord("a"), 256, ord("d")]
+    assert tok.encode("abcd xabcd") == enc.encode("abcd xabcd")
 
 
-def test_cli_default_pipeline_needs_the_validation_split(corpus_path, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data/TinyStoriesV2-GPT4-train.txt").write_text("some text")
-    message = cli_error(["--vocab-size", "300", "--workers", "1"])
-    assert "TinyStoriesV2-GPT4-valid.txt not found" in message and "--valid FILE" in message
-    assert not (tmp_path / "data/tinystories-bpe-10k").exists()  # checked before training
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+def test_writers_remove_temp_files_that_killed_runs_left(tokenizer, corpus_path, tmp_path):
+    pid = dead_pid()
+    stale = [f".ids.npy.{pid}.k2j4.tmp", f".vocab.json.{pid}.x81q.tmp", f".merges.txt.{pid}.a.tmp"]
+    alive = [f".ids.npy.{os.getpid()}.zz9.tmp", f".other.npy.{pid}.k2j4.tmp"]  # running; not ours
+    for name in stale + alive:
+        (tmp_path / name).write_bytes(b"half a file")
+    tokenizer.encode_file(corpus_path, tmp_path / "ids.npy", num_workers=1, progress=False)
+    tokenizer.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        alive + ["ids.npy", "merges.txt", "special_tokens.json", "vocab.json"]
+    )

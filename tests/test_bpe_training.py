@@ -1,5 +1,6 @@
 """BPE training: merges worked out by hand, against a naive reference, and in parallel."""
 
+import warnings
 from collections import Counter
 
 import pytest
@@ -11,6 +12,9 @@ from llm.bpe_training import train_bpe
 from llm.pretokenization import GPT2_PATTERN, WHITESPACE_CUT, chunk_boundaries, count_pretokens
 
 EOT = "<|endoftext|>"
+
+# Most corpora here are too small for the vocabulary asked: a warning says so (tested below).
+pytestmark = pytest.mark.filterwarnings("ignore:only .* possible on this corpus")
 
 
 def train(tmp_path, text, vocab_size, special_tokens=(), **kwargs):
@@ -91,10 +95,17 @@ def test_tie_goes_to_greater_pair(tmp_path):
     assert merges == [(b"c", b"d"), (b"a", b"b"), (b" ", b"cd")]
 
 
-def test_stops_when_nothing_is_left_to_merge(tmp_path):
-    vocab, merges = train(tmp_path, "abab", 1000)
+def test_stops_when_nothing_is_left_to_merge_and_says_so(tmp_path):
+    message = "^only 2 merges possible on this corpus: the vocabulary has 258 tokens, not the 1,000"
+    with pytest.warns(UserWarning, match=message + " asked for$"):
+        vocab, merges = train(tmp_path, "abab", 1000)
     assert merges == [(b"a", b"b"), (b"ab", b"ab")]
     assert len(vocab) == 258
+    with pytest.warns(UserWarning, match="^only 1 merge possible.* 257 tokens, not the 258 "):
+        train(tmp_path, "ab", 258)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the size asked for, or less, is no surprise
+        assert len(train(tmp_path, "abab", 258)[0]) == len(train(tmp_path, "abab", 257)[0]) + 1
 
 
 def test_special_tokens_are_never_merged(tmp_path):
