@@ -43,14 +43,14 @@ out = "{out}"
 variants = [
     {{ max_lr = 1e-3, max_iters = 8 }},
     {{ max_lr = 1e6, max_iters = 8 }},
-    {{ max_lr = 1e-3, max_iters = 400, eval_interval = 100 }},
+    {{ max_lr = 1e-3, max_iters = 200, eval_interval = 50 }},
     {{ max_iters = 8, model.context_length = 5000 }},
 ]
 """
 NAMES = [
     "max_lr=0.001,max_iters=8",
     "max_lr=1000000.0,max_iters=8",
-    "max_lr=0.001,max_iters=400,eval_interval=100",
+    "max_lr=0.001,max_iters=200,eval_interval=50",
     "max_iters=8,model.context_length=5000",
 ]
 FINISHED, DIVERGED, LONG, FAILED = NAMES
@@ -113,7 +113,7 @@ def swept(token_data_dir, tmp_path_factory):
 def test_ctrl_c_stops_the_runs_with_a_checkpoint_and_exits_130(swept):
     stopped = swept["stopped"]
     assert stopped["code"] == 130
-    assert 40 <= stopped["long_step"] < 400  # stopped mid-run, after its first checkpoint
+    assert 40 <= stopped["long_step"] < 200  # stopped mid-run, after its first checkpoint
     assert stopped["long_result"]["status"] == "interrupted"
     log = (swept["out"] / LONG / "train.log").read_text()
     assert f"stopped at step {stopped['long_step']}; checkpoint saved" in log
@@ -131,8 +131,8 @@ def test_a_rerun_skips_finished_runs_resumes_stopped_ones_and_restarts_the_rest(
     step = swept["stopped"]["long_step"]
     assert f"resumed from {out / LONG / 'checkpoint.pt'} at step {step}" in long_log
     steps = [r["step"] for r in read_metrics(out / LONG) if r["type"] == "train"]
-    assert steps == list(range(1, 401))
-    assert read_checkpoint(out / LONG)["iteration"] == 400
+    assert steps == list(range(1, 201))
+    assert read_checkpoint(out / LONG)["iteration"] == 200
 
     assert "resumed" not in (out / DIVERGED / "train.log").read_text()  # from scratch
     assert read_metrics(out / DIVERGED)[-1]["step"] == swept["stopped"]["diverged_step"]
@@ -189,8 +189,8 @@ def test_compare_plot_has_a_curve_per_run_against_steps_and_time(swept):
     step = swept["stopped"]["diverged_step"]
     assert labels == [FINISHED, f"{DIVERGED} (diverged at step {step})", LONG, FAILED]
     long_curve = by_step.lines[4]  # two lines per run: periodic evaluations, final one
-    assert list(long_curve.get_xdata()) == [100, 200, 300]
-    assert list(by_step.lines[5].get_xdata()) == [400]
+    assert list(long_curve.get_xdata()) == [50, 100, 150]
+    assert list(by_step.lines[5].get_xdata()) == [200]
     evals = [r for r in read_metrics(out / LONG) if r["type"] == "eval"]
     assert list(by_time.lines[5].get_xdata()) == [evals[-1]["train_seconds"] / 60]
 
