@@ -192,7 +192,7 @@ def test_compare_plot_has_a_curve_per_run_against_steps_and_time(swept):
     assert list(long_curve.get_xdata()) == [50, 100, 150]
     assert list(by_step.lines[5].get_xdata()) == [200]
     evals = [r for r in read_metrics(out / LONG) if r["type"] == "eval"]
-    assert list(by_time.lines[5].get_xdata()) == [evals[-1]["train_seconds"] / 60]
+    assert list(by_time.lines[5].get_xdata()) == pytest.approx([evals[-1]["train_seconds"] / 60])
 
 
 def test_report_rewrites_the_summary_on_demand(swept, capsys):
