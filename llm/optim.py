@@ -208,6 +208,24 @@ def cos_lr_scheduler(
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
+def wsd_lr_scheduler(
+    t: int, max_lr: float, min_lr: float, warmup_iters: int, decay_iters: int, total_iters: int
+) -> float:
+    """Learning rate at step t: warm-up, stable, decay (WSD; Hu et al. 2024, MiniCPM). Linear
+    warm-up from 0 to max_lr over warmup_iters steps, max_lr until decay_iters steps before
+    total_iters, then a linear decay to min_lr at step total_iters, flat after. Unlike the cosine
+    schedule, most steps run at the peak rate, and the decay at the end buys the drop in loss."""
+    if t < warmup_iters:
+        return max_lr * t / warmup_iters
+    decay_start = total_iters - decay_iters
+    if t < decay_start:
+        return max_lr
+    if t >= total_iters:
+        return min_lr
+    progress = (t - decay_start) / decay_iters  # 0 -> 1
+    return max_lr + progress * (min_lr - max_lr)
+
+
 @torch.no_grad()
 def gradient_clip(params: Iterable[Tensor], max_norm: float, eps: float = 1e-6) -> Tensor:
     """Scale all gradients together so their global L2 norm is at most max_norm.

@@ -80,6 +80,7 @@ from llm.optim import (
     gradient_clip,
     muon_param_groups,
     param_groups,
+    wsd_lr_scheduler,
 )
 from llm.plots import plot_run
 from llm.run_dir import METRICS_NAME, append_metrics, check_run_dir, start_run_dir
@@ -99,8 +100,10 @@ class TrainConfig:
     resume: bool = False  # continue the run in run_dir from its checkpoint
     optimizer: str = "adamw"  # "adamw", "sgd" (SGD, lr / sqrt(t + 1) decay) or "muon" (see adam_lr)
     max_lr: float = 1e-3  # peak learning rate, reached after warmup_iters
-    min_lr: float = 1e-4  # learning rate at the end of the cosine decay (step max_iters)
+    min_lr: float = 1e-4  # learning rate at the end of the decay (step max_iters)
     warmup_iters: int = 100  # steps of linear warm-up from 0
+    schedule: str = "cosine"  # after warm-up: "cosine" decay, or "wsd" (stable, then linear decay)
+    decay_fraction: float = 0.2  # wsd: the share of max_iters spent decaying to min_lr
     max_iters: int = 1000  # optimizer steps in the whole run
     max_train_seconds: float = 0.0  # also stop after this much training time (0 = no limit)
     weight_decay: float = 0.1  # decoupled (AdamW, Muon); matrices only, never norm gains
@@ -372,12 +375,21 @@ def _train_loop(run: _Run) -> None:
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, step: int, config: TrainConfig) -> float:
-    """Set the learning rate of `step` (0-based): linear warm-up, then cosine decay. A group
-    with an lr_scale gets lr x lr_scale (Muon's AdamW groups: adam_lr / max_lr)."""
-    lr = cos_lr_scheduler(step, config.max_lr, config.min_lr, config.warmup_iters, config.max_iters)
+    """Set the learning rate of `step` (0-based): linear warm-up, then cosine decay or WSD. A
+    group with an lr_scale gets lr x lr_scale (Muon's AdamW groups: adam_lr / max_lr)."""
+    peak, low, warmup, total = config.max_lr, config.min_lr, config.warmup_iters, config.max_iters
+    if config.schedule == "wsd":
+        lr = wsd_lr_scheduler(step, peak, low, warmup, _decay_iters(config), total)
+    else:
+        lr = cos_lr_scheduler(step, peak, low, warmup, total)
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr
+
+
+def _decay_iters(config: TrainConfig) -> int:
+    """WSD's decay steps: decay_fraction of max_iters, rounded, at least one."""
+    return max(1, round(config.decay_fraction * config.max_iters))
 
 
 def _train_step(run: _Run, starts: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -590,6 +602,7 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
         "optimizer": ("adamw", "sgd", "muon"),
         "dtype": ("auto", "float32", "bfloat16"),
         "final_eval": ("exact", "sampled", "none"),
+        "schedule": ("cosine", "wsd"),
     }
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
@@ -607,6 +620,13 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
             raise ConfigError(f"{key} must be > 0, not {getattr(config, key)}")
     if not 0 <= config.momentum < 1:
         raise ConfigError(f"momentum must be in [0, 1), not {config.momentum}")
+    if not 0 < config.decay_fraction <= 1:
+        raise ConfigError(f"decay_fraction must be in (0, 1], not {config.decay_fraction}")
+    if config.schedule == "wsd" and config.warmup_iters > config.max_iters - _decay_iters(config):
+        raise ConfigError(
+            f"warmup_iters={config.warmup_iters} runs into the decay, which starts at step "
+            f"{config.max_iters - _decay_iters(config)}: lower warmup_iters or decay_fraction"
+        )
     if config.ns_steps < 1:
         raise ConfigError(f"ns_steps must be at least 1, not {config.ns_steps}")
     try:

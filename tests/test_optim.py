@@ -4,7 +4,14 @@ import pytest
 import torch
 from conftest import SMALL
 
-from llm.optim import AdamW, SGDDecay, cos_lr_scheduler, gradient_clip, param_groups
+from llm.optim import (
+    AdamW,
+    SGDDecay,
+    cos_lr_scheduler,
+    gradient_clip,
+    param_groups,
+    wsd_lr_scheduler,
+)
 from llm.transformer import ModelConfig, Transformer, cross_entropy
 
 
@@ -75,6 +82,21 @@ def test_cosine_schedule_at_known_points():
     decay = [lr(t) for t in range(7, 22)]
     assert all(a > b for a, b in zip(decay, decay[1:], strict=False))
     assert cos_lr_scheduler(0, 1.0, 0.1, 0, 10) == pytest.approx(1.0)  # no warm-up
+
+
+def test_wsd_schedule_at_known_points():
+    def lr(t):
+        return wsd_lr_scheduler(
+            t, max_lr=1.0, min_lr=0.1, warmup_iters=4, decay_iters=6, total_iters=20
+        )
+
+    assert [lr(t) for t in range(5)] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])  # warm-up
+    assert {lr(t) for t in range(4, 15)} == {1.0}  # stable up to the decay's first step, 14
+    assert lr(17) == pytest.approx(0.55)  # half-way down the straight line from 1.0 to 0.1
+    assert [lr(t) for t in (20, 21, 100)] == [0.1, 0.1, 0.1]
+    decay = [lr(t) for t in range(14, 21)]
+    steps = [a - b for a, b in zip(decay, decay[1:], strict=False)]
+    assert steps == pytest.approx([0.15] * 6)  # equal steps: linear
 
 
 @pytest.mark.parametrize("max_norm", [0.01, 1e6])  # clipped, and left alone

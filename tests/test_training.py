@@ -102,6 +102,23 @@ def test_bad_config_values_are_named(argv, message):
         load_train_config(argv)
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(schedule="step"), r"^schedule must be one of \('cosine', 'wsd'\), not 'step'$"),
+        (dict(decay_fraction=0.0), r"^decay_fraction must be in \(0, 1\], not 0.0$"),
+        (
+            dict(schedule="wsd", max_iters=100, warmup_iters=90),
+            "^warmup_iters=90 runs into the decay, which starts at step 80: lower",
+        ),
+    ],
+)
+def test_bad_schedules_are_named_before_any_work(token_data_dir, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(small_config(token_data_dir, tmp_path / "run", **overrides))
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_key_in_toml_is_rejected(tmp_path):
     toml = tmp_path / "bad.toml"
     toml.write_text("[model]\nlayers = 4\n")
@@ -372,9 +389,13 @@ def test_main_reports_errors_without_a_traceback(capsys):
 
 
 def schedule(t: int, c: TrainConfig) -> float:
-    """Linear warm-up from 0, then a half cosine from max_lr down to min_lr at max_iters."""
+    """Linear warm-up from 0, then a half cosine from max_lr down to min_lr at max_iters; or for
+    WSD, max_lr until the last decay_fraction of the steps, then a straight line to min_lr."""
     if t < c.warmup_iters:
         return c.max_lr * t / c.warmup_iters
+    if c.schedule == "wsd":
+        steps_left = (c.max_iters - t) / round(c.decay_fraction * c.max_iters)
+        return c.min_lr + (c.max_lr - c.min_lr) * min(1.0, steps_left)
     progress = (t - c.warmup_iters) / (c.max_iters - c.warmup_iters)
     return c.min_lr + (c.max_lr - c.min_lr) * (1 + math.cos(math.pi * progress)) / 2
 
@@ -422,6 +443,7 @@ def reference_training(config: TrainConfig, initial: dict, batches: list, tokens
         # A large eps and weight decay, and a clip that bites, so that each one shows.
         dict(optimizer="adamw", max_lr=1e-3, eps=1e-4, weight_decay=0.5, grad_clip=0.05),
         dict(optimizer="sgd", max_lr=0.5, weight_decay=0.2, grad_clip=0.0),
+        dict(optimizer="adamw", max_lr=1e-3, grad_clip=0.05, schedule="wsd", decay_fraction=0.5),
     ],
 )
 def test_training_steps_equal_a_plain_pytorch_reference(
