@@ -1,6 +1,7 @@
 """The quickstart (`uv run -m llm`): end to end at a tiny size (every artefact, and learning),
 then its control flow (Ctrl-C, failures, what it claims) with the slow stages replaced."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -14,7 +15,10 @@ from llm.checkpoint import read_checkpoint
 from llm.data import DataError
 
 
-def test_quickstart_pipeline_end_to_end(tmp_path, capsys):
+def test_quickstart_pipeline_end_to_end(tmp_path, capsys, monkeypatch):
+    # The quickstart's model with a shorter context and half the layers: 8x cheaper steps.
+    small = dataclasses.replace(quickstart.MODEL, context_length=64, num_layers=2)
+    monkeypatch.setattr(quickstart, "MODEL", small)
     out = tmp_path / "run"
     result = main(["--out", str(out), "--train-mb", "0.3", "--vocab-size", "320",
                    "--max-iters", "40"])  # fmt: skip
