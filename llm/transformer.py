@@ -11,8 +11,8 @@ position embeddings, RoPE (Su et al., 2021), applied to queries and keys.
 Three switches of ModelConfig turn parts of it off or back to older designs, for ablations:
 norm_position ("pre", "post" or "none"), position_encoding ("rope" or "none") and ffn ("swiglu"
 or "silu"). Three options add newer ingredients: grouped-query attention (num_kv_heads), QK-norm
-(qk_norm) and zero-initialised output projections (zero_init_residual). The defaults are the
-model above.
+(qk_norm) and zero-initialised output projections (zero_init_residual); dropout regularises
+small data. The defaults are the model above.
 """
 
 import math
@@ -47,6 +47,7 @@ class ModelConfig:
     num_kv_heads: int | None = None  # GQA: K/V heads, each shared by a query group; None: num_heads
     qk_norm: bool = False  # RMSNorm on each head's queries and keys, before RoPE
     zero_init_residual: bool = False  # attention's out_proj and the FFN's W2 start at zero
+    dropout: float = 0.0  # in training, drop this share of the embeddings and branch outputs
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
@@ -56,6 +57,8 @@ class ModelConfig:
             if getattr(self, key) not in allowed:
                 names = ", ".join(repr(a) for a in allowed)
                 raise ValueError(f"{key} must be one of {names}, not {getattr(self, key)!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.d_ff is None:
             self.d_ff = default_d_ff(self.d_model, self.ffn)
         if self.d_ff < 1:
@@ -217,6 +220,21 @@ class SiluFFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> (..., d_model)
         return self.w2(silu(self.w1(x)))
+
+
+class Dropout(nn.Module):
+    """In training, zero each element with probability p and scale the rest by 1 / (1 - p), so
+    the expected output equals the input (Srivastava et al., 2014); the identity in eval mode."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand_like(x) >= self.p
+        return x * keep / (1 - self.p)
 
 
 def softmax(x: Tensor, dim: int) -> Tensor:
@@ -479,6 +497,7 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = norm()
         ffn = FFN if config.ffn == "swiglu" else SiluFFN
         self.ffn = ffn(d_model, config.d_ff, device, dtype)
+        self.dropout = Dropout(config.dropout)  # on each branch's output, before the sum
         if config.zero_init_residual:
             # Both branches add nothing at first, so a pre-norm block starts as the identity
             # (as in modded-nanogpt); their gradients are not zero, so they still learn.
@@ -492,11 +511,12 @@ class TransformerBlock(nn.Module):
         kv_cache: KVCache | None = None,
         layer: int = 0,
     ) -> Tensor:  # (batch, seq, d_model)
+        drop = self.dropout
         if self.post_norm:
-            x = self.attn_norm(x + self.attn(x, token_positions, kv_cache, layer))
-            return self.ffn_norm(x + self.ffn(x))
-        x = x + self.attn(self.attn_norm(x), token_positions, kv_cache, layer)
-        return x + self.ffn(self.ffn_norm(x))
+            x = self.attn_norm(x + drop(self.attn(x, token_positions, kv_cache, layer)))
+            return self.ffn_norm(x + drop(self.ffn(x)))
+        x = x + drop(self.attn(self.attn_norm(x), token_positions, kv_cache, layer))
+        return x + drop(self.ffn(self.ffn_norm(x)))
 
 
 class Transformer(nn.Module):
@@ -514,6 +534,7 @@ class Transformer(nn.Module):
         self.config = config
         c = config
         self.embedding = Embedding(c.vocab_size, c.d_model, device, dtype)
+        self.embedding_dropout = Dropout(c.dropout)
         self.blocks = nn.ModuleList(TransformerBlock(c, device, dtype) for _ in range(c.num_layers))
         if c.norm_position == "pre":
             self.final_norm = RmsNorm(c.d_model, device=device, dtype=dtype)
@@ -531,7 +552,7 @@ class Transformer(nn.Module):
         """last_only: return only the last position's logits (batch, 1, vocab), all that
         generation needs; this skips the output layer's matmul for the other positions."""
         self._check_input(token_ids, kv_cache)
-        x = self.embedding(token_ids)  # (batch, seq, d_model)
+        x = self.embedding_dropout(self.embedding(token_ids))  # (batch, seq, d_model)
         for layer, block in enumerate(self.blocks):
             x = block(x, None, kv_cache, layer)  # positions follow the cached tokens
         if kv_cache is not None:

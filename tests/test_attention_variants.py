@@ -1,5 +1,6 @@
 """The model options of ModelConfig beyond the ablation switches: grouped-query attention
-(num_kv_heads), QK-norm (qk_norm) and zero-initialised output projections (zero_init_residual).
+(num_kv_heads), QK-norm (qk_norm), zero-initialised output projections (zero_init_residual) and
+dropout.
 Each is checked against its definition written out in plain PyTorch, and through the KV cache,
 both attention paths, the ablation switches, checkpoints, flags and the parameter and FLOP
 counts."""
@@ -359,6 +360,52 @@ def test_parameter_count_and_flops(qk_norm, num_kv_heads, tie):
     matmuls = layers * (attention + 3 * d * 256) + v * d  # the embedding is a lookup
     # Attention scores and values: every query head still sees every key.
     assert model.flops_per_token() == 6 * matmuls + 12 * layers * d * t
+
+
+# --- dropout -----------------------------------------------------------------------------------
+
+
+def test_dropout_zeroes_a_share_p_and_keeps_the_mean():
+    x = torch.rand(200_000) + 1  # no zeros of its own
+    drop = llm.transformer.Dropout(0.3)
+    y = drop(x)
+    dropped = y == 0
+    # Binomial(200000, 0.3): standard deviation 0.001 in the share.
+    assert abs(dropped.float().mean().item() - 0.3) < 0.005
+    torch.testing.assert_close(y[~dropped], x[~dropped] / 0.7)  # the kept ones, scaled up
+    assert abs(y.mean().item() / x.mean().item() - 1) < 0.01  # unbiased
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_dropout_acts_in_training_only_and_is_reproducible():
+    ids = torch.randint(0, SMALL.vocab_size, (2, 16))
+    plain = small_model()
+    model = Transformer(config_with(dropout=0.5))
+    model.load_state_dict(plain.state_dict())  # the same weights: no dropout parameters
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(ids), plain.eval()(ids), rtol=0, atol=0)
+        model.train()
+        torch.manual_seed(1)
+        first = model(ids)
+        torch.manual_seed(1)
+        assert torch.equal(model(ids), first)  # the masks follow torch's random state
+        assert not torch.allclose(first, plain(ids), atol=1e-3)
+    # The embedding's and each block's dropout act on the output, each alone.
+    drops = [m for m in model.modules() if isinstance(m, llm.transformer.Dropout)]
+    assert len(drops) == 1 + SMALL.num_layers
+    with torch.no_grad():
+        for active in drops:
+            for module in drops:
+                module.p = 0.5 if module is active else 0.0
+            assert not torch.allclose(model(ids), plain.train()(ids), atol=1e-3)
+        active.p = 0.0
+        torch.testing.assert_close(model(ids), plain(ids), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dropout", [-0.1, 1.0, float("nan")])
+def test_dropout_must_be_a_probability_below_one(dropout):
+    with pytest.raises(ValueError, match=rf"^dropout must be in \[0, 1\), not {dropout}$"):
+        config_with(dropout=dropout)
 
 
 # --- configuration --------------------------------------------------------------------------

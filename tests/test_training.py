@@ -236,8 +236,12 @@ def test_training_learns_and_writes_its_run_directory(token_data_dir, tmp_path):
 
 @pytest.mark.parametrize(
     "optimizer",
-    [{}, {"optimizer": "muon", "max_lr": 0.02, "min_lr": 0.002, "adam_lr": 4e-3}],
-    ids=["adamw", "muon"],
+    [
+        {},
+        {"optimizer": "muon", "max_lr": 0.02, "min_lr": 0.002, "adam_lr": 4e-3},
+        {"model": {"dropout": 0.2}},  # its masks come from the random state the checkpoint keeps
+    ],
+    ids=["adamw", "muon", "dropout"],
 )
 def test_resume_after_interrupt_is_bit_exact(token_data_dir, tmp_path, monkeypatch, optimizer):
     extra = dict(grad_accum_steps=2, checkpoint_interval=4, **optimizer)
