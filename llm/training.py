@@ -106,6 +106,7 @@ class TrainConfig:
     decay_fraction: float = 0.2  # wsd: the share of max_iters spent decaying to min_lr
     max_iters: int = 1000  # optimizer steps in the whole run
     max_train_seconds: float = 0.0  # also stop after this much training time (0 = no limit)
+    schedule_on_time: bool = False  # with max_train_seconds: the lr schedule ends when time does
     weight_decay: float = 0.1  # decoupled (AdamW, Muon); matrices only, never norm gains
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW moment decay rates
     eps: float = 1e-8  # AdamW denominator term
@@ -356,7 +357,7 @@ def _train_loop(run: _Run) -> None:
     bar = tqdm(total=config.max_iters, initial=run.step, disable=not run.is_main, unit="step")
     with _StopRequest() as stop_request, bar:
         for step in range(run.step, config.max_iters):
-            lr = _set_lr(run.optimizer, step, config)
+            lr = _set_lr(run.optimizer, _schedule_position(run, step), config)
             starts = sample_starts(
                 len(run.data.train), config.batch_size, config.model.context_length, run.generator
             )  # (batch_size,) window starts, the same on every rank
@@ -374,7 +375,18 @@ def _train_loop(run: _Run) -> None:
                 break
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, step: int, config: TrainConfig) -> float:
+def _schedule_position(run: _Run, step: int) -> float:
+    """Where the lr schedule is at `step`: the step itself, or with schedule_on_time, the share
+    of max_train_seconds spent, as a step of max_iters, when that is further. So the decay ends
+    when the time does, on a slow or busy machine as on a fast one."""
+    config = run.config
+    if not config.schedule_on_time:
+        return step
+    elapsed = run.train_seconds + time.perf_counter() - run.interval_start
+    return max(step, config.max_iters * elapsed / config.max_train_seconds)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, step: float, config: TrainConfig) -> float:
     """Set the learning rate of `step` (0-based): linear warm-up, then cosine decay or WSD. A
     group with an lr_scale gets lr x lr_scale (Muon's AdamW groups: adam_lr / max_lr)."""
     peak, low, warmup, total = config.max_lr, config.min_lr, config.warmup_iters, config.max_iters
@@ -641,6 +653,8 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
         )
     if not config.train_data:
         raise ConfigError("train_data is not set: give the .npy token file to train on")
+    if config.schedule_on_time and not config.max_train_seconds:
+        raise ConfigError("schedule_on_time needs max_train_seconds, the time the schedule ends")
     if config.max_train_seconds and world_size > 1:
         raise ConfigError("max_train_seconds works in single-process runs; under DDP set max_iters")
 

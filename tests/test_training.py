@@ -107,6 +107,7 @@ def test_bad_config_values_are_named(argv, message):
     [
         (dict(schedule="step"), r"^schedule must be one of \('cosine', 'wsd'\), not 'step'$"),
         (dict(decay_fraction=0.0), r"^decay_fraction must be in \(0, 1\], not 0.0$"),
+        (dict(schedule_on_time=True), "^schedule_on_time needs max_train_seconds, the time"),
         (
             dict(schedule="wsd", max_iters=100, warmup_iters=90),
             "^warmup_iters=90 runs into the decay, which starts at step 80: lower",
@@ -319,6 +320,30 @@ def test_max_train_seconds_ends_the_run_early_with_a_final_evaluation(
     result = train(small_config(token_data_dir, tmp_path / "run", max_train_seconds=35))
     assert 1 < result["step"] < 12 and result["val_exact"] and not result["interrupted"]
     assert read_checkpoint(tmp_path / "run")["iteration"] == result["step"]
+
+
+def test_the_schedule_on_time_ends_its_decay_when_the_time_runs_out(
+    token_data_dir, tmp_path, monkeypatch
+):
+    clock, train_step = [0.0], training._train_step
+
+    def ten_seconds_each(*args):  # only the steps take time
+        clock[0] += 10.0
+        return train_step(*args)
+
+    monkeypatch.setattr(training, "_train_step", ten_seconds_each)
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    config = small_config(
+        token_data_dir, tmp_path / "run", max_iters=1000, warmup_iters=50, max_train_seconds=100,
+        schedule_on_time=True, log_interval=1, final_eval="none",
+    )  # fmt: skip
+    result = train(config)
+    monkeypatch.undo()
+    assert result["step"] == 10  # 10 steps of 10 s fill the 100 s
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run") if r["type"] == "train"]
+    # Step k starts after 10 k seconds: the schedule is at step 1000 x 10 k / 100 = 100 k.
+    assert lrs == pytest.approx([schedule(100 * k, config) for k in range(10)])
+    assert lrs[-1] < 0.15 * config.max_lr  # near the end of the decay, min_lr = 0.1 max_lr
 
 
 def test_gradient_accumulation_gives_the_same_step(token_data_dir, tmp_path):
