@@ -229,6 +229,7 @@ def _plan_run(base: dict[str, Any], combination: dict[str, Any], out: Path) -> R
     """The run of one combination: its flags for llm.training, and the config they give there,
     built and checked here the same way."""
     name = ",".join(f"{key}={_safe(_text(value))}" for key, value in combination.items())
+    name = name or "base"  # an empty variant: the sweep file's own settings
     settings = {**base, **combination, "run_dir": str(out / name)}
     flags = [f"--{key}={_text(value)}" for key, value in settings.items()]
     try:
