@@ -113,6 +113,7 @@ class Muon(torch.optim.Optimizer):
         adam_lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
+        ns_dtype: torch.dtype | None = None,
     ) -> None:
         ok = lr > 0 and adam_lr > 0 and 0 <= momentum < 1 and ns_steps >= 1 and eps >= 0
         if not (ok and weight_decay >= 0 and all(0 <= b < 1 for b in betas)):
@@ -136,19 +137,23 @@ class Muon(torch.optim.Optimizer):
             weight_decay=weight_decay, betas=betas, eps=eps,
         )  # fmt: skip
         super().__init__(groups, defaults)
+        self.ns_dtype = ns_dtype  # of the Newton-Schulz iteration (see newton_schulz)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = _call_closure(closure)
         for group in self.param_groups:
-            update = _muon_update if group["muon"] else _adamw_update
             for p in group["params"]:
-                if p.grad is not None:
-                    update(p, self.state[p], group)
+                if p.grad is None:
+                    continue
+                if group["muon"]:
+                    _muon_update(p, self.state[p], group, self.ns_dtype)
+                else:
+                    _adamw_update(p, self.state[p], group)
         return loss
 
 
-def _muon_update(p: Tensor, state: dict, group: dict) -> None:
+def _muon_update(p: Tensor, state: dict, group: dict, ns_dtype: torch.dtype | None) -> None:
     """One Muon step of matrix p (see Muon) with the hyperparameters of its group."""
     lr, momentum = group["lr"], group["momentum"]
     if not state:
@@ -158,10 +163,11 @@ def _muon_update(p: Tensor, state: dict, group: dict) -> None:
     u = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
     rows, cols = p.shape
     p.mul_(1 - lr * group["weight_decay"])
-    p.add_(newton_schulz(u, group["ns_steps"]), alpha=-lr * math.sqrt(max(1, rows / cols)))
+    o = newton_schulz(u, group["ns_steps"], ns_dtype)
+    p.add_(o, alpha=-lr * math.sqrt(max(1, rows / cols)))
 
 
-def newton_schulz(g: Tensor, steps: int = 5) -> Tensor:
+def newton_schulz(g: Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> Tensor:
     """Orthogonalise the matrix g = U S V^T: about U S' V^T with S' near the identity, the
     update direction Muon uses (Jordan et al., 2024; ideally U V^T).
 
@@ -169,11 +175,11 @@ def newton_schulz(g: Tensor, steps: int = 5) -> Tensor:
     step X <- a X + b (X X^T) X + c (X X^T)^2 X maps every s to a s + b s^3 + c s^5, whose
     coefficients grow small s fast (x3.4 a step) instead of converging to 1 exactly: after 5
     steps every s >= 1/700 lies in [0.68, 1.21], and U, V are kept. X is made wide (rows <=
-    cols) so that X X^T is the smaller Gram matrix. Runs in bfloat16 on CUDA, as the reference
-    implementation does (fast, and the iteration tolerates the rounding), in float32 elsewhere;
-    returns g's dtype."""
+    cols) so that X X^T is the smaller Gram matrix. Runs in `dtype`, by default bfloat16 on CUDA,
+    as the reference implementation does (fast, and the iteration tolerates the rounding), and
+    float32 elsewhere (bfloat16 pays on CPUs with bf16 matrix units); returns g's dtype."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
+    x = g.to(dtype or (torch.bfloat16 if g.is_cuda else torch.float32))
     tall = g.shape[0] > g.shape[1]
     if tall:
         x = x.T  # (rows, cols) -> (cols, rows), wide

@@ -265,7 +265,7 @@ def _start_run(config: TrainConfig, world: Distributed) -> _Run:
         print(format_config(config))
     data = _load_data(config)
     model = Transformer(config.model).to(world.device)
-    optimizer = _build_optimizer(model, config)
+    optimizer = _build_optimizer(model, config, autocast_dtype(config.dtype, world.device))
     generator = torch.Generator().manual_seed(config.seed)
     step, saved = _resume(config, world, model, optimizer, generator) if config.resume else (0, {})
     if world.is_main:
@@ -595,12 +595,16 @@ class NextTokenLoss(nn.Module):
         return cross_entropy(self.model(inputs), targets)
 
 
-def _build_optimizer(model: Transformer, config: TrainConfig) -> torch.optim.Optimizer:
+def _build_optimizer(
+    model: Transformer, config: TrainConfig, dtype: torch.dtype | None
+) -> torch.optim.Optimizer:
+    """The configured optimizer; Muon orthogonalises in the autocast dtype when there is one."""
     if config.optimizer == "muon":
         groups = muon_param_groups(model, config.weight_decay)
         return Muon(
             groups, lr=config.max_lr, momentum=config.momentum, nesterov=config.nesterov,
             ns_steps=config.ns_steps, adam_lr=config.adam_lr, betas=config.betas, eps=config.eps,
+            ns_dtype=dtype,
         )  # fmt: skip
     groups = param_groups(model, config.weight_decay)
     if config.optimizer == "sgd":

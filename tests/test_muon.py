@@ -52,6 +52,24 @@ def test_newton_schulz_of_random_matrices_has_singular_values_near_1(rows, cols)
     assert newton_schulz(g.double()).dtype == torch.float64  # computed in float32, returned as g
 
 
+def test_newton_schulz_in_bfloat16_stays_near_float32():
+    g = torch.randn(96, 32, generator=torch.Generator().manual_seed(1))
+    o = newton_schulz(g, dtype=torch.bfloat16)
+    assert o.dtype == torch.float32  # g's dtype
+    svdvals = torch.linalg.svdvals(o)
+    assert svdvals.min() >= 0.6 and svdvals.max() <= 1.25  # bfloat16: 3 significant digits
+    torch.testing.assert_close(o, newton_schulz(g), atol=0.03, rtol=0.05)
+    assert not torch.equal(o, newton_schulz(g))  # it did run in bfloat16
+    steps = []
+    for dtype in (torch.bfloat16, None):  # Muon's ns_dtype reaches the iteration
+        w = torch.nn.Parameter(torch.zeros(96, 32))
+        w.grad = g.clone()
+        Muon([w], lr=0.1, ns_dtype=dtype).step()
+        steps.append(w.detach())
+    torch.testing.assert_close(steps[0], steps[1], atol=0.01, rtol=0.05)
+    assert not torch.equal(steps[0], steps[1])
+
+
 # --- one step against the formula ----------------------------------------------------------
 
 A, B, C = 3.4445, -4.7750, 2.0315
@@ -206,8 +224,10 @@ def test_the_schedule_scales_the_adamw_groups_by_adam_lr_over_max_lr():
         ["--optimizer", "muon", "--max_lr", "0.02", "--adam_lr", "4e-3", "--min_lr", "0.002"]
         + ["--momentum", "0.9", "--nesterov", "false", "--ns_steps", "3", "--warmup_iters", "10"]
     )
-    optimizer = training._build_optimizer(Transformer(config.model), config)
-    assert isinstance(optimizer, Muon)
+    optimizer = training._build_optimizer(Transformer(config.model), config, None)
+    assert isinstance(optimizer, Muon) and optimizer.ns_dtype is None
+    bf16 = training._build_optimizer(Transformer(config.model), config, torch.bfloat16)
+    assert bf16.ns_dtype is torch.bfloat16  # under bfloat16 autocast, so is Newton-Schulz
     muon_group, *adamw_groups = optimizer.param_groups
     assert [muon_group[key] for key in ("momentum", "nesterov", "ns_steps")] == [0.9, False, 3]
     for step, lr in [(5, 0.01), (config.max_iters, 0.002)]:  # warm-up; the end of the decay
