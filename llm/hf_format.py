@@ -103,6 +103,11 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     def unsupported(feature: str) -> HfFormatError:
         return HfFormatError(f"{where}: {feature} is not supported (only Llama models load)")
 
+    required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads")  # fmt: skip
+    missing = [key for key in required if not isinstance(hf.get(key), int)]
+    if missing:
+        raise HfFormatError(f"{where}: {missing[0]} is missing or not an integer")
     if hf.get("model_type") != "llama":
         raise unsupported(f"model_type {hf.get('model_type')!r}")
     architectures = hf.get("architectures") or ["LlamaForCausalLM"]
@@ -136,9 +141,7 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
             num_kv_heads=kv_heads if kv_heads != num_heads else None,  # None: ours for MHA
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         )
-    except KeyError as e:
-        raise HfFormatError(f"{where}: no {e.args[0]!r}") from None
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise HfFormatError(f"{where}: {e}") from None
 
 

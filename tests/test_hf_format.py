@@ -181,6 +181,7 @@ LLAMA = {"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermedia
         ({"attention_bias": True}, "attention_bias True is not supported"),
         ({"head_dim": 16}, "head_dim 16 x 4 heads != hidden_size"),
         ({"num_key_value_heads": 3}, "num_kv_heads must divide num_heads=4"),
+        ({"hidden_size": None}, "hidden_size is missing or not an integer"),
     ],
 )
 def test_unsupported_hf_configs_are_errors_naming_the_feature(change, message):
