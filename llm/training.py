@@ -166,7 +166,8 @@ def _base_config(values: dict) -> TrainConfig:
 
 
 # What --init_from lets a run change: no weight depends on the window length or the attention
-# implementation. Every other model setting is the source's.
+# implementation, and the source's weights replace the initialisation zero_init_residual sets.
+# Every other model setting is the source's.
 FREE_WITH_INIT_FROM = ("context_length", "attention", "zero_init_residual")
 
 
