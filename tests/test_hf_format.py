@@ -52,14 +52,33 @@ def run_dir_with(model: Transformer, tokenizer: BpeTokenizer, path) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module", params=["untied-gqa", "tied"])
-def exported(request, tokenizer, tmp_path_factory):
-    """(our model, its export directory): untied with grouped-query attention, and tied."""
-    options = {"tie_embeddings": True} if request.param == "tied" else {"num_kv_heads": 2}
-    model = small_model(tokenizer.vocab_size, **options)
-    path = tmp_path_factory.mktemp(request.param)
-    out = export.export(run_dir_with(model, tokenizer, path), path / "hf")
-    return model, out
+@pytest.fixture(scope="module")
+def exports(tokenizer, tmp_path_factory):
+    """(our model, its export directory) of a kind, "untied-gqa" (grouped-query attention) or
+    "tied", exported once on first use."""
+    made = {}
+
+    def get(kind: str):
+        if kind not in made:
+            options = {"tie_embeddings": True} if kind == "tied" else {"num_kv_heads": 2}
+            model = small_model(tokenizer.vocab_size, **options)
+            path = tmp_path_factory.mktemp(kind)
+            made[kind] = model, export.export(run_dir_with(model, tokenizer, path), path / "hf")
+        return made[kind]
+
+    return get
+
+
+@pytest.fixture(params=["untied-gqa", "tied"])
+def exported(request, exports):
+    """Both kinds, for the checks of the model itself."""
+    return exports(request.param)
+
+
+@pytest.fixture
+def gqa_export(exports):
+    """One kind, for the checks that do not depend on the model's kind."""
+    return exports("untied-gqa")
 
 
 def test_export_writes_a_llama_directory(exported, tokenizer):
@@ -106,8 +125,8 @@ def test_export_then_import_gives_the_same_weights(exported):
 
 
 @pytest.fixture(scope="module")
-def hf_tokenizers(exported):
-    _, out = exported
+def hf_tokenizers(exports):
+    _, out = exports("untied-gqa")
     return Tokenizer.from_file(str(out / "tokenizer.json")), AutoTokenizer.from_pretrained(out)
 
 
@@ -127,8 +146,8 @@ def test_exported_tokenizer_gives_our_ids(hf_tokenizers, tokenizer, pieces):
     assert auto.decode(ids) == tokenizer.decode(ids)
 
 
-def test_exported_tokenizer_loads_back(exported, tokenizer):
-    _, out = exported
+def test_exported_tokenizer_loads_back(gqa_export, tokenizer):
+    _, out = gqa_export
     loaded = BpeTokenizer.load(out)
     assert loaded.vocab == tokenizer.vocab
     assert loaded.merges == tokenizer.merges
@@ -225,9 +244,9 @@ def edit_json(path, edit) -> None:
         (lambda d: d["model"]["merges"].reverse(), "merge 1 .* out of id order"),
     ],
 )
-def test_unsupported_tokenizer_files_are_errors_naming_the_feature(exported, tmp_path, edit,
+def test_unsupported_tokenizer_files_are_errors_naming_the_feature(gqa_export, tmp_path, edit,
                                                                     message):  # fmt: skip
-    _, out = exported
+    _, out = gqa_export
     path = tmp_path / "tokenizer.json"
     shutil.copy(out / "tokenizer.json", path)
     edit_json(path, edit)
@@ -239,9 +258,9 @@ def test_unsupported_tokenizer_files_are_errors_naming_the_feature(exported, tmp
 # --- the command lines -----------------------------------------------------------------------
 
 
-def test_export_cli_refuses_a_non_empty_directory_and_a_missing_source(exported, tmp_path,
+def test_export_cli_refuses_a_non_empty_directory_and_a_missing_source(gqa_export, tmp_path,
                                                                         capsys):  # fmt: skip
-    model, out = exported
+    model, out = gqa_export
     source = str(out)  # an HF directory exports too (here: to itself, with --force)
     (tmp_path / "notes.txt").write_text("mine")
     cases = [
@@ -262,8 +281,8 @@ def test_export_cli_refuses_a_non_empty_directory_and_a_missing_source(exported,
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp left
 
 
-def test_generating_cli_reads_an_hf_directory(exported, tokenizer, capsys):
-    model, out = exported
+def test_generating_cli_reads_an_hf_directory(gqa_export, tokenizer, capsys):
+    model, out = gqa_export
     prompt = "Once upon a time"
     sampling = SamplingConfig(max_new_tokens=8, temperature=0, eos_id=tokenizer.token_id(EOT))
     expected = tokenizer.decode(generate(model, tokenizer.encode(prompt), sampling))
@@ -272,8 +291,8 @@ def test_generating_cli_reads_an_hf_directory(exported, tokenizer, capsys):
     assert capsys.readouterr().out == prompt + expected + "\n"
 
 
-def test_init_from_starts_a_run_from_the_source_weights(exported, tmp_path, capsys):
-    model, out = exported
+def test_init_from_starts_a_run_from_the_source_weights(gqa_export, tmp_path, capsys):
+    model, out = gqa_export
     tokens = markov_tokens(2_000, vocab=model.config.vocab_size)
     np.save(tmp_path / "train.npy", tokens)
     argv = ["--init_from", str(out), "--train_data", str(tmp_path / "train.npy"),
@@ -299,8 +318,8 @@ def test_init_from_starts_a_run_from_the_source_weights(exported, tmp_path, caps
     )
 
 
-def test_load_model_error_for_an_hf_directory_is_a_checkpoint_error(exported, tmp_path):
-    _, out = exported
+def test_load_model_error_for_an_hf_directory_is_a_checkpoint_error(gqa_export, tmp_path):
+    _, out = gqa_export
     shutil.copytree(out, tmp_path / "m")
     edit_json(tmp_path / "m" / "config.json", lambda d: d.update(num_hidden_layers=3))
     with pytest.raises(CheckpointError, match="the weights have no model.layers.2."):
