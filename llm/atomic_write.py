@@ -6,11 +6,12 @@ flushed to disk (fsync), and only then renamed over the target. A rename within 
 is atomic, so a reader sees the old file or the new one, never a mix. On an error the temp file
 is removed. A process killed outright (SIGKILL, power loss) cannot clean up after itself: its
 temp file, named `.NAME.PID.XXXX.tmp`, is removed by `remove_stale_temp_files` the next time a
-command writes to that directory.
+command writes to that directory. `atomic_directory` does the same for a directory of files.
 """
 
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,31 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a temp directory beside `path` to fill (each file written with atomic_write, so it
+    is on disk); on a clean exit it replaces `path`, on an error it is deleted. An existing
+    `path` is first renamed aside and deleted after the swap, so that `path` is always the old
+    directory or the new one, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new-"))
+    try:
+        yield temp
+        os.chmod(temp, 0o777 & ~_umask())  # mkdtemp makes the directory private (0o700)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+            os.replace(path, old)  # over the empty directory mkdtemp made
+        os.rename(temp, path)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    _fsync_directory(path.parent)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def write_text(path: str | Path, text: str) -> None:

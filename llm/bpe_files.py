@@ -9,7 +9,12 @@ chars from U+0100 on: the space byte is "Ġ"). A token's bytes are written as th
 
 We add special_tokens.json, a JSON list of the special tokens as text.
 
-Hugging Face `tokenizers` and GPT-2's own files use this format.
+Hugging Face `tokenizers` and GPT-2's own files use this format. Hugging Face also keeps a whole
+tokenizer in one file, tokenizer.json: the same vocabulary and merges, the special tokens with
+their ids ("added_tokens"), and the pipeline around the model (normaliser, pre-tokenizer,
+post-processor, decoder). Ours is byte-level BPE with the GPT-2 pre-tokenizer and nothing else,
+so `tokenizer_json` writes exactly that, and `read_tokenizer_json` reads a file only when it
+describes the same kind of tokenizer, naming the first feature that differs.
 """
 
 import json
@@ -106,6 +111,108 @@ def read_merges(path: str | Path, token_bytes: set[bytes]) -> list[tuple[bytes, 
                     raise ValueError(f"{where}: {token_to_str(token)!r} is not in the vocabulary")
             merges.append((a, b))
     return merges
+
+
+def tokenizer_json(
+    vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_ids: dict[str, int]
+) -> dict:
+    """The tokenizer.json of a byte-level BPE tokenizer: the ByteLevel pre-tokenizer with
+    use_regex is the GPT-2 regex (llm/pretokenization.py), and "ignore_merges" is tiktoken's
+    rule that ours follows: a pre-token that is a token is that token. Special tokens are in
+    "added_tokens", which Hugging Face cuts out of the text before pre-tokenizing, as we do, and
+    in the vocab as they are written (no byte characters), where Hugging Face finds their ids."""
+    specials = {i: token for token, i in special_ids.items()}
+    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": i,
+                "content": token,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for token, i in special_ids.items()
+        ],  # fmt: skip
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", **byte_level},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", **byte_level},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": True,
+            "vocab": {specials.get(i) or token_to_str(vocab[i]): i for i in sorted(vocab)},
+            "merges": [f"{token_to_str(a)} {token_to_str(b)}" for a, b in merges],
+        },
+    }
+
+
+def read_tokenizer_json(path: str | Path) -> tuple[dict[int, bytes], list, list[str]]:
+    """(vocab {id: bytes}, merges, special tokens) of a Hugging Face tokenizer.json that is a
+    byte-level BPE with the GPT-2 pre-tokenizer; anything else is a ValueError naming the file
+    and the feature. Our encoder ranks tokens by id (as tiktoken does), so the ids must follow
+    the order of the merges, as they do in every BPE-trained vocabulary (GPT-2's too)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    model = data.get("model") or {}
+
+    def unsupported(feature: str) -> ValueError:
+        return ValueError(f"{path}: {feature} is not supported (only byte-level BPE with the GPT-2 "
+                          "pre-tokenizer loads into BpeTokenizer)")  # fmt: skip
+
+    if model.get("type") != "BPE":
+        raise unsupported(f"model type {model.get('type')!r}")
+    for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix", "byte_fallback"):
+        if model.get(key):
+            raise unsupported(f"model {key}={model[key]!r}")
+    if data.get("normalizer") is not None:
+        raise unsupported(f"normalizer {data['normalizer'].get('type')!r}")
+    pre = data.get("pre_tokenizer") or {}
+    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+        raise unsupported(f"pre_tokenizer {pre.get('type')!r} (without the GPT-2 regex)")
+    if pre.get("add_prefix_space"):
+        raise unsupported("pre_tokenizer add_prefix_space=true")
+    for key in ("post_processor", "decoder"):
+        if data.get(key) is not None and data[key].get("type") != "ByteLevel":
+            raise unsupported(f"{key} {data[key].get('type')!r}")
+    added = {token["id"]: token for token in data.get("added_tokens", [])}
+    vocab = {}
+    for token, token_id in model.get("vocab", {}).items():
+        if token_id not in added:
+            vocab[token_id] = str_to_token(token, f"{path}: vocab")
+    ids = {token: i for i, token in vocab.items()}
+    merges = []
+    for n, merge in enumerate(model.get("merges", [])):
+        a, b = merge.split(" ") if isinstance(merge, str) else merge
+        pair = (str_to_token(a, f"{path}: merge {n}"), str_to_token(b, f"{path}: merge {n}"))
+        if not all(token in ids for token in (*pair, pair[0] + pair[1])):
+            raise ValueError(f"{path}: merge {n} ({a} {b}) uses or makes a token not in the vocab")
+        if not ids[pair[0] + pair[1]] > max(ids[pair[0]], ids[pair[1]]):
+            raise unsupported(f"merge {n} ({a} {b}) making a token of lower id than its parts")
+        if merges and ids[pair[0] + pair[1]] < ids[merges[-1][0] + merges[-1][1]]:
+            raise unsupported(f"merge {n} ({a} {b}) out of id order")
+        merges.append(pair)
+    for token_id, token in added.items():
+        for key in ("single_word", "lstrip", "rstrip"):
+            if token.get(key):
+                raise unsupported(f"added token {token['content']!r} with {key}=true")
+        if token["content"].encode("utf-8") in ids:
+            raise ValueError(f"{path}: added token {token['content']!r} is also a vocab token")
+        vocab[token_id] = token["content"].encode("utf-8")
+    return vocab, merges, [token["content"] for token in added.values()]
 
 
 def write_special_tokens(path: str | Path, special_tokens: list[str]) -> None:

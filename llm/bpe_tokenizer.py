@@ -40,6 +40,7 @@ from llm.atomic_write import atomic_write, remove_stale_temp_files
 from llm.bpe_files import (
     read_merges,
     read_special_tokens,
+    read_tokenizer_json,
     read_vocab,
     write_merges,
     write_special_tokens,
@@ -248,11 +249,17 @@ class BpeTokenizer:
 
     @classmethod
     def load(cls, directory: str | Path) -> "BpeTokenizer":
-        """Load a tokenizer written by save(); special_tokens.json may be absent (none)."""
+        """Load a tokenizer written by save() (special_tokens.json may be absent: none), or,
+        from a directory without vocab.json, a Hugging Face tokenizer.json (see
+        llm/bpe_files.py)."""
         directory = Path(directory)
+        if not (directory / "vocab.json").exists() and (directory / "tokenizer.json").is_file():
+            return cls(*read_tokenizer_json(directory / "tokenizer.json"))
         for name in ("vocab.json", "merges.txt"):
             if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory}: no {name}; is this a tokenizer directory?")
+                raise FileNotFoundError(
+                    f"{directory}: no {name} (nor tokenizer.json); is this a tokenizer directory?"
+                )
         special_tokens = []
         if (directory / "special_tokens.json").is_file():
             special_tokens = read_special_tokens(directory / "special_tokens.json")

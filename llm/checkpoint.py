@@ -28,6 +28,7 @@ from torch import nn
 
 from llm.atomic_write import atomic_write
 from llm.config import ConfigError, config_from_dict, config_to_dict
+from llm.hf_format import HfFormatError, is_hf_dir, load_hf_model, read_hf_config
 from llm.transformer import ModelConfig, Transformer
 
 CHECKPOINT_NAME = "checkpoint.pt"  # the file a run directory holds
@@ -159,18 +160,40 @@ def load_checkpoint(
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
-    """A Transformer rebuilt from a checkpoint file or a run directory, in eval mode, with the
-    checkpoint dict (for its tokenizer_dir, configs, iteration)."""
+    """A Transformer rebuilt from a checkpoint file, a run directory or a Hugging Face Llama
+    directory (llm/hf_format.py), in eval mode, with the checkpoint dict (for its tokenizer_dir,
+    configs, iteration)."""
+    if is_hf_dir(path):
+        try:
+            return load_hf_model(path, device)
+        except HfFormatError as e:
+            raise CheckpointError(str(e)) from None
     checkpoint = read_checkpoint(path, map_location=device)
+    model = Transformer(_model_config(checkpoint, path)).to(device)
+    restore_checkpoint(checkpoint, model)
+    return model.eval(), checkpoint
+
+
+def read_model_config(path: str | Path) -> tuple[ModelConfig, str | None]:
+    """The model config and the tokenizer directory of what load_model(path) loads, without
+    building the model."""
+    if is_hf_dir(path):
+        try:
+            config, _ = read_hf_config(path)
+        except HfFormatError as e:
+            raise CheckpointError(str(e)) from None
+        return config, str(path) if (Path(path) / "tokenizer.json").is_file() else None
+    checkpoint = read_checkpoint(path)
+    return _model_config(checkpoint, path), checkpoint.get("tokenizer_dir")
+
+
+def _model_config(checkpoint: dict, path: str | Path) -> ModelConfig:
     if checkpoint.get("model_config") is None:
         raise CheckpointError(f"{path} holds no model_config; cannot rebuild the model")
     try:
-        config = config_from_dict(ModelConfig, checkpoint["model_config"])
+        return config_from_dict(ModelConfig, checkpoint["model_config"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: its model_config does not fit this code: {e}") from None
-    model = Transformer(config).to(device)
-    restore_checkpoint(checkpoint, model)
-    return model.eval(), checkpoint
 
 
 def rng_states(data_generator: torch.Generator | None = None) -> dict:

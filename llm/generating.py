@@ -284,16 +284,21 @@ class TextStream:
         return self.decoder.decode(b"", final=True)
 
 
-def load_model_and_tokenizer(path: Path, device: torch.device) -> tuple[Transformer, BpeTokenizer]:
-    """Rebuild the model from a checkpoint (file or run directory) and load its tokenizer."""
+def load_model_and_tokenizer(
+    path: Path, device: torch.device
+) -> tuple[Transformer, BpeTokenizer, dict]:
+    """Rebuild the model from a checkpoint (file or run directory) or a Hugging Face Llama
+    directory, and load its tokenizer; also returns the checkpoint dict."""
     model, checkpoint = load_model(path, device)
     tokenizer, where = find_tokenizer(path, checkpoint)
-    if tokenizer.vocab_size != model.config.vocab_size:
+    # A Hugging Face model's embedding table may have rows no token uses (padded to a round size).
+    fits = tokenizer.vocab_size <= model.config.vocab_size
+    if tokenizer.vocab_size != model.config.vocab_size and not (fits and checkpoint.get("hf")):
         raise ValueError(
             f"the tokenizer ({where}) has {tokenizer.vocab_size} tokens but the model was "
             f"trained with {model.config.vocab_size}: use the tokenizer it was trained with"
         )
-    return model, tokenizer
+    return model, tokenizer, checkpoint
 
 
 def find_tokenizer(path: Path, checkpoint: dict) -> tuple[BpeTokenizer, str]:
@@ -364,9 +369,12 @@ def run(config: GenerateConfig) -> None:
         device = resolve_device(config.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    model, tokenizer = load_model_and_tokenizer(Path(config.checkpoint), device)
-    if config.eos_id is None:
-        config = dataclasses.replace(config, eos_id=eos_id_of(tokenizer))
+    model, tokenizer, checkpoint = load_model_and_tokenizer(Path(config.checkpoint), device)
+    if config.eos_id is None:  # a Hugging Face model's config names its own
+        eos_id = checkpoint.get("eos_token_id")
+        config = dataclasses.replace(
+            config, eos_id=eos_id_of(tokenizer) if eos_id is None else eos_id
+        )
     if config.compile:
         model = torch.compile(model, dynamic=True)
 

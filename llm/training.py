@@ -3,6 +3,7 @@
     uv run -m llm.training configs/cpu-small.toml --max_iters 500 --model.d_model 128
     uv run -m llm.training --help                    # every key, its type and default
     uv run -m llm.training --run_dir runs/x --resume # continue a stopped run exactly
+    uv run -m llm.training --init_from hf_model/ --train_data mine.npy  # fine-tune given weights
 
 Each optimizer step: learning rate from the cosine schedule, forward/backward on batch_size
 random windows (split into grad_accum_steps micro-batches, and across processes under DDP),
@@ -11,6 +12,11 @@ the end the exact loss on the whole validation split. The run directory gets:
 
     config.json      the effective config          metrics.jsonl  one JSON record per log/eval
     checkpoint.pt    the latest checkpoint         img/loss.png, img/lr.png
+
+--init_from starts a new run (fresh optimizer, step 0) from the weights of another run, a
+checkpoint file or a Hugging Face Llama directory: the model config and, unless given, the
+tokenizer are the source's; a [model] setting other than context_length or attention must
+equal the source's (anything else is an error).
 
 Checkpoints are saved every checkpoint_interval steps, at the end, and on Ctrl-C / SIGTERM
 (after the current step; under DDP at the next log, eval or checkpoint step, where the
@@ -48,7 +54,9 @@ from tqdm import tqdm
 from llm.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
+    load_model,
     read_checkpoint,
+    read_model_config,
     restore_checkpoint,
     save_checkpoint,
 )
@@ -98,6 +106,7 @@ class TrainConfig:
     tokenizer_dir: str = ""  # tokenizer that encoded the data, for bits/byte ("" = ids are bytes)
     run_dir: str = "runs/default"  # checkpoint, metrics.jsonl, config.json and img/ go here
     resume: bool = False  # continue the run in run_dir from its checkpoint
+    init_from: str = ""  # start from these weights (run, checkpoint, HF Llama dir) and their model
     optimizer: str = "adamw"  # "adamw", "sgd" (SGD, lr / sqrt(t + 1) decay) or "muon" (see adam_lr)
     max_lr: float = 1e-3  # peak learning rate, reached after warmup_iters
     min_lr: float = 1e-4  # learning rate at the end of the decay (step max_iters)
@@ -152,10 +161,36 @@ def _base_config(values: dict) -> TrainConfig:
         saved = Path(values.get("run_dir", TrainConfig.run_dir)) / "config.json"
         if saved.is_file():
             return config_from_dict(TrainConfig, json.loads(saved.read_text()))
+    if values.get("init_from"):
+        return _init_from_base(values["init_from"], values.get("model", {}))
     preset = values.get("model_preset", TrainConfig.model_preset)
     if preset not in MODEL_PRESETS:
         raise ConfigError(f"unknown model_preset {preset!r}; presets: {', '.join(MODEL_PRESETS)}")
     return TrainConfig(model_preset=preset, model=dataclasses.replace(MODEL_PRESETS[preset]))
+
+
+# What --init_from lets a run change: no weight depends on the window length or the attention
+# implementation, and the source's weights replace the initialisation zero_init_residual sets.
+# Every other model setting is the source's.
+FREE_WITH_INIT_FROM = ("context_length", "attention", "zero_init_residual")
+
+
+def _init_from_base(source: str, model_values: dict) -> TrainConfig:
+    """The defaults of a run started from the weights at `source` (--init_from): its model
+    config and tokenizer (model_preset is unused). [model] keys may repeat the source's values;
+    a different one is a ConfigError, except for FREE_WITH_INIT_FROM."""
+    try:
+        model, tokenizer_dir = read_model_config(source)
+    except (CheckpointError, OSError) as e:
+        raise ConfigError(f"--init_from {source}: {e}") from None
+    wanted = config_from_dict(ModelConfig, model_values, model)
+    for key in model_values:
+        if key not in FREE_WITH_INIT_FROM and getattr(wanted, key) != getattr(model, key):
+            raise ConfigError(
+                f"model.{key}={getattr(wanted, key)!r} differs from {source}, which has "
+                f"{getattr(model, key)!r}: --init_from takes the model from there; drop the setting"
+            )
+    return TrainConfig(model=model, tokenizer_dir=tokenizer_dir or "", init_from=source)
 
 
 @dataclass
@@ -268,6 +303,8 @@ def _start_run(config: TrainConfig, world: Distributed) -> _Run:
     optimizer = _build_optimizer(model, config, autocast_dtype(config.dtype, world.device))
     generator = torch.Generator().manual_seed(config.seed)
     step, saved = _resume(config, world, model, optimizer, generator) if config.resume else (0, {})
+    if config.init_from and not config.resume:  # the source's weights, a fresh optimizer
+        model.load_state_dict(load_model(config.init_from)[0].state_dict())
     if world.is_main:
         resumed_at = step if config.resume else None
         start_run_dir(config.run_dir, config_to_dict(config), resumed_at, step == config.max_iters)

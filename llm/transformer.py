@@ -48,6 +48,7 @@ class ModelConfig:
     qk_norm: bool = False  # RMSNorm on each head's queries and keys, before RoPE
     zero_init_residual: bool = False  # attention's out_proj and the FFN's W2 start at zero
     dropout: float = 0.0  # in training, drop this share of the embeddings and branch outputs
+    norm_eps: float = 1e-5  # the eps of every RMSNorm (Llama 2 and 3 use 1e-5, Llama 1 1e-6)
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
@@ -65,6 +66,8 @@ class ModelConfig:
             raise ValueError(f"d_ff must be at least 1 (or None for the default), not {self.d_ff}")
         if not self.rope_theta > 0:
             raise ValueError(f"rope_theta must be > 0, not {self.rope_theta}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, not {self.norm_eps}")
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"d_model={self.d_model} must split into num_heads={self.num_heads} heads "
@@ -386,8 +389,8 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = Linear(d_model, d_model, device, dtype)
         self.qk_norm = config.qk_norm
         if self.qk_norm:
-            self.q_norm = RmsNorm(self.d_head, device=device, dtype=dtype)
-            self.k_norm = RmsNorm(self.d_head, device=device, dtype=dtype)
+            self.q_norm = RmsNorm(self.d_head, config.norm_eps, device, dtype)
+            self.k_norm = RmsNorm(self.d_head, config.norm_eps, device, dtype)
         if config.position_encoding == "rope":
             self.rope = RoPE(config.rope_theta, self.d_head, config.context_length, device)
         else:
@@ -489,7 +492,7 @@ class TransformerBlock(nn.Module):
         def norm() -> nn.Module:
             if config.norm_position == "none":
                 return nn.Identity()
-            return RmsNorm(d_model, device=device, dtype=dtype)
+            return RmsNorm(d_model, config.norm_eps, device, dtype)
 
         self.post_norm = config.norm_position == "post"
         self.attn_norm = norm()
@@ -537,7 +540,7 @@ class Transformer(nn.Module):
         self.embedding_dropout = Dropout(c.dropout)
         self.blocks = nn.ModuleList(TransformerBlock(c, device, dtype) for _ in range(c.num_layers))
         if c.norm_position == "pre":
-            self.final_norm = RmsNorm(c.d_model, device=device, dtype=dtype)
+            self.final_norm = RmsNorm(c.d_model, c.norm_eps, device, dtype)
         else:
             self.final_norm = nn.Identity()
         self.lm_head = Linear(c.d_model, c.vocab_size, device, dtype)

@@ -1,0 +1,78 @@
+"""Export a trained model to the Hugging Face Llama format (llm/hf_format.py), so that
+`transformers`, vLLM, llama.cpp's converter and the Hub can use it:
+
+    uv run -m llm.export runs/cpu-small exported/    # a run directory or a checkpoint file
+
+OUT_DIR then holds config.json, model.safetensors, generation_config.json, tokenizer.json and
+tokenizer_config.json, and loads with `AutoModelForCausalLM.from_pretrained(OUT_DIR)` and
+`AutoTokenizer.from_pretrained(OUT_DIR)`. The files are written into a temp directory beside
+OUT_DIR, which is renamed to OUT_DIR once complete: an interrupted export leaves no half-written
+model. A non-empty OUT_DIR is refused unless --force, which replaces an earlier export (a
+directory holding other files is never deleted).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llm.atomic_write import atomic_directory
+from llm.checkpoint import CheckpointError
+from llm.cli import parse, run_main
+from llm.config import ConfigError
+from llm.generating import load_model_and_tokenizer
+from llm.hf_format import EXPORT_FILES, check_llama, save_hf
+from llm.paths import check_writable_dir
+
+
+@dataclass
+class ExportConfig:
+    """`uv run -m llm.export SOURCE OUT_DIR`: what to export, and where."""
+
+    source: str  # run directory or checkpoint file (its tokenizer is found from it)
+    out_dir: str  # the directory to write; must be empty or absent unless --force
+    force: bool = False  # replace an earlier export in out_dir
+
+
+def export(source: str | Path, out_dir: str | Path, force: bool = False) -> Path:
+    """Write the model (and its tokenizer) at `source` to `out_dir` in the Hugging Face Llama
+    format; returns out_dir."""
+    out = Path(out_dir)
+    check_out_dir(out, force)
+    model, tokenizer, _ = load_model_and_tokenizer(Path(source), "cpu")
+    check_llama(model.config)  # before writing anything
+    with atomic_directory(out) as temp:
+        save_hf(temp, model, tokenizer)
+    return out
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Raise a ConfigError unless out can become the export: absent or empty, or, with force,
+    holding only the files of an earlier export."""
+    check_writable_dir(out, "OUT_DIR")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if present and not force:
+        raise ConfigError(
+            f"OUT_DIR {out} is not empty; choose another, or pass --force to replace an earlier "
+            "export"
+        )
+    others = [name for name in present if name not in EXPORT_FILES]
+    if others:
+        raise ConfigError(
+            f"OUT_DIR {out} holds {', '.join(others[:3])}, which an export does not write; "
+            "not deleting it: choose another OUT_DIR"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    def command() -> None:
+        config = parse(
+            ExportConfig, argv, description=__doc__, prog="uv run -m llm.export",
+            positional=("source", "out_dir"),
+        )  # fmt: skip
+        out = export(config.source, config.out_dir, config.force)
+        print(f"exported {config.source} to {out} (Hugging Face Llama format)")
+
+    run_main(command, errors=(CheckpointError, ValueError, OSError))
+
+
+if __name__ == "__main__":
+    main()
