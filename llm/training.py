@@ -169,10 +169,10 @@ def _base_config(values: dict) -> TrainConfig:
     return TrainConfig(model_preset=preset, model=dataclasses.replace(MODEL_PRESETS[preset]))
 
 
-# What --init_from lets a run change: no weight depends on the window length or the attention
-# implementation, and the source's weights replace the initialisation zero_init_residual sets.
-# Every other model setting is the source's.
-FREE_WITH_INIT_FROM = ("context_length", "attention", "zero_init_residual")
+# What --init_from lets a run change: no weight depends on the window length, the attention
+# implementation or dropout (fine-tuning on little text often adds it), and the source's weights
+# replace the initialisation zero_init_residual sets. Every other model setting is the source's.
+FREE_WITH_INIT_FROM = ("context_length", "attention", "zero_init_residual", "dropout")
 
 
 def _init_from_base(source: str, model_values: dict) -> TrainConfig:

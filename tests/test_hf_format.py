@@ -297,10 +297,12 @@ def test_init_from_starts_a_run_from_the_source_weights(gqa_export, tmp_path, ca
     np.save(tmp_path / "train.npy", tokens)
     argv = ["--init_from", str(out), "--train_data", str(tmp_path / "train.npy"),
             "--run_dir", str(tmp_path / "run"), "--max_iters", "1", "--warmup_iters", "5",
-            "--batch_size", "2", "--model.context_length", "16", "--final_eval", "none",
-            "--device", "cpu"]  # fmt: skip
-    config = training.load_train_config(argv)
-    assert config.model == ModelConfig(**{**vars(model.config), "context_length": 16})
+            "--batch_size", "2", "--model.context_length", "16", "--model.dropout", "0.1",
+            "--final_eval", "none", "--device", "cpu"]  # fmt: skip
+    config = training.load_train_config(argv)  # a shorter window and dropout: allowed
+    assert config.model == ModelConfig(
+        **{**vars(model.config), "context_length": 16, "dropout": 0.1}
+    )
     assert config.tokenizer_dir == str(out)
     training.train(config)  # step 0 has learning rate 0: the weights stay the source's
     saved = read_checkpoint(tmp_path / "run")
