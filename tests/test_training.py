@@ -26,7 +26,7 @@ from llm.evaluation import (
 )
 from llm.run_dir import read_metrics
 from llm.training import TrainConfig, TrainingDiverged, load_train_config, train
-from llm.transformer import ModelConfig, Transformer
+from llm.transformer import MODEL_PRESETS, ModelConfig, Transformer
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"tokens_per_s", "train_seconds", "mfu"}
@@ -240,7 +240,8 @@ def test_training_learns_and_writes_its_run_directory(token_data_dir, tmp_path):
     [
         {},
         {"optimizer": "muon", "max_lr": 0.02, "min_lr": 0.002, "adam_lr": 4e-3},
-        {"model": {"dropout": 0.2}},  # its masks come from the random state the checkpoint keeps
+        # Dropout's masks come from the random state the checkpoint keeps.
+        {"model": {**vars(MODEL_PRESETS["tiny"]), "dropout": 0.2}},
     ],
     ids=["adamw", "muon", "dropout"],
 )
