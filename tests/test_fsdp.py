@@ -42,6 +42,10 @@ def _losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in plots.read_metrics(run_dir) if r["type"] == "train"}
 
 
+def _final_eval(run_dir) -> float:
+    return [r["loss"] for r in plots.read_metrics(run_dir) if r["type"] == "eval"][-1]
+
+
 def _grad_norms(run_dir) -> list[float]:
     return [r["grad_norm"] for r in plots.read_metrics(run_dir) if r["type"] == "train"]
 
@@ -53,13 +57,16 @@ def runs(tmp_path_factory):
     1 to step 20, from a checkpoint whose next save was killed); `one_to_two` (the reverse);
     `single_muon` and `fsdp_muon` (6 steps)."""
     tmp = tmp_path_factory.mktemp("fsdp")
-    np.save(tmp / "train.npy", markov_tokens(4000))
+    tokens = markov_tokens(5000)
+    np.save(tmp / "train.npy", tokens[:4000])
+    np.save(tmp / "valid.npy", tokens[4000:])
     args = [
-        "--train_data", str(tmp / "train.npy"), "--model.context_length", "16",
+        "--train_data", str(tmp / "train.npy"), "--valid_data", str(tmp / "valid.npy"),
+        "--final_eval", "sampled", "--eval_windows", "8", "--model.context_length", "16",
         "--model.d_model", "32", "--model.num_heads", "2", "--model.d_ff", "64",
         "--max_lr", "1e-3", "--min_lr", "1e-3", "--warmup_iters", "0", "--batch_size", "8",
         "--grad_accum_steps", "2", "--grad_clip", "0.5", "--log_interval", "1",
-        "--final_eval", "none", "--device", "cpu", "--threads", "1",
+        "--device", "cpu", "--threads", "1",
     ]  # fmt: skip
     fsdp = [*args, "--parallel", "fsdp"]
     muon = ["--optimizer", "muon", "--max_lr", "0.02", "--min_lr", "0.02", "--max_iters", "6"]
@@ -101,6 +108,8 @@ def test_fsdp_trains_like_one_process(runs):
     norms = _grad_norms(runs / "single")
     np.testing.assert_allclose(_grad_norms(runs / "fsdp"), norms, rtol=1e-5)
     assert min(norms) > 0.5
+    # Every rank evaluates the sharded model (each forward needs them all), with the same result.
+    assert abs(_final_eval(runs / "fsdp") - _final_eval(runs / "single")) < 1e-5
 
     # The consolidated checkpoint holds the same weights, and load_model's model the same logits.
     out = consolidate(runs / "fsdp", runs / "fsdp.pt")
