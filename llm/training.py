@@ -654,9 +654,11 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
     if config.ns_steps < 1:
         raise ConfigError(f"ns_steps must be at least 1, not {config.ns_steps}")
     try:
-        resolve_device(config.device)
+        device = resolve_device(config.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if config.parallel == "fsdp" and device.type == "mps":
+        raise ConfigError("parallel = 'fsdp' runs on CUDA or CPU, not MPS: use --parallel ddp")
     per_pass = config.grad_accum_steps * world_size
     if config.batch_size % per_pass:
         raise ConfigError(
