@@ -374,8 +374,8 @@ def _read_train_state(path: Path) -> dict:
 class ConsolidateConfig:
     """Turn a sharded checkpoint into one checkpoint file (for generation and export)."""
 
-    source: str = ""  # a run directory saved with parallel = "fsdp", or its checkpoint.dcp
-    out: str = ""  # the checkpoint file to write, e.g. model.pt
+    source: str  # a run directory saved with parallel = "fsdp", or its checkpoint.dcp
+    out: str  # the checkpoint file to write, e.g. model.pt
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -389,8 +389,6 @@ def main(argv: list[str] | None = None) -> None:
             prog="uv run -m llm.checkpoint",
             positional={"consolidate": ("source", "out")},
         )
-        if not config.source or not config.out:
-            raise ConfigError("give the run directory and the file to write: consolidate RUN OUT")
         out = consolidate(config.source, config.out)
         print(f"wrote {out}; generate with: uv run -m llm.generating --checkpoint {out}")
 
