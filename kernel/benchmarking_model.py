@@ -1,24 +1,45 @@
-"""Time the model: forward, forward + backward, and a full training step (with our AdamW).
+"""Time the model: forward, forward + backward, and a full training step (with our AdamW);
+or, with --memory, measure the peak memory per process of a training step.
 
     uv run kernel/benchmarking_model.py --size tinystories-17m --batch-size 8 --compare-hf
+    uv run kernel/benchmarking_model.py --size tinystories-17m --memory --processes 2
 
 With --compare-hf, Hugging Face's LlamaForCausalLM with the same weights is timed in the same
 run, step for step alternating with ours, so both see the same machine load; the last line gives
 our speed as a ratio of theirs. Results for this project are in docs/benchmarks.md.
+
+--memory runs one training step (forward, backward, AdamW; after a first step that creates the
+optimizer state) in each mode: one process, DDP and FSDP over --processes processes, each with
+and without activation checkpointing; every process gets --batch-size sequences. It reports the
+largest peak over the processes. On CUDA the peak is torch.cuda.max_memory_allocated. On CPU it
+is the peak resident memory of the process during the step (VmHWM, reset just before it through
+/proc/self/clear_refs) less the resident memory before the model was built (Python, torch,
+Gloo). For that difference to be the training's memory: glibc's mmap threshold is fixed at
+64 KB, so that every larger tensor gets its own mapping, returned to the system when the tensor
+is freed (resident memory follows the live tensors, not what the allocator keeps for reuse);
+and the processes are forked from one that already ran a step of a tiny model, so that the
+modules PyTorch imports on first use are loaded before the baseline is taken.
 """
 
+import ctypes
+import multiprocessing
+import os
+import socket
 import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from llm.cli import parse, run_main
-from llm.device import peak_flops, resolve_device
+from llm.device import autocast, peak_flops, resolve_device, setup_distributed
 from llm.optim import AdamW
+from llm.sharding import shard_model
 from llm.transformer import MODEL_PRESETS, Transformer, cross_entropy
 
 
@@ -88,6 +109,8 @@ class BenchConfig:
     compare_hf: bool = False  # also time Hugging Face's LlamaForCausalLM, alternating
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     threads: int = 0  # CPU threads (0 = torch's default)
+    memory: bool = False  # measure peak memory per process of a training step instead
+    processes: int = 2  # --memory: processes of the DDP and FSDP measurements
 
     def __post_init__(self) -> None:
         if self.size not in MODEL_PRESETS:
@@ -105,6 +128,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = run_main(lambda: resolve_device(args.device), errors=(ValueError,))
+    if args.memory:
+        return memory_table(args)
     config = replace(MODEL_PRESETS[args.size], attention=args.attention)
     if args.context_length:
         config = replace(config, context_length=args.context_length)
@@ -150,6 +175,118 @@ def main() -> None:
         if "hf-llama" in times:
             ratio = statistics.mean(times["hf-llama"]) / statistics.mean(times["ours"])
             print(f"  {mode:8s} ours / hf-llama speed: {ratio:.2f}x")
+
+
+MEMORY_MODES = [  # (name, processes: 1 or --processes, parallel, activation checkpointing)
+    ("one process", False, "ddp", False),
+    ("one process + AC", False, "ddp", True),
+    ("DDP", True, "ddp", False),
+    ("DDP + AC", True, "ddp", True),
+    ("FSDP", True, "fsdp", False),
+    ("FSDP + AC", True, "fsdp", True),
+]
+
+
+def memory_table(args: BenchConfig) -> None:
+    """Peak memory per process of a training step in each mode, as a markdown table."""
+    if resolve_device(args.device).type == "cpu":
+        ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD (glibc), see the top
+        _warm_up()
+    print(
+        f"{args.size}, batch {args.batch_size} per process, "
+        f"{'bf16' if args.bf16 else 'fp32'}, {args.device}, {args.processes} processes\n"
+        "| mode | processes | peak memory per process (MB) |\n| --- | ---: | ---: |"
+    )
+    cpu = resolve_device(args.device).type == "cpu"
+    context = multiprocessing.get_context("fork" if cpu else "spawn")  # CUDA cannot fork
+    for name, multi, parallel, recompute in MEMORY_MODES:
+        n = args.processes if multi else 1
+        results = context.Queue()
+        with socket.socket() as s:  # a free port for this job's rendezvous
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        workers = [
+            context.Process(
+                target=_memory_worker, args=(r, n, port, parallel, recompute, args, results)
+            )
+            for r in range(n)
+        ]
+        for w in workers:
+            w.start()
+        peaks = [results.get(timeout=600) for _ in workers]
+        for w in workers:
+            w.join()
+        print(f"| {name} | {n} | {max(peaks) / 2**20:,.0f} |", flush=True)
+
+
+def _warm_up() -> None:
+    """One training step of a tiny model with activation checkpointing: what it imports and
+    sets up on first use is then in place in the processes forked from this one."""
+    model = Transformer(MODEL_PRESETS["tiny"])
+    model.activation_checkpointing = True
+    optimizer = AdamW(model.parameters())
+    ids = torch.randint(0, 512, (1, 9))
+    cross_entropy(model(ids[:, :-1]), ids[:, 1:]).backward()
+    optimizer.step()
+
+
+def _memory_worker(
+    rank: int, world: int, port: int, parallel: str, recompute: bool, args: BenchConfig, results
+) -> None:
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo",
+    )  # fmt: skip
+    torch.set_num_threads(args.threads or 1)
+    dist = setup_distributed(args.device, always=parallel == "fsdp")
+    device, dtype = dist.device, torch.bfloat16 if args.bf16 else None
+    baseline = _resident_bytes() if device.type == "cpu" else 0
+    config = replace(MODEL_PRESETS[args.size], attention=args.attention)
+    if args.context_length:
+        config = replace(config, context_length=args.context_length)
+    torch.manual_seed(0)
+    model = Transformer(config).to(device)
+    model.activation_checkpointing = recompute
+    if parallel == "fsdp":
+        shard_model(model, device, dtype)
+    loss_model = DistributedDataParallel(model) if parallel == "ddp" and world > 1 else model
+    optimizer = AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, config.vocab_size, (args.batch_size, config.context_length + 1))
+    ids = ids.to(device)
+
+    def step() -> None:
+        with autocast(device, dtype):
+            loss = cross_entropy(loss_model(ids[:, :-1]), ids[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # creates the optimizer state, which the measured step then holds
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := the current resident memory
+        step()
+        peak = _status_bytes("VmHWM") - baseline
+    results.put(peak)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _resident_bytes() -> int:
+    return _status_bytes("VmRSS")
+
+
+def _status_bytes(key: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024  # "VmHWM:   123456 kB"
+    raise RuntimeError(f"no {key} in /proc/self/status: --memory on CPU needs Linux")
 
 
 if __name__ == "__main__":

@@ -14,24 +14,44 @@ A checkpoint is one file written with torch.save holding plain data only:
 It is written atomically (llm/atomic_write.py: temp file, fsync, rename), so a crash or a kill
 mid-save leaves the previous checkpoint whole, and read with torch.load(weights_only=True), which
 refuses anything but tensors and plain containers: a checkpoint from elsewhere cannot run code.
+
+A sharded run (parallel = "fsdp", llm/sharding.py) saves a directory instead, checkpoint.dcp,
+with torch.distributed.checkpoint (DCP): each process writes its own slices of the weights and
+the optimizer state, and rank 0 adds train_state.pt, the entries above but model and optimizer.
+DCP records where each slice belongs, so the run resumes on any number of processes. A save
+goes to checkpoint.dcp.tmp, which is renamed when complete (the previous one is kept as
+checkpoint.dcp.old during the swap): a run killed mid-save resumes from the last complete one.
+DCP's index (.metadata) is a pickle, so load only sharded checkpoints you made; to share a
+model, turn it into one file:
+
+    uv run -m llm.checkpoint consolidate RUN_DIR OUT.pt
 """
 
 import dataclasses
 import pickle
 import random
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import CheckpointException
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from llm.atomic_write import atomic_write
+from llm.cli import parse_command, run_main
 from llm.config import ConfigError, config_from_dict, config_to_dict
 from llm.hf_format import HfFormatError, is_hf_dir, load_hf_model, read_hf_config
 from llm.transformer import ModelConfig, Transformer
 
 CHECKPOINT_NAME = "checkpoint.pt"  # the file a run directory holds
+SHARDED_NAME = "checkpoint.dcp"  # or, for a sharded run, this directory
+TRAIN_STATE_NAME = "train_state.pt"  # in it, beside the slices: all but model and optimizer
 
 
 class CheckpointError(ValueError):
@@ -72,20 +92,33 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint atomically to `path`; returns the path."""
     plain = unwrap(model)
-    model_config = getattr(plain, "config", None)
     checkpoint = {
         "model": clean_state_dict(plain.state_dict()),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        **_train_state(plain, iteration, train_config, tokenizer_dir, data_generator, extra),
+    }
+    path = Path(path)
+    atomic_save(checkpoint, path)
+    return path
+
+
+def _train_state(
+    model: nn.Module,
+    iteration: int,
+    train_config: Any,
+    tokenizer_dir: str | Path | None,
+    data_generator: torch.Generator | None,
+    extra: dict | None,
+) -> dict:
+    """A checkpoint's entries but model and optimizer."""
+    return {
         "iteration": int(iteration),
-        "model_config": _as_dict(model_config),
+        "model_config": _as_dict(getattr(model, "config", None)),
         "train_config": _as_dict(train_config),
         "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None,
         "rng": rng_states(data_generator),
         "extra": extra or {},
     }
-    path = Path(path)
-    atomic_save(checkpoint, path)
-    return path
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -101,6 +134,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
+        if sharded_checkpoint(path.parent):
+            raise CheckpointError(
+                f"{path.parent} holds a sharded checkpoint; make one file of it with: "
+                f"uv run -m llm.checkpoint consolidate {path.parent} model.pt"
+            )
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
@@ -259,3 +297,126 @@ def _as_dict(config: Any) -> dict | None:
     if config is None or isinstance(config, dict):
         return config
     return config_to_dict(config)
+
+
+def sharded_checkpoint(run_dir: str | Path) -> Path | None:
+    """The complete sharded checkpoint of run_dir, or None: checkpoint.dcp, or the .old one
+    when a save was killed between its two renames."""
+    for path in (Path(run_dir) / SHARDED_NAME, Path(run_dir) / f"{SHARDED_NAME}.old"):
+        if (path / TRAIN_STATE_NAME).is_file():  # written last
+            return path
+    return None
+
+
+def save_sharded(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    iteration: int,
+    run_dir: str | Path,
+    *,
+    train_config: Any = None,
+    tokenizer_dir: str | Path | None = None,
+    data_generator: torch.Generator | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Save a sharded model (llm.sharding) and its optimizer to run_dir/checkpoint.dcp; every
+    process of the job calls this. Returns the directory."""
+    final = Path(run_dir) / SHARDED_NAME
+    tmp, old = final.with_name(f"{SHARDED_NAME}.tmp"), final.with_name(f"{SHARDED_NAME}.old")
+    is_main = dist.get_rank() == 0
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed save
+        if old.exists() and not final.exists():
+            old.rename(final)  # a save killed between the renames: old is the latest
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp)
+    if is_main:
+        state = _train_state(model, iteration, train_config, tokenizer_dir, data_generator, extra)
+        atomic_save(state, tmp / TRAIN_STATE_NAME)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load_sharded(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    data_generator: torch.Generator | None = None,
+    restore_rng: bool = False,
+) -> tuple[int, dict]:
+    """Load a sharded checkpoint directory into a sharded model and its optimizer, whatever the
+    number of processes that saved it; every process calls this. Returns (iteration, extra)."""
+    path = Path(path)
+    state = _read_train_state(path)
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    slices = {"model": model_state, "optimizer": optimizer_state}
+    try:
+        dcp.load(slices, checkpoint_id=path)
+    except (CheckpointException, RuntimeError, KeyError, ValueError) as e:  # key, shape
+        raise CheckpointError(f"{path} does not fit the model: {str(e).strip()[:500]}") from None
+    set_state_dict(
+        model, optimizer, model_state_dict=slices["model"], optim_state_dict=slices["optimizer"]
+    )
+    if restore_rng:
+        set_rng_states(state["rng"], data_generator)
+    return int(state["iteration"]), state["extra"]
+
+
+def consolidate(source: str | Path, out: str | Path) -> Path:
+    """Gather a sharded checkpoint (a run directory or its checkpoint.dcp) into one checkpoint
+    file at `out`, for load_model and generation; one process, no process group. The optimizer
+    state is left out (to continue training, resume the sharded run)."""
+    source = Path(source)
+    path = source if (source / TRAIN_STATE_NAME).is_file() else sharded_checkpoint(source)
+    if path is None:
+        raise CheckpointError(f"no sharded checkpoint in {source} (no {SHARDED_NAME}/)")
+    state = _read_train_state(path)
+    model = Transformer(config_from_dict(ModelConfig, state["model_config"]))
+    whole = {"model": model.state_dict()}
+    dcp.load(whole, checkpoint_id=path)  # into the model's own tensors, whole
+    out = Path(out)
+    atomic_save({"model": whole["model"], "optimizer": None, **state}, out)
+    return out
+
+
+def _read_train_state(path: Path) -> dict:
+    try:
+        return torch.load(path / TRAIN_STATE_NAME, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{path / TRAIN_STATE_NAME} is not readable: {e!r}") from None
+
+
+@dataclass
+class ConsolidateConfig:
+    """Turn a sharded checkpoint into one checkpoint file (for generation and export)."""
+
+    source: str  # a run directory saved with parallel = "fsdp", or its checkpoint.dcp
+    out: str  # the checkpoint file to write, e.g. model.pt
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`uv run -m llm.checkpoint consolidate RUN_DIR OUT.pt`."""
+
+    def command() -> None:
+        _, config = parse_command(
+            {"consolidate": (ConsolidateConfig, ConsolidateConfig.__doc__)},
+            argv,
+            description="Checkpoint tools.",
+            prog="uv run -m llm.checkpoint",
+            positional={"consolidate": ("source", "out")},
+        )
+        out = consolidate(config.source, config.out)
+        print(f"wrote {out}; generate with: uv run -m llm.generating --checkpoint {out}")
+
+    run_main(command, errors=(CheckpointError, OSError))
+
+
+if __name__ == "__main__":
+    main()

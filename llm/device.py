@@ -76,15 +76,20 @@ class Distributed:
         return self.rank == 0
 
 
-def setup_distributed(device_name: str) -> Distributed:
+def setup_distributed(device_name: str, always: bool = False) -> Distributed:
     """Single process, or one process of a torchrun job (WORLD_SIZE > 1 in the environment):
-    NCCL between GPUs, one per process (LOCAL_RANK), Gloo between CPU processes."""
+    NCCL between GPUs, one per process (LOCAL_RANK), Gloo between CPU processes. `always`
+    starts a process group for a single process too (FSDP and its checkpoints work in one)."""
     device = resolve_device(device_name)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    if world_size == 1 and not always:
         return Distributed(0, 1, device)
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", device.index or 0)))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if world_size == 1 and "MASTER_ADDR" not in os.environ:  # not started by torchrun
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    else:
+        dist.init_process_group(backend)
     return Distributed(dist.get_rank(), world_size, device)

@@ -1,10 +1,20 @@
-"""Optimizers, the learning-rate schedule and gradient clipping, written from tensor ops."""
+"""Optimizers, the learning-rate schedule and gradient clipping, written from tensor ops.
+
+They also work on the sharded parameters of FSDP (llm/sharding.py), which are DTensors, each
+process holding a slice of rows: AdamW and SGD are elementwise, so each process updates its
+slice; the gradient norm sums the slices' squares over the processes; Muon, which needs whole
+matrices, gathers each one (see _muon_update).
+"""
 
 import math
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from llm.sharding import local_slice
 
 
 class AdamW(torch.optim.Optimizer):
@@ -51,10 +61,11 @@ def _adamw_update(p: Tensor, state: dict, group: dict) -> None:
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     state["step"] += 1
-    t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+    t = state["step"]
+    p, g, m, v = (local_slice(x) for x in (p, p.grad, state["exp_avg"], state["exp_avg_sq"]))
     p.mul_(1 - lr * group["weight_decay"])
-    m.lerp_(p.grad, 1 - beta1)
-    v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+    m.lerp_(g, 1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
     denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
     p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
 
@@ -81,8 +92,9 @@ class SGDDecay(torch.optim.Optimizer):
                     continue
                 state = self.state[p]
                 t = state.get("t", 0)
+                p, g = local_slice(p), local_slice(p.grad)
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(p.grad, alpha=-group["lr"] / math.sqrt(t + 1))
+                p.add_(g, alpha=-group["lr"] / math.sqrt(t + 1))
                 state["t"] = t + 1
         return loss
 
@@ -163,8 +175,14 @@ def _muon_update(p: Tensor, state: dict, group: dict, ns_dtype: torch.dtype | No
     u = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
     rows, cols = p.shape
     p.mul_(1 - lr * group["weight_decay"])
-    o = newton_schulz(u, group["ns_steps"], ns_dtype)
-    p.add_(o, alpha=-lr * math.sqrt(max(1, rows / cols)))
+    if isinstance(u, DTensor):
+        # A sharded matrix (FSDP): every process gathers the whole of u, orthogonalises it (the
+        # same computation on each) and keeps its own slice of the result, without sending it.
+        full = newton_schulz(u.full_tensor(), group["ns_steps"], ns_dtype)
+        update = distribute_tensor(full, u.device_mesh, u.placements, src_data_rank=None)
+    else:
+        update = newton_schulz(u, group["ns_steps"], ns_dtype)
+    p.add_(update, alpha=-lr * math.sqrt(max(1, rows / cols)))
 
 
 def newton_schulz(g: Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> Tensor:
@@ -237,16 +255,35 @@ def gradient_clip(params: Iterable[Tensor], max_norm: float, eps: float = 1e-6) 
     """Scale all gradients together so their global L2 norm is at most max_norm.
 
     Returns the norm before clipping (a 0-dim tensor; no host sync, so it is cheap on a GPU).
+    Sharded gradients (FSDP's DTensors, each process holding a slice) give the norm of the
+    whole gradients: the slices' sums of squares are added up over the processes.
     """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
+    sharded = isinstance(grads[0], DTensor)
+    if sharded:
+        _check_row_sharded(grads)
+        grads = [local_slice(g) for g in grads]  # this process's slices, sharing storage
     norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])
     total = torch.linalg.vector_norm(norms)
+    if sharded:
+        total = total.square()
+        dist.all_reduce(total)  # sum of squares over the slices of all processes
+        total = total.sqrt()
     scale = (max_norm / (total + eps)).clamp(max=1.0)
     for g in grads:
         g.mul_(scale.to(g.dtype))
     return total
+
+
+def _check_row_sharded(grads: list[Tensor]) -> None:
+    """The norm above is right only if every gradient is split into disjoint slices over all
+    processes: one Shard placement on a mesh of the whole job (as fully_shard makes)."""
+    for g in grads:
+        whole_job = g.device_mesh.size() == dist.get_world_size()
+        if not (isinstance(g, DTensor) and whole_job and all(p.is_shard() for p in g.placements)):
+            raise ValueError("gradient_clip: mixed or replicated DTensor gradients are not handled")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

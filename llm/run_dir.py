@@ -2,6 +2,7 @@
 
     config.json      the effective config          metrics.jsonl  one JSON record per log/eval
     checkpoint.pt    the latest checkpoint         img/           the plots
+                     (checkpoint.dcp/ when sharded)
 
 Nothing in it changes until a run is known to start: `check_run_dir` only looks, and
 `start_run_dir` is called once the data, the model and (with --resume) the checkpoint loaded.
@@ -11,7 +12,7 @@ import json
 from pathlib import Path
 
 from llm.atomic_write import remove_stale_temp_files, write_text
-from llm.checkpoint import CHECKPOINT_NAME
+from llm.checkpoint import CHECKPOINT_NAME, SHARDED_NAME, sharded_checkpoint
 from llm.config import ConfigError
 from llm.paths import check_writable_dir
 
@@ -19,17 +20,19 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 
 
-def check_run_dir(run_dir: str | Path, resume: bool) -> None:
+def check_run_dir(run_dir: str | Path, resume: bool, sharded: bool = False) -> None:
     """Raise ConfigError if a run cannot start in run_dir: a resume with no checkpoint, a new run
-    over a finished one, or a directory that cannot be created or written. Writes nothing."""
+    over a finished one, or a directory that cannot be created or written. Writes nothing.
+    sharded: the run saves checkpoint.dcp/ (FSDP) rather than checkpoint.pt."""
     run_dir = Path(run_dir)
-    checkpoint = run_dir / CHECKPOINT_NAME
     check_writable_dir(run_dir, "--run_dir")
-    if resume and not checkpoint.is_file():
-        raise ConfigError(f"--resume: there is no checkpoint to resume at {checkpoint}")
-    if not resume and checkpoint.is_file():
+    file, directory = run_dir / CHECKPOINT_NAME, sharded_checkpoint(run_dir)
+    if resume and not (directory if sharded else file.is_file()):
+        wanted = run_dir / SHARDED_NAME if sharded else file
+        raise ConfigError(f"--resume: there is no checkpoint to resume at {wanted}")
+    if not resume and (file.is_file() or directory):
         raise ConfigError(
-            f"{run_dir} already holds a run ({checkpoint}); continue it with --resume, "
+            f"{run_dir} already holds a run ({directory or file}); continue it with --resume, "
             "or choose another --run_dir"
         )
 

@@ -28,6 +28,12 @@ batch_size / N / grad_accum_steps sequences per micro-step, drawn from one share
 batch_size windows, so a run gives the same result (up to float rounding) on any number of
 processes. Several machines: run on each `torchrun --nnodes=M --node_rank=I
 --nproc_per_node=N --rdzv_backend=c10d --rdzv_endpoint=HOST0:29500 -m llm.training CONFIG`.
+
+Sharded data parallel (--parallel fsdp, llm/sharding.py): the same command, but each process
+keeps 1/N of the weights, gradients and optimizer state instead of all of them; it also runs in
+one process. Its checkpoint is a directory, checkpoint.dcp, that resumes on any number of
+processes (llm/checkpoint.py). --activation_checkpointing recomputes each block's activations in
+the backward instead of keeping them, in every mode.
 """
 
 import dataclasses
@@ -53,12 +59,16 @@ from tqdm import tqdm
 
 from llm.checkpoint import (
     CHECKPOINT_NAME,
+    SHARDED_NAME,
     CheckpointError,
     load_model,
+    load_sharded,
     read_checkpoint,
     read_model_config,
     restore_checkpoint,
     save_checkpoint,
+    save_sharded,
+    sharded_checkpoint,
 )
 from llm.cli import parse, run_main
 from llm.config import ConfigError, config_from_dict, config_to_dict, format_config
@@ -92,6 +102,7 @@ from llm.optim import (
 )
 from llm.plots import plot_run
 from llm.run_dir import METRICS_NAME, append_metrics, check_run_dir, start_run_dir
+from llm.sharding import nonfinite_parameter, shard_model
 from llm.transformer import MODEL_PRESETS, ModelConfig, Transformer, cross_entropy
 
 
@@ -135,6 +146,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda > mps > cpu), or "cpu", "cuda", "cuda:1", "mps"
     dtype: str = "auto"  # "auto" (bfloat16 autocast on CUDA, else float32), "float32", "bfloat16"
     compile: bool = False  # torch.compile the model (faster on GPUs after a warm-up)
+    parallel: str = "ddp"  # "ddp" (each process holds the whole model) or "fsdp" (1/N of it)
+    activation_checkpointing: bool = False  # recompute blocks in the backward: less memory
     seed: int = 0  # model initialisation and data order
     threads: int = 0  # torch CPU threads (0 = torch's default)
 
@@ -245,8 +258,13 @@ class _Run:
         return Path(self.config.run_dir)
 
     @property
+    def sharded(self) -> bool:
+        """FSDP: every rank holds a slice of the model, so every rank evaluates and saves."""
+        return self.config.parallel == "fsdp"
+
+    @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / CHECKPOINT_NAME
+        return self.run_dir / (SHARDED_NAME if self.sharded else CHECKPOINT_NAME)
 
     @property
     def metrics_path(self) -> Path:
@@ -265,7 +283,7 @@ class _Due(NamedTuple):
 def train(config: TrainConfig) -> dict:
     """Run training as configured; returns the final metrics (see _summary)."""
     check_config(config, int(os.environ.get("WORLD_SIZE", "1")))
-    world = setup_distributed(config.device)
+    world = setup_distributed(config.device, always=config.parallel == "fsdp")
     try:
         return _train(config, world)
     except TrainingDiverged as e:
@@ -274,7 +292,7 @@ def train(config: TrainConfig) -> dict:
             append_metrics(Path(config.run_dir) / METRICS_NAME, record)
         raise
     finally:
-        if world.world_size > 1:
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -282,7 +300,7 @@ def _train(config: TrainConfig, world: Distributed) -> dict:
     run = _start_run(config, world)
     _train_loop(run)
     final_eval = run.data.valid is not None and config.final_eval != "none" and not run.stopping
-    if run.is_main and final_eval:
+    if (run.is_main or run.sharded) and final_eval:
         run.last_eval = _evaluate(run, exact=config.final_eval == "exact")
     if run.is_main:
         plot_run(run.run_dir)
@@ -296,20 +314,23 @@ def _start_run(config: TrainConfig, world: Distributed) -> _Run:
     the config and the model's size."""
     _setup_torch(config)
     if world.is_main:
-        check_run_dir(config.run_dir, config.resume)
+        check_run_dir(config.run_dir, config.resume, config.parallel == "fsdp")
         print(format_config(config))
     data = _load_data(config)
     model = Transformer(config.model).to(world.device)
-    optimizer = _build_optimizer(model, config, autocast_dtype(config.dtype, world.device))
-    generator = torch.Generator().manual_seed(config.seed)
-    step, saved = _resume(config, world, model, optimizer, generator) if config.resume else (0, {})
     if config.init_from and not config.resume:  # the source's weights, a fresh optimizer
         model.load_state_dict(load_model(config.init_from)[0].state_dict())
+    model.activation_checkpointing = config.activation_checkpointing
+    dtype = autocast_dtype(config.dtype, world.device)
+    if config.parallel == "fsdp":
+        shard_model(model, world.device, dtype)  # before the optimizer takes its parameters
+    optimizer = _build_optimizer(model, config, dtype)
+    generator = torch.Generator().manual_seed(config.seed)
+    step, saved = _resume(config, world, model, optimizer, generator) if config.resume else (0, {})
     if world.is_main:
         resumed_at = step if config.resume else None
         start_run_dir(config.run_dir, config_to_dict(config), resumed_at, step == config.max_iters)
     loss_model = _loss_model(model, config, world)
-    dtype = autocast_dtype(config.dtype, world.device)
     run = _Run(config, world, data, model, loss_model, optimizer, generator, dtype)
     if config.resume:
         run.step = run.last_saved = step
@@ -351,23 +372,36 @@ def _resume(
     """Restore the model, optimizer and random states from the run's checkpoint; returns its
     step and the run state saved with it (see _save)."""
     path = Path(config.run_dir) / CHECKPOINT_NAME
-    checkpoint = read_checkpoint(path, map_location=world.device)
-    step = restore_checkpoint(
-        checkpoint, model, optimizer, data_generator=generator, restore_rng=True
-    )
+    sharded = sharded_checkpoint(config.run_dir)
+    if config.parallel == "fsdp":
+        if sharded is None:
+            raise CheckpointError(f"--parallel fsdp resumes a sharded run; {path} is not one")
+        step, extra = load_sharded(
+            sharded, model, optimizer, data_generator=generator, restore_rng=True
+        )
+        path = sharded
+    else:
+        if sharded is not None and not path.is_file():
+            raise CheckpointError(f"{sharded} is sharded: resume it with --parallel fsdp")
+        checkpoint = read_checkpoint(path, map_location=world.device)
+        step = restore_checkpoint(
+            checkpoint, model, optimizer, data_generator=generator, restore_rng=True
+        )
+        extra = checkpoint["extra"]
     if world.is_main:
         print(f"resumed from {path} at step {step}")
-    return step, checkpoint["extra"]
+    return step, extra
 
 
 def _loss_model(model: Transformer, config: TrainConfig, world: Distributed) -> nn.Module:
-    """NextTokenLoss(model), compiled and wrapped in DDP as configured. The loss is computed
-    inside the compiled module, so torch.compile fuses it with the output layer instead of
-    materialising float32 logits in several eager passes."""
+    """NextTokenLoss(model), compiled and wrapped in DDP as configured (a model sharded with
+    FSDP is already distributed). The loss is computed inside the compiled module, so
+    torch.compile fuses it with the output layer instead of materialising float32 logits in
+    several eager passes."""
     loss_model = NextTokenLoss(model)
     if config.compile:
         loss_model = torch.compile(loss_model)
-    if world.world_size > 1:
+    if world.world_size > 1 and config.parallel == "ddp":
         device_ids = [world.device.index] if world.device.type == "cuda" else None
         # DDP re-sends the buffers (RoPE tables, RmsNorm eps) from rank 0 at each forward: they
         # are equal anyway, and tiny beside the gradients' all-reduce.
@@ -382,7 +416,8 @@ def _describe(run: _Run) -> str:
         f"({model.num_parameters(exclude_embeddings=True):,} without embeddings); "
         f"{run.tokens_per_step:,} tokens per step; device {run.world.device}, "
         f"{'bfloat16 autocast' if run.autocast_dtype else 'float32'}, "
-        f"{run.world.world_size} process(es)"
+        f"{run.world.world_size} process(es), {run.config.parallel}"
+        + (", activation checkpointing" if run.config.activation_checkpointing else "")
     )
 
 
@@ -451,7 +486,9 @@ def _train_step(run: _Run, starts: Tensor) -> tuple[Tensor, Tensor | None]:
     for i, batch_starts in enumerate(micro_starts):
         inputs, targets = read_windows(run.data.train, batch_starts, ctx, world.device)
         # DDP all-reduces gradients during backward; skip it on all but the last micro-step.
-        skip_sync = world.world_size > 1 and i < accum - 1
+        # (FSDP reduce-scatters after each one: keeping whole gradients would cost the memory
+        # it saves.)
+        skip_sync = world.world_size > 1 and config.parallel == "ddp" and i < accum - 1
         with run.loss_model.no_sync() if skip_sync else nullcontext():
             with autocast(world.device, run.autocast_dtype):
                 loss = run.loss_model(inputs, targets) / accum
@@ -491,11 +528,11 @@ def _sync_point(
     run.train_seconds += seconds
     if due.log:
         _log_train(run, mean_loss, lr, grad_norm, seconds, bar)
-    if due.evaluate and run.is_main:
+    if due.evaluate and (run.is_main or run.sharded):
         run.last_eval = _evaluate(run, exact=False)
     if due.save or run.stopping:
         _check_finite(run.model, run.step)  # on every rank, so that all of them stop together
-        if run.is_main:
+        if run.is_main or run.sharded:
             _save(run)
         run.last_saved = run.step  # on every rank, for the divergence message
     if run.stopping:
@@ -549,12 +586,13 @@ def _log_train(
 
 def _evaluate(run: _Run, exact: bool) -> dict:
     """Validation loss on the fixed windows, or on the whole split (exact); recorded and
-    printed."""
+    printed by rank 0. Rank 0 alone evaluates, except a sharded model, whose every forward needs
+    all ranks: they all compute the same result."""
     config, data, device = run.config, run.data, run.world.device
     if exact:
         result = evaluate_exact(
             run.model, data.valid, config.eval_batch_size, device, data.token_bytes,
-            run.autocast_dtype, progress=True,
+            run.autocast_dtype, progress=run.is_main,
         )  # fmt: skip
     else:
         result = evaluate_windows(
@@ -563,6 +601,8 @@ def _evaluate(run: _Run, exact: bool) -> dict:
         )  # fmt: skip
     record = {"type": "eval", "step": run.step, "exact": exact, **result}
     record["train_seconds"] = run.train_seconds
+    if not run.is_main:
+        return record
     append_metrics(run.metrics_path, record)
     tqdm.write(
         f"step {run.step}: validation loss {result['loss']:.4f}, perplexity "
@@ -573,14 +613,17 @@ def _evaluate(run: _Run, exact: bool) -> dict:
 
 
 def _save(run: _Run) -> None:
-    """Checkpoint the run, with the state that --resume needs to continue it exactly."""
+    """Checkpoint the run, with the state that --resume needs to continue it exactly: rank 0
+    writes the whole model, or, sharded, every rank writes its slices."""
     extra = {
         "train_seconds": run.train_seconds,
         "loss_sum": run.loss_sum.item(),
         "loss_steps": run.loss_steps,
     }
-    save_checkpoint(
-        run.model, run.optimizer, run.step, run.checkpoint_path, train_config=run.config,
+    save = save_sharded if run.sharded else save_checkpoint
+    path = run.run_dir if run.sharded else run.checkpoint_path
+    save(
+        run.model, run.optimizer, run.step, path, train_config=run.config,
         tokenizer_dir=run.config.tokenizer_dir or None, data_generator=run.generator,
         extra=extra,
     )  # fmt: skip
@@ -656,6 +699,7 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
         "dtype": ("auto", "float32", "bfloat16"),
         "final_eval": ("exact", "sampled", "none"),
         "schedule": ("cosine", "wsd"),
+        "parallel": ("ddp", "fsdp"),
     }
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
@@ -683,9 +727,11 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
     if config.ns_steps < 1:
         raise ConfigError(f"ns_steps must be at least 1, not {config.ns_steps}")
     try:
-        resolve_device(config.device)
+        device = resolve_device(config.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if config.parallel == "fsdp" and device.type == "mps":
+        raise ConfigError("parallel = 'fsdp' runs on CUDA or CPU, not MPS: use --parallel ddp")
     per_pass = config.grad_accum_steps * world_size
     if config.batch_size % per_pass:
         raise ConfigError(
@@ -702,10 +748,9 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
 
 def _check_finite(model: nn.Module, step: int) -> None:
     """Never save non-finite weights over a good checkpoint."""
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            message = f"parameter {name} is not finite after step {step}; stopped"
-            raise TrainingDiverged(message, step)
+    name = nonfinite_parameter(model)
+    if name is not None:
+        raise TrainingDiverged(f"parameter {name} is not finite after step {step}; stopped", step)
 
 
 def _progress_text(record: dict) -> str:
@@ -751,6 +796,12 @@ def _closing_line(run: _Run) -> str:
     """Where the results are and what to do next."""
     if run.stopping:
         return f"continue this run with: uv run -m llm.training --run_dir {run.run_dir} --resume"
+    if run.sharded:
+        return (
+            f"done: checkpoint {run.checkpoint_path}, plots in {run.run_dir / 'img'}; make one "
+            f"file of it for generation with: uv run -m llm.checkpoint consolidate {run.run_dir} "
+            f"{run.run_dir / CHECKPOINT_NAME}"
+        )
     return (
         f"done: checkpoint {run.checkpoint_path}, plots in {run.run_dir / 'img'}; generate text "
         f"with: uv run -m llm.generating --checkpoint {run.run_dir} --prompt 'Once upon a time'"

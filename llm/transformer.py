@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -548,6 +549,9 @@ class Transformer(nn.Module):
             # One matrix both embeds and un-embeds (Press & Wolf, 2017); the output layer's small
             # init is kept, since std-1 embeddings would give huge initial logits.
             self.embedding.weight = self.lm_head.weight
+        # Training memory for compute: keep only each block's input in the forward and recompute
+        # the rest of its activations in the backward (about one extra forward pass).
+        self.activation_checkpointing = False
 
     def forward(
         self, token_ids: Tensor, kv_cache: KVCache | None = None, last_only: bool = False
@@ -556,8 +560,12 @@ class Transformer(nn.Module):
         generation needs; this skips the output layer's matmul for the other positions."""
         self._check_input(token_ids, kv_cache)
         x = self.embedding_dropout(self.embedding(token_ids))  # (batch, seq, d_model)
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for layer, block in enumerate(self.blocks):
-            x = block(x, None, kv_cache, layer)  # positions follow the cached tokens
+            if recompute:
+                x = checkpoint(block, x, None, kv_cache, layer, use_reentrant=False)
+            else:
+                x = block(x, None, kv_cache, layer)  # positions follow the cached tokens
         if kv_cache is not None:
             kv_cache.length += token_ids.shape[1]
         if last_only:

@@ -17,7 +17,7 @@ import torch
 
 import inspect_data
 import llm.__main__ as quickstart
-from llm import data, download, plots
+from llm import checkpoint, data, download, plots
 from llm.bpe_tokenizer import BpeTokenizer
 from llm.download import RemoteFile
 
@@ -193,6 +193,18 @@ def test_plots_bad_input(workspace, capsys, argv, code, words):
     check_fails(plots.main, argv, workspace, code, words, capsys)
 
 
+@pytest.mark.parametrize(
+    "argv, code, words",
+    [
+        (["consolidate"], 2, ["missing required setting: --source, --out"]),
+        (["consolidate", "run", "out.pt"], 1, ["no sharded checkpoint in run"]),
+        (["merge", "run", "out.pt"], 2, ["must be one of consolidate", "'merge'"]),
+    ],
+)  # fmt: skip
+def test_checkpoint_consolidate_bad_input(workspace, capsys, argv, code, words):
+    check_fails(checkpoint.main, argv, workspace, code, words, capsys)
+
+
 def test_plots_into_a_blocked_or_read_only_run(workspace, capsys):
     (workspace / "run" / "img").write_text("a file where the plots go")
     check_fails(plots.main, ["run"], workspace, 2, ["run/img is a file"], capsys)
@@ -211,6 +223,7 @@ def test_plots_into_a_blocked_or_read_only_run(workspace, capsys):
         (data.main, ["download"], ["--dataset", "--split", "--data_dir", "--timeout"]),
         (download.main, [], ["--dataset", "--split", "--data_dir", "--timeout"]),
         (plots.main, [], ["--run_dir", "--reference"]),
+        (checkpoint.main, ["consolidate"], ["--source", "--out"]),
     ],
 )  # fmt: skip
 def test_help_lists_every_option_and_exits_0(main, argv, options, capsys):
