@@ -38,10 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint import CheckpointException
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from llm.atomic_write import atomic_write
 from llm.cli import parse_command, run_main
@@ -321,6 +318,9 @@ def save_sharded(
 ) -> Path:
     """Save a sharded model (llm.sharding) and its optimizer to run_dir/checkpoint.dcp; every
     process of the job calls this. Returns the directory."""
+    import torch.distributed.checkpoint as dcp  # here: slow to import, only sharded runs need it
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     final = Path(run_dir) / SHARDED_NAME
     tmp, old = final.with_name(f"{SHARDED_NAME}.tmp"), final.with_name(f"{SHARDED_NAME}.old")
     is_main = dist.get_rank() == 0
@@ -353,13 +353,16 @@ def load_sharded(
 ) -> tuple[int, dict]:
     """Load a sharded checkpoint directory into a sharded model and its optimizer, whatever the
     number of processes that saved it; every process calls this. Returns (iteration, extra)."""
+    import torch.distributed.checkpoint as dcp  # here: slow to import, only sharded runs need it
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
     path = Path(path)
     state = _read_train_state(path)
     model_state, optimizer_state = get_state_dict(model, optimizer)
     slices = {"model": model_state, "optimizer": optimizer_state}
     try:
         dcp.load(slices, checkpoint_id=path)
-    except (CheckpointException, RuntimeError, KeyError, ValueError) as e:  # key, shape
+    except (dcp.CheckpointException, RuntimeError, KeyError, ValueError) as e:  # key, shape
         raise CheckpointError(f"{path} does not fit the model: {str(e).strip()[:500]}") from None
     set_state_dict(
         model, optimizer, model_state_dict=slices["model"], optim_state_dict=slices["optimizer"]
@@ -373,6 +376,8 @@ def consolidate(source: str | Path, out: str | Path) -> Path:
     """Gather a sharded checkpoint (a run directory or its checkpoint.dcp) into one checkpoint
     file at `out`, for load_model and generation; one process, no process group. The optimizer
     state is left out (to continue training, resume the sharded run)."""
+    import torch.distributed.checkpoint as dcp  # here: slow to import, only sharded runs need it
+
     source = Path(source)
     path = source if (source / TRAIN_STATE_NAME).is_file() else sharded_checkpoint(source)
     if path is None:

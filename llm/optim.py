@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor, distribute_tensor
 
-from llm.sharding import local_slice
+from llm.sharding import is_dtensor, local_slice
 
 
 class AdamW(torch.optim.Optimizer):
@@ -175,7 +174,9 @@ def _muon_update(p: Tensor, state: dict, group: dict, ns_dtype: torch.dtype | No
     u = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
     rows, cols = p.shape
     p.mul_(1 - lr * group["weight_decay"])
-    if isinstance(u, DTensor):
+    if is_dtensor(u):
+        from torch.distributed.tensor import distribute_tensor  # a sharded run imported it
+
         # A sharded matrix (FSDP): every process gathers the whole of u, orthogonalises it (the
         # same computation on each) and keeps its own slice of the result, without sending it.
         full = newton_schulz(u.full_tensor(), group["ns_steps"], ns_dtype)
@@ -261,7 +262,7 @@ def gradient_clip(params: Iterable[Tensor], max_norm: float, eps: float = 1e-6) 
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
-    sharded = isinstance(grads[0], DTensor)
+    sharded = is_dtensor(grads[0])
     if sharded:
         _check_row_sharded(grads)
         grads = [local_slice(g) for g in grads]  # this process's slices, sharing storage
@@ -282,7 +283,7 @@ def _check_row_sharded(grads: list[Tensor]) -> None:
     processes: one Shard placement on a mesh of the whole job (as fully_shard makes)."""
     for g in grads:
         whole_job = g.device_mesh.size() == dist.get_world_size()
-        if not (isinstance(g, DTensor) and whole_job and all(p.is_shard() for p in g.placements)):
+        if not (is_dtensor(g) and whole_job and all(p.is_shard() for p in g.placements)):
             raise ValueError("gradient_clip: mixed or replicated DTensor gradients are not handled")
 
 

@@ -10,11 +10,10 @@ works on these DTensor slices). On CUDA with bfloat16, the gathered weights are 
 gradients are averaged in float32; the slices the optimizer updates stay float32.
 """
 
+import sys
+
 import torch
 import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
 from llm.transformer import Transformer
 
@@ -22,6 +21,10 @@ from llm.transformer import Transformer
 def shard_model(model: Transformer, device: torch.device, dtype: torch.dtype | None) -> None:
     """Shard the model in place over all processes of the job (a process group must exist).
     dtype: the training's autocast dtype (None = float32)."""
+    # Imported here: these modules take seconds to import, which no unsharded run should pay.
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     if device.type == "cuda" and dtype is torch.bfloat16:
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     else:
@@ -37,7 +40,7 @@ def nonfinite_parameter(model: torch.nn.Module) -> str | None:
     its own slices and all of them learn whether any found one, so that they stop together."""
     bad = [name for name, p in model.named_parameters() if not torch.isfinite(local_slice(p)).all()]
     first = next(model.parameters())
-    if isinstance(first, DTensor):
+    if is_dtensor(first):
         flag = torch.tensor(float(bool(bad)), device=local_slice(first).device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() and not bad:
@@ -50,4 +53,11 @@ def local_slice(t: torch.Tensor) -> torch.Tensor:
     place updates the DTensor, without DTensor's per-operation dispatch. A parameter, its
     gradient and its optimizer state are sliced alike, so their slices match element for
     element. A plain tensor is returned as it is."""
-    return t.to_local() if isinstance(t, DTensor) else t
+    return t.to_local() if is_dtensor(t) else t
+
+
+def is_dtensor(t: torch.Tensor) -> bool:
+    """Whether t is a DTensor (a sharded tensor). Only a sharded run has them, and it has
+    imported torch.distributed.tensor, which is slow to import: other runs need not."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
