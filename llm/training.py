@@ -100,7 +100,6 @@ from llm.optim import (
     param_groups,
     wsd_lr_scheduler,
 )
-from llm.plots import plot_run
 from llm.run_dir import METRICS_NAME, append_metrics, check_run_dir, start_run_dir
 from llm.sharding import nonfinite_parameter, shard_model
 from llm.transformer import MODEL_PRESETS, ModelConfig, Transformer, cross_entropy
@@ -303,6 +302,8 @@ def _train(config: TrainConfig, world: Distributed) -> dict:
     if (run.is_main or run.sharded) and final_eval:
         run.last_eval = _evaluate(run, exact=config.final_eval == "exact")
     if run.is_main:
+        from llm.plots import plot_run  # matplotlib takes a second and more to import: not before
+
         plot_run(run.run_dir)
         print(_closing_line(run))
     return _summary(run)
