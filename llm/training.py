@@ -15,8 +15,8 @@ the end the exact loss on the whole validation split. The run directory gets:
 
 --init_from starts a new run (fresh optimizer, step 0) from the weights of another run, a
 checkpoint file or a Hugging Face Llama directory: the model config and, unless given, the
-tokenizer are the source's; a [model] setting other than context_length or attention must
-equal the source's (anything else is an error).
+tokenizer are the source's; a [model] setting must equal the source's, except those no weight
+depends on (FREE_WITH_INIT_FROM: context_length, attention, zero_init_residual, dropout).
 
 Checkpoints are saved every checkpoint_interval steps, at the end, and on Ctrl-C / SIGTERM
 (after the current step; under DDP at the next log, eval or checkpoint step, where the
