@@ -12,9 +12,10 @@ We add special_tokens.json, a JSON list of the special tokens as text.
 Hugging Face `tokenizers` and GPT-2's own files use this format. Hugging Face also keeps a whole
 tokenizer in one file, tokenizer.json: the same vocabulary and merges, the special tokens with
 their ids ("added_tokens"), and the pipeline around the model (normaliser, pre-tokenizer,
-post-processor, decoder). Ours is byte-level BPE with the GPT-2 pre-tokenizer and nothing else,
-so `tokenizer_json` writes exactly that, and `read_tokenizer_json` reads a file only when it
-describes the same kind of tokenizer, naming the first feature that differs.
+post-processor, decoder). Ours is byte-level BPE with the GPT-2 pre-tokenizer (or SmolLM's,
+which cuts off each digit first) and nothing else, so `tokenizer_json` writes exactly that, and
+`read_tokenizer_json` reads a file only when it describes the same kind of tokenizer, naming the
+first feature that differs.
 """
 
 import json
@@ -114,10 +115,14 @@ def read_merges(path: str | Path, token_bytes: set[bytes]) -> list[tuple[bytes, 
 
 
 def tokenizer_json(
-    vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_ids: dict[str, int]
+    vocab: dict[int, bytes],
+    merges: list[tuple[bytes, bytes]],
+    special_ids: dict[str, int],
+    pretokenizer: str = "gpt2",
 ) -> dict:
     """The tokenizer.json of a byte-level BPE tokenizer: the ByteLevel pre-tokenizer with
-    use_regex is the GPT-2 regex (llm/pretokenization.py), and "ignore_merges" is tiktoken's
+    use_regex is the GPT-2 regex (llm/pretokenization.py), after Digits for SmolLM's; and
+    "ignore_merges" is tiktoken's
     rule that ours follows: a pre-token that is a token is that token. Special tokens are in
     "added_tokens", which Hugging Face cuts out of the text before pre-tokenizing, as we do, and
     in the vocab as they are written (no byte characters), where Hugging Face finds their ids."""
@@ -140,7 +145,7 @@ def tokenizer_json(
             for token, i in special_ids.items()
         ],  # fmt: skip
         "normalizer": None,
-        "pre_tokenizer": {"type": "ByteLevel", **byte_level},
+        "pre_tokenizer": PRE_TOKENIZERS_JSON[pretokenizer],
         "post_processor": None,
         "decoder": {"type": "ByteLevel", **byte_level},
         "model": {
@@ -158,11 +163,10 @@ def tokenizer_json(
     }
 
 
-def read_tokenizer_json(path: str | Path) -> tuple[dict[int, bytes], list, list[str]]:
-    """(vocab {id: bytes}, merges, special tokens) of a Hugging Face tokenizer.json that is a
-    byte-level BPE with the GPT-2 pre-tokenizer; anything else is a ValueError naming the file
-    and the feature. Our encoder ranks tokens by id (as tiktoken does), so the ids must follow
-    the order of the merges, as they do in every BPE-trained vocabulary (GPT-2's too)."""
+def read_tokenizer_json(path: str | Path) -> tuple[dict[int, bytes], list, list[str], str]:
+    """(vocab {id: bytes}, merges, special tokens, pre-tokenizer name) of a Hugging Face
+    tokenizer.json that is a byte-level BPE with the GPT-2 or SmolLM pre-tokenizer; anything
+    else is a ValueError naming the file and the feature."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -171,7 +175,7 @@ def read_tokenizer_json(path: str | Path) -> tuple[dict[int, bytes], list, list[
 
     def unsupported(feature: str) -> ValueError:
         return ValueError(f"{path}: {feature} is not supported (only byte-level BPE with the GPT-2 "
-                          "pre-tokenizer loads into BpeTokenizer)")  # fmt: skip
+                          "or SmolLM pre-tokenizer loads into BpeTokenizer)")  # fmt: skip
 
     if model.get("type") != "BPE":
         raise unsupported(f"model type {model.get('type')!r}")
@@ -180,11 +184,9 @@ def read_tokenizer_json(path: str | Path) -> tuple[dict[int, bytes], list, list[
             raise unsupported(f"model {key}={model[key]!r}")
     if data.get("normalizer") is not None:
         raise unsupported(f"normalizer {data['normalizer'].get('type')!r}")
-    pre = data.get("pre_tokenizer") or {}
-    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
-        raise unsupported(f"pre_tokenizer {pre.get('type')!r} (without the GPT-2 regex)")
-    if pre.get("add_prefix_space"):
-        raise unsupported("pre_tokenizer add_prefix_space=true")
+    pretokenizer = pretokenizer_name(data.get("pre_tokenizer") or {})
+    if pretokenizer is None:
+        raise unsupported(f"pre_tokenizer {describe_pretokenizer(data.get('pre_tokenizer'))}")
     for key in ("post_processor", "decoder"):
         if data.get(key) is not None and data[key].get("type") != "ByteLevel":
             raise unsupported(f"{key} {data[key].get('type')!r}")
@@ -193,26 +195,63 @@ def read_tokenizer_json(path: str | Path) -> tuple[dict[int, bytes], list, list[
     for token, token_id in model.get("vocab", {}).items():
         if token_id not in added:
             vocab[token_id] = str_to_token(token, f"{path}: vocab")
-    ids = {token: i for i, token in vocab.items()}
-    merges = []
-    for n, merge in enumerate(model.get("merges", [])):
-        a, b = merge.split(" ") if isinstance(merge, str) else merge
-        pair = (str_to_token(a, f"{path}: merge {n}"), str_to_token(b, f"{path}: merge {n}"))
-        if not all(token in ids for token in (*pair, pair[0] + pair[1])):
-            raise ValueError(f"{path}: merge {n} ({a} {b}) uses or makes a token not in the vocab")
-        if not ids[pair[0] + pair[1]] > max(ids[pair[0]], ids[pair[1]]):
-            raise unsupported(f"merge {n} ({a} {b}) making a token of lower id than its parts")
-        if merges and ids[pair[0] + pair[1]] < ids[merges[-1][0] + merges[-1][1]]:
-            raise unsupported(f"merge {n} ({a} {b}) out of id order")
-        merges.append(pair)
+    merges = parse_merges(model.get("merges", []), vocab, str(path))
     for token_id, token in added.items():
         for key in ("single_word", "lstrip", "rstrip"):
             if token.get(key):
                 raise unsupported(f"added token {token['content']!r} with {key}=true")
-        if token["content"].encode("utf-8") in ids:
+        if token["content"].encode("utf-8") in vocab.values():
             raise ValueError(f"{path}: added token {token['content']!r} is also a vocab token")
         vocab[token_id] = token["content"].encode("utf-8")
-    return vocab, merges, [token["content"] for token in added.values()]
+    return vocab, merges, [token["content"] for token in added.values()], pretokenizer
+
+
+def parse_merges(merges: list, vocab: dict[int, bytes], where: str) -> list[tuple[bytes, bytes]]:
+    """Merges written as "Ġ t" (or ["Ġ", "t"]) as pairs of bytes, checked against the vocab
+    {id: bytes}. Our encoder ranks tokens by id (as tiktoken does), so the ids must follow the
+    order of the merges, as they do in every BPE-trained vocabulary (GPT-2's, SmolLM2's)."""
+    ids = {token: i for i, token in vocab.items()}
+    pairs = []
+    for n, merge in enumerate(merges):
+        a, b = merge.split(" ") if isinstance(merge, str) else merge
+        pair = (str_to_token(a, f"{where}: merge {n}"), str_to_token(b, f"{where}: merge {n}"))
+        if not all(token in ids for token in (*pair, pair[0] + pair[1])):
+            raise ValueError(f"{where}: merge {n} ({a} {b}) uses or makes a token not in the vocab")
+        if not ids[pair[0] + pair[1]] > max(ids[pair[0]], ids[pair[1]]):
+            raise ValueError(f"{where}: merge {n} ({a} {b}) makes a token of lower id than its "
+                             "parts; BpeTokenizer needs ids in merge order")  # fmt: skip
+        if pairs and ids[pair[0] + pair[1]] < ids[pairs[-1][0] + pairs[-1][1]]:
+            raise ValueError(f"{where}: merge {n} ({a} {b}) is out of id order; BpeTokenizer "
+                             "needs ids in merge order")  # fmt: skip
+        pairs.append(pair)
+    return pairs
+
+
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+               "use_regex": True}  # fmt: skip
+# Our pre-tokenizers (llm/pretokenization.py) as Hugging Face writes them.
+PRE_TOKENIZERS_JSON = {
+    "gpt2": _BYTE_LEVEL,
+    "smollm": {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]},
+}  # fmt: skip
+
+
+def pretokenizer_name(pre: dict) -> str | None:
+    """Which of PRE_TOKENIZERS_JSON a tokenizer.json's "pre_tokenizer" is (trim_offsets, which
+    only moves offsets, is ignored); None for any other."""
+
+    def same(a: dict, b: dict) -> bool:
+        if a.get("type") == "Sequence":
+            parts_a, parts_b = a.get("pretokenizers", []), b.get("pretokenizers", [])
+            return len(parts_a) == len(parts_b) and all(map(same, parts_a, parts_b))
+        defaults = {"use_regex": True, "add_prefix_space": False}  # Hugging Face's defaults
+        drop = {"trim_offsets"}
+        a = defaults | {k: v for k, v in a.items() if k not in drop}
+        b = defaults | {k: v for k, v in b.items() if k not in drop}
+        return a == b if a.get("type") == b.get("type") else False
+
+    return next((name for name, known in PRE_TOKENIZERS_JSON.items() if same(pre, known)), None)
 
 
 def write_special_tokens(path: str | Path, special_tokens: list[str]) -> None:
@@ -227,3 +266,15 @@ def read_special_tokens(path: str | Path) -> list[str]:
     if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
         raise ValueError(f"{path}:1: expected a list of non-empty strings")
     return tokens
+
+
+def describe_pretokenizer(pre: dict | None) -> str:
+    """A tokenizer.json pre-tokenizer in words for an error: its type and the settings of ours
+    that differ, e.g. "'ByteLevel' with add_prefix_space=true"."""
+    if not pre:
+        return "none"
+    if pre.get("type") == "Sequence":
+        return "Sequence of " + ", ".join(map(describe_pretokenizer, pre.get("pretokenizers", [])))
+    ours = {k: v for k, v in _BYTE_LEVEL.items() if k not in ("type", "trim_offsets")}
+    differ = [f"{k}={json.dumps(v)}" for k, v in pre.items() if k in ours and v != ours[k]]
+    return repr(pre.get("type")) + (f" with {', '.join(differ)}" if differ else "")

@@ -2,7 +2,8 @@
 
 Encoding a piece of text works like GPT-2 and tiktoken:
 1. cut out the special tokens (longest first), which map straight to their ids;
-2. split the rest into pre-tokens with the GPT-2 regex (llm/pretokenization.py);
+2. split the rest into pre-tokens with the tokenizer's regex (llm/pretokenization.py: GPT-2's
+   by default; SmolLM's, which also cuts every digit off alone, for that model's vocabulary);
 3. a pre-token that is a token becomes that token; any other is turned into bytes, and the
    adjacent pair whose concatenation is the token with the lowest rank (id) is merged, leftmost
    first, again and again until no adjacent pair forms a token.
@@ -35,8 +36,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import regex
 
-from llm.atomic_write import atomic_write, remove_stale_temp_files
+from llm.atomic_write import atomic_write, remove_stale_temp_files, write_text
 from llm.bpe_files import (
     read_merges,
     read_special_tokens,
@@ -51,12 +53,11 @@ from llm.cli import parse_command, run_main
 from llm.config import ConfigError
 from llm.pretokenization import (
     CHUNK_BYTES,
-    GPT2_PATTERN,
-    PRETOKEN_RE,
     WHITESPACE_CUT,
     chunk_boundaries,
     find_cut,
     parallel_map,
+    pretokenizer_pattern,
     progress_bar,
     read_chunk,
     special_token_regex,
@@ -76,9 +77,13 @@ class BpeTokenizer:
         vocab: dict[int, bytes],
         merges: list[tuple[bytes, bytes]],
         special_tokens: list[str] | None = None,
+        pretokenizer: str = "gpt2",
     ):
-        """`vocab` {id: bytes} must hold the 256 single bytes. Special tokens missing from it
-        get new ids after the largest one."""
+        """Special tokens missing from `vocab` {id: bytes} get new ids after the largest one.
+        `pretokenizer` names the regex that cuts text into pre-tokens (PRETOKENIZERS in
+        llm/pretokenization.py). A vocabulary should hold all 256 single bytes (ours always do);
+        bytes it lacks are dropped from the text, as Hugging Face and llama.cpp do (SmolLM2's
+        lacks 21, such as 0xFF, which UTF-8 never uses)."""
         self.vocab = dict(vocab)
         self.merges = list(merges)
         self.special_tokens = list(dict.fromkeys(special_tokens or []))
@@ -93,9 +98,12 @@ class BpeTokenizer:
         self.special_ids = {t: ids[t.encode("utf-8")] for t in self.special_tokens}
         special_bytes = {t.encode("utf-8") for t in self.special_tokens}
         self.ranks = {b: i for b, i in ids.items() if b not in special_bytes}  # mergeable tokens
-        missing = [b for b in range(256) if bytes([b]) not in self.ranks]
-        if missing:
-            raise ValueError(f"the vocabulary lacks single bytes, e.g. {bytes(missing[:5])!r}")
+        self.missing_bytes = bytes(b for b in range(256) if bytes([b]) not in self.ranks)
+        if len(self.missing_bytes) > 128:
+            raise ValueError(f"the vocabulary lacks {len(self.missing_bytes)} of the 256 single "
+                             "bytes; is it a byte-level BPE vocabulary?")  # fmt: skip
+        self.pretokenizer = pretokenizer
+        self._pretoken_re = regex.compile(pretokenizer_pattern(pretokenizer))
         self._vocab_size = max(self.vocab) + 1
         self._special_re = special_token_regex(self.special_tokens)
         self._pretokens = _Cache(self._encode_pretoken)  # {pre-token: ids}
@@ -130,18 +138,20 @@ class BpeTokenizer:
     def _encode_ordinary(self, text: str) -> list[int]:
         """Encode text that holds no special token. It is first cut at the safe points of
         llm/pretokenization.py into segments (mostly a word with its space and punctuation), and
-        each segment is looked up in a cache: the GPT-2 regex runs only on segments not seen."""
+        each segment is looked up in a cache: the regex runs only on segments not seen."""
         segments = WHITESPACE_CUT.split(text)
         return list(chain.from_iterable(map(self._segments.__getitem__, segments)))
 
     def _encode_segment(self, segment: str) -> tuple[int, ...]:
-        pretokens = PRETOKEN_RE.findall(segment)
+        pretokens = self._pretoken_re.findall(segment)
         return tuple(chain.from_iterable(map(self._pretokens.__getitem__, pretokens)))
 
     def _encode_pretoken(self, pretoken: str) -> tuple[int, ...]:
         """As tiktoken: a pre-token that is a token is that one token, even where merging its
         bytes would end elsewhere; any other is merged (merge_pretoken)."""
         piece = pretoken.encode("utf-8")
+        if self.missing_bytes:
+            piece = piece.translate(None, self.missing_bytes)
         rank = self.ranks.get(piece)
         if rank is not None:
             return (rank,)
@@ -207,7 +217,7 @@ class BpeTokenizer:
         bounds = chunk_boundaries(input_path, chunk_bytes, self.special_tokens)
         jobs = [(str(input_path), a, b) for a, b in pairwise(bounds)]
         workers = num_workers or os.cpu_count() or 1
-        init = (self.vocab, self.merges, self.special_tokens, dtype)
+        init = (self.vocab, self.merges, self.special_tokens, self.pretokenizer, dtype)
         with (
             progress_bar(bounds[-1], f"encode {input_path.name}", progress) as bar,
             atomic_write(output_path) as f,
@@ -239,13 +249,18 @@ class BpeTokenizer:
         return cls(vocab, merges, special_tokens)
 
     def save(self, directory: str | Path) -> None:
-        """Write vocab.json, merges.txt and special_tokens.json into `directory`."""
+        """Write vocab.json, merges.txt and special_tokens.json into `directory`, and
+        pretokenizer.txt (its name) when the pre-tokenizer is not GPT-2's."""
         directory = Path(directory)
-        for name in ("vocab.json", "merges.txt", "special_tokens.json"):
+        for name in (*TOKENIZER_FILES, PRETOKENIZER_FILE):
             remove_stale_temp_files(directory, name)
         write_vocab(directory / "vocab.json", self.vocab)
         write_merges(directory / "merges.txt", self.merges)
         write_special_tokens(directory / "special_tokens.json", self.special_tokens)
+        if self.pretokenizer != "gpt2":
+            write_text(directory / PRETOKENIZER_FILE, self.pretokenizer + "\n")
+        else:
+            (directory / PRETOKENIZER_FILE).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, directory: str | Path) -> "BpeTokenizer":
@@ -263,14 +278,22 @@ class BpeTokenizer:
         special_tokens = []
         if (directory / "special_tokens.json").is_file():
             special_tokens = read_special_tokens(directory / "special_tokens.json")
-        return cls.from_files(directory / "vocab.json", directory / "merges.txt", special_tokens)
+        pretokenizer = "gpt2"
+        if (directory / PRETOKENIZER_FILE).is_file():
+            pretokenizer = (directory / PRETOKENIZER_FILE).read_text(encoding="utf-8").strip()
+        vocab = read_vocab(directory / "vocab.json")
+        merges = read_merges(directory / "merges.txt", set(vocab.values()))
+        return cls(vocab, merges, special_tokens, pretokenizer)
 
     def to_tiktoken(self, name: str = "llm-bpe"):
         """The same tokenizer as a tiktoken.Encoding (needs the tiktoken package)."""
         import tiktoken
 
         return tiktoken.Encoding(
-            name, pat_str=GPT2_PATTERN, mergeable_ranks=self.ranks, special_tokens=self.special_ids
+            name,
+            pat_str=pretokenizer_pattern(self.pretokenizer),
+            mergeable_ranks=self.ranks,
+            special_tokens=self.special_ids,
         )
 
 
@@ -402,8 +425,8 @@ class _Cache(dict):
 _worker: dict = {}  # the tokenizer and dtype of an encode_file worker process
 
 
-def _init_worker(vocab, merges, special_tokens, dtype) -> None:
-    _worker["tokenizer"] = BpeTokenizer(vocab, merges, special_tokens)
+def _init_worker(vocab, merges, special_tokens, pretokenizer, dtype) -> None:
+    _worker["tokenizer"] = BpeTokenizer(vocab, merges, special_tokens, pretokenizer)
     _worker["dtype"] = dtype
 
 
@@ -429,6 +452,7 @@ EOT = "<|endoftext|>"
 DEFAULT_TRAIN = "data/TinyStoriesV2-GPT4-train.txt"
 DEFAULT_VALID = "data/TinyStoriesV2-GPT4-valid.txt"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens.json")
+PRETOKENIZER_FILE = "pretokenizer.txt"  # saved only for a pre-tokenizer other than GPT-2's
 
 
 @dataclass

@@ -28,11 +28,27 @@ from tqdm import tqdm
 
 # The GPT-2 pre-tokenization pattern (Radford et al. 2019), as used by tiktoken's "gpt2".
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# SmolLM's (and StarCoder's): every digit alone, then GPT-2's pattern on the text between them
+# (Hugging Face: Digits(individual_digits) then ByteLevel; llama.cpp: pre-tokenizer "smollm").
+# In one regex, whitespace before a digit ends a piece as it would at the end of the text, so
+# GPT-2's \s+(?!\S) becomes \s+(?![^\s\p{N}]).
+SMOLLM_PATTERN = r"""\p{N}|'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+# The pre-tokenizers a BpeTokenizer can use, by name. Encoding cuts text at WHITESPACE_CUT,
+# which must never change a pattern's pieces: tests/test_bpe_tokenizer.py checks it for each.
+PRETOKENIZERS = {"gpt2": GPT2_PATTERN, "smollm": SMOLLM_PATTERN}
 PRETOKEN_RE = regex.compile(GPT2_PATTERN)
 
+
+def pretokenizer_pattern(name: str) -> str:
+    """The regex of a pre-tokenizer named in PRETOKENIZERS; a ValueError naming the others."""
+    if name not in PRETOKENIZERS:
+        raise ValueError(f"unknown pre-tokenizer {name!r}; known: {', '.join(PRETOKENIZERS)}")
+    return PRETOKENIZERS[name]
+
+
 # Between a non-whitespace and a whitespace character: a safe place to cut text, as no pre-token
-# holds such a pair. (The `re` module is faster than `regex` here, but its \s also counts
-# \x1c-\x1f, which the GPT-2 pattern's \s does not: hence the explicit classes.)
+# (of either pattern) holds such a pair. (The `re` module is faster than `regex` here, but its
+# \s also counts \x1c-\x1f, which the patterns' \s does not: hence the explicit classes.)
 WHITESPACE_CUT = re.compile(r"(?<=[\S\x1c-\x1f])(?=[^\S\x1c-\x1f])")
 
 CHUNK_BYTES = 1 << 20  # work unit of the parallel passes over a file

@@ -7,15 +7,17 @@ import sys
 
 import numpy as np
 import pytest
+import regex
 import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from llm import bpe_tokenizer
+from llm.bpe_files import token_to_str, tokenizer_json
 from llm.bpe_tokenizer import BpeTokenizer
 from llm.bpe_training import train_bpe
-from llm.pretokenization import GPT2_PATTERN, find_cut
+from llm.pretokenization import GPT2_PATTERN, SMOLLM_PATTERN, find_cut
 
 EOT = "<|endoftext|>"
 CORPUS = (
@@ -278,9 +280,99 @@ def test_malformed_special_tokens_file(tokenizer, tmp_path, text, message):
         BpeTokenizer.load(tmp_path)
 
 
-def test_vocabulary_must_hold_all_bytes():
-    with pytest.raises(ValueError, match="lacks single bytes"):
-        BpeTokenizer({i: bytes([i]) for i in range(200)}, [])
+def hugging_face_json(tokenizer: BpeTokenizer) -> dict:
+    return tokenizer_json(
+        tokenizer.vocab, tokenizer.merges, tokenizer.special_ids, tokenizer.pretokenizer
+    )
+
+
+def hugging_face(tokenizer: BpeTokenizer) -> Tokenizer:
+    """The same vocabulary in Hugging Face `tokenizers`, with its own pre-tokenizer and BPE."""
+    return Tokenizer.from_str(json.dumps(hugging_face_json(tokenizer)))
+
+
+def test_bytes_missing_from_the_vocabulary_are_dropped_as_hugging_face_does(tokenizer):
+    """SmolLM2's vocabulary lacks 21 bytes; Hugging Face (and llama.cpp) drop them."""
+    missing = [ord("x"), 0x04, 0xF1]
+    vocab = {i: b for i, b in tokenizer.vocab.items() if not set(missing) & set(b)}
+    merges = [(a, b) for a, b in tokenizer.merges if a + b in vocab.values()]
+    lacking = BpeTokenizer(vocab, merges, [EOT])
+    assert lacking.missing_bytes == bytes(sorted(missing))
+    reference = hugging_face(lacking)
+    for text in ["x", "fox", "a\x04b", ".\x04.", "q\U00040000r", f"box{EOT}xx lexx", CORPUS]:
+        assert lacking.encode(text) == reference.encode(text).ids, text
+
+
+def test_a_vocabulary_without_most_bytes_is_refused():
+    with pytest.raises(ValueError, match="lacks 156 of the 256 single bytes"):
+        BpeTokenizer({i: bytes([i]) for i in range(100)}, [])
+
+
+# ---- pre-tokenizers: GPT-2's, and SmolLM's (every digit alone, then GPT-2's)
+
+SMOLLM_REFERENCE = pre_tokenizers.Sequence(
+    [
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ]
+)
+# Characters where the two patterns differ: digits (also ² and Ⅷ), whitespace before them.
+PRETOKEN_ALPHABET = list(" \t\n\r\x0b\x85\u00a0\u3000 0123456789²½Ⅷ abcZé'sdmtlvre.,!-_😀中")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(st.sampled_from(PRETOKEN_ALPHABET), max_size=30),
+        # Characters assigned in both Unicode versions (Python's `regex` knows newer ones).
+        st.text(st.characters(exclude_categories=("Cs", "Cn")), max_size=30),
+    )
+)
+def test_smollm_pattern_equals_hugging_face_digits_then_byte_level(text):
+    pieces = [token_to_str(p.encode()) for p in regex.findall(SMOLLM_PATTERN, text)]
+    assert pieces == [piece for piece, _ in SMOLLM_REFERENCE.pre_tokenize_str(text)]
+
+
+def test_pretokenizer_changes_the_ids_where_digits_follow_spaces(tokenizer):
+    smollm = BpeTokenizer(tokenizer.vocab, tokenizer.merges, [EOT], pretokenizer="smollm")
+    two_spaces = tokenizer.token_id("  ")
+    assert smollm.encode("a  1") == [tokenizer.token_id("a"), two_spaces, tokenizer.token_id("1")]
+    assert tokenizer.encode("a  1")[1] != two_spaces  # GPT-2: " ", " 1"
+    assert smollm.encode("12") == [tokenizer.token_id("1"), tokenizer.token_id("2")]
+
+
+@pytest.fixture(scope="module")
+def smollm_tokenizers(tokenizer):
+    """Our vocabulary with SmolLM's pre-tokenizer, here and in Hugging Face `tokenizers`."""
+    smollm = BpeTokenizer(tokenizer.vocab, tokenizer.merges, [EOT], pretokenizer="smollm")
+    return smollm, hugging_face(smollm)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text_with_specials)
+def test_smollm_pretokenizer_encodes_as_hugging_face(smollm_tokenizers, text):
+    ours, reference = smollm_tokenizers
+    assert ours.encode(text) == reference.encode(text).ids
+    assert ours.decode(ours.encode(text)) == text
+
+
+def test_pretokenizer_survives_save_load_and_tokenizer_json(tokenizer, corpus_path, tmp_path):
+    smollm = BpeTokenizer(tokenizer.vocab, tokenizer.merges, [EOT], pretokenizer="smollm")
+    smollm.save(tmp_path / "ours")
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "tokenizer.json").write_text(json.dumps(hugging_face_json(smollm)))
+    text = corpus_path.read_text(encoding="utf-8")
+    for loaded in (BpeTokenizer.load(tmp_path / "ours"), BpeTokenizer.load(hf_dir)):
+        assert loaded.pretokenizer == "smollm"
+        assert loaded.encode(text) == smollm.encode(text)
+    tokenizer.save(tmp_path / "ours")  # back to GPT-2's: the name file goes
+    assert BpeTokenizer.load(tmp_path / "ours").pretokenizer == "gpt2"
+
+
+def test_unknown_pretokenizer_is_named(tokenizer):
+    with pytest.raises(ValueError, match="unknown pre-tokenizer 'llama3'; known: gpt2, smollm"):
+        BpeTokenizer(tokenizer.vocab, tokenizer.merges, pretokenizer="llama3")
 
 
 def test_token_id_of_ordinary_tokens_equals_tiktoken(tokenizer, tiktoken_encoding):

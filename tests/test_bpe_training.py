@@ -9,7 +9,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from llm.bpe_training import train_bpe
-from llm.pretokenization import GPT2_PATTERN, WHITESPACE_CUT, chunk_boundaries, count_pretokens
+from llm.pretokenization import (
+    GPT2_PATTERN,
+    PRETOKENIZERS,
+    WHITESPACE_CUT,
+    chunk_boundaries,
+    count_pretokens,
+)
 
 EOT = "<|endoftext|>"
 
@@ -142,19 +148,21 @@ def test_matches_naive_reference(tmp_path_factory, pieces, vocab_size):
     st.lists(
         st.one_of(
             st.text(max_size=3),
-            st.sampled_from([" ", "  ", "\n", "\t", "\x1c", "\x85", "\u3000", "!", "'s", "a", "1"]),
+            st.sampled_from(
+                [" ", "  ", "\n", "\t", "\x1c", "\x85", "\u3000", "!", "'s", "a", "1", "²"]
+            ),
         ),
         max_size=20,
     ).map("".join)
 )
 def test_whitespace_cuts_keep_the_pretokens(text):
-    pretokens = regex.findall(GPT2_PATTERN, text)
-    for match in WHITESPACE_CUT.finditer(text):
-        cut = match.start()
-        assert (
-            regex.findall(GPT2_PATTERN, text[:cut]) + regex.findall(GPT2_PATTERN, text[cut:])
-            == pretokens
-        )
+    for pattern in PRETOKENIZERS.values():  # GPT-2's and SmolLM's
+        pretokens = regex.findall(pattern, text)
+        for match in WHITESPACE_CUT.finditer(text):
+            cut = match.start()
+            assert (
+                regex.findall(pattern, text[:cut]) + regex.findall(pattern, text[cut:]) == pretokens
+            )
 
 
 SPECIALS = [EOT, "<| |>", "<|a|>", "|><|"]  # one holds a space; "|><|" overlaps "<|a|><|a|>"
