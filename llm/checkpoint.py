@@ -44,7 +44,7 @@ from llm.atomic_write import atomic_write
 from llm.cli import parse_command, run_main
 from llm.config import ConfigError, config_from_dict, config_to_dict
 from llm.hf_format import HfFormatError, is_hf_dir, load_hf_model, read_hf_config
-from llm.transformer import ModelConfig, Transformer
+from llm.transformer import ModelConfig, Transformer, no_weight_init
 
 CHECKPOINT_NAME = "checkpoint.pt"  # the file a run directory holds
 SHARDED_NAME = "checkpoint.dcp"  # or, for a sharded run, this directory
@@ -204,7 +204,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
         except HfFormatError as e:
             raise CheckpointError(str(e)) from None
     checkpoint = read_checkpoint(path, map_location=device)
-    model = Transformer(_model_config(checkpoint, path)).to(device)
+    with no_weight_init():  # the checkpoint's weights replace them
+        model = Transformer(_model_config(checkpoint, path)).to(device)
     restore_checkpoint(checkpoint, model)
     return model.eval(), checkpoint
 

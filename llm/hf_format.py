@@ -29,7 +29,7 @@ from llm.atomic_write import atomic_write, write_text
 from llm.bpe_files import tokenizer_json
 from llm.bpe_tokenizer import EOT, BpeTokenizer
 from llm.config import config_to_dict
-from llm.transformer import ModelConfig, Transformer
+from llm.transformer import ModelConfig, Transformer, no_weight_init
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"  # a model saved in several files (shards)
@@ -245,7 +245,9 @@ def save_hf(directory: str | Path, model: Transformer, tokenizer: BpeTokenizer) 
     write_json(directory / "generation_config.json", {"bos_token_id": eos, "eos_token_id": eos})
     with atomic_write(directory / WEIGHTS_NAME) as f:
         f.write(save(hf_state_dict(model), metadata={"format": "pt"}))
-    tokenizer_file = tokenizer_json(tokenizer.vocab, tokenizer.merges, tokenizer.special_ids)
+    tokenizer_file = tokenizer_json(
+        tokenizer.vocab, tokenizer.merges, tokenizer.special_ids, tokenizer.pretokenizer
+    )
     write_json(directory / "tokenizer.json", tokenizer_file)
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -291,7 +293,8 @@ def load_hf_model(
     for file in weight_files(directory):
         with safe_open(file, framework="pt", device=str(device)) as f:
             tensors |= {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-    model = Transformer(config).to(device)
+    with no_weight_init():  # the file's weights replace them
+        model = Transformer(config).to(device)
     state = state_dict_from_hf(tensors, config)
     try:
         model.load_state_dict(state)  # copies into float32 from the file's dtype
