@@ -119,6 +119,7 @@ def tokenizer_json(
     merges: list[tuple[bytes, bytes]],
     special_ids: dict[str, int],
     pretokenizer: str = "gpt2",
+    ignore_merges: bool = True,
 ) -> dict:
     """The tokenizer.json of a byte-level BPE tokenizer: the ByteLevel pre-tokenizer with
     use_regex is the GPT-2 regex (llm/pretokenization.py), after Digits for SmolLM's; and
@@ -156,17 +157,19 @@ def tokenizer_json(
             "end_of_word_suffix": None,
             "fuse_unk": False,
             "byte_fallback": False,
-            "ignore_merges": True,
+            "ignore_merges": ignore_merges,
             "vocab": {specials.get(i) or token_to_str(vocab[i]): i for i in sorted(vocab)},
             "merges": [f"{token_to_str(a)} {token_to_str(b)}" for a, b in merges],
         },
     }
 
 
-def read_tokenizer_json(path: str | Path) -> tuple[dict[int, bytes], list, list[str], str]:
-    """(vocab {id: bytes}, merges, special tokens, pre-tokenizer name) of a Hugging Face
-    tokenizer.json that is a byte-level BPE with the GPT-2 or SmolLM pre-tokenizer; anything
-    else is a ValueError naming the file and the feature."""
+def read_tokenizer_json(
+    path: str | Path,
+) -> tuple[dict[int, bytes], list, list[str], str, bool]:
+    """(vocab {id: bytes}, merges, special tokens, pre-tokenizer name, ignore_merges) of a
+    Hugging Face tokenizer.json that is a byte-level BPE with the GPT-2 or SmolLM pre-tokenizer;
+    anything else is a ValueError naming the file and the feature."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -203,7 +206,8 @@ def read_tokenizer_json(path: str | Path) -> tuple[dict[int, bytes], list, list[
         if token["content"].encode("utf-8") in vocab.values():
             raise ValueError(f"{path}: added token {token['content']!r} is also a vocab token")
         vocab[token_id] = token["content"].encode("utf-8")
-    return vocab, merges, [token["content"] for token in added.values()], pretokenizer
+    specials = [token["content"] for token in added.values()]
+    return vocab, merges, specials, pretokenizer, bool(model.get("ignore_merges", False))
 
 
 def parse_merges(merges: list, vocab: dict[int, bytes], where: str) -> list[tuple[bytes, bytes]]:

@@ -4,9 +4,10 @@ Encoding a piece of text works like GPT-2 and tiktoken:
 1. cut out the special tokens (longest first), which map straight to their ids;
 2. split the rest into pre-tokens with the tokenizer's regex (llm/pretokenization.py: GPT-2's
    by default; SmolLM's, which also cuts every digit off alone, for that model's vocabulary);
-3. a pre-token that is a token becomes that token; any other is turned into bytes, and the
-   adjacent pair whose concatenation is the token with the lowest rank (id) is merged, leftmost
-   first, again and again until no adjacent pair forms a token.
+3. a pre-token that is a token becomes that token (`ignore_merges`, tiktoken's rule; Hugging
+   Face and llama.cpp skip this step for most vocabularies); any other is turned into bytes, and
+   the adjacent pair whose concatenation is the token with the lowest rank (id) is merged,
+   leftmost first, again and again until no adjacent pair forms a token.
 A trained tokenizer's ids are in merge order, so step 3 replays the merges of training.
 
 `merge_pretoken_simple` is step 3 written as plainly as possible: it looks at every pair for
@@ -22,6 +23,7 @@ Command line (see --help):
     uv run -m llm.bpe_tokenizer encode --tokenizer tok/ --input corpus.txt --output corpus.npy
 """
 
+import json
 import os
 import signal
 import sys
@@ -78,12 +80,15 @@ class BpeTokenizer:
         merges: list[tuple[bytes, bytes]],
         special_tokens: list[str] | None = None,
         pretokenizer: str = "gpt2",
+        ignore_merges: bool = True,
     ):
         """Special tokens missing from `vocab` {id: bytes} get new ids after the largest one.
         `pretokenizer` names the regex that cuts text into pre-tokens (PRETOKENIZERS in
         llm/pretokenization.py). A vocabulary should hold all 256 single bytes (ours always do);
         bytes it lacks are dropped from the text, as Hugging Face and llama.cpp do (SmolLM2's
-        lacks 21, such as 0xFF, which UTF-8 never uses)."""
+        lacks 21, such as 0xFF, which UTF-8 never uses). `ignore_merges`: a pre-token that is
+        a token is that token, even where replaying the merges would end elsewhere (tiktoken's
+        rule, and ours); False replays them always, as Hugging Face does by default."""
         self.vocab = dict(vocab)
         self.merges = list(merges)
         self.special_tokens = list(dict.fromkeys(special_tokens or []))
@@ -103,6 +108,7 @@ class BpeTokenizer:
             raise ValueError(f"the vocabulary lacks {len(self.missing_bytes)} of the 256 single "
                              "bytes; is it a byte-level BPE vocabulary?")  # fmt: skip
         self.pretokenizer = pretokenizer
+        self.ignore_merges = ignore_merges
         self._pretoken_re = regex.compile(pretokenizer_pattern(pretokenizer))
         self._vocab_size = max(self.vocab) + 1
         self._special_re = special_token_regex(self.special_tokens)
@@ -148,11 +154,12 @@ class BpeTokenizer:
 
     def _encode_pretoken(self, pretoken: str) -> tuple[int, ...]:
         """As tiktoken: a pre-token that is a token is that one token, even where merging its
-        bytes would end elsewhere; any other is merged (merge_pretoken)."""
+        bytes would end elsewhere (unless not ignore_merges); any other is merged
+        (merge_pretoken)."""
         piece = pretoken.encode("utf-8")
         if self.missing_bytes:
             piece = piece.translate(None, self.missing_bytes)
-        rank = self.ranks.get(piece)
+        rank = self.ranks.get(piece) if self.ignore_merges else None
         if rank is not None:
             return (rank,)
         return tuple(merge_pretoken(piece, self.ranks))
@@ -217,7 +224,7 @@ class BpeTokenizer:
         bounds = chunk_boundaries(input_path, chunk_bytes, self.special_tokens)
         jobs = [(str(input_path), a, b) for a, b in pairwise(bounds)]
         workers = num_workers or os.cpu_count() or 1
-        init = (self.vocab, self.merges, self.special_tokens, self.pretokenizer, dtype)
+        init = (self.vocab, self.merges, self.special_tokens, self.settings(), dtype)
         with (
             progress_bar(bounds[-1], f"encode {input_path.name}", progress) as bar,
             atomic_write(output_path) as f,
@@ -248,19 +255,24 @@ class BpeTokenizer:
         merges = read_merges(merges_path, set(vocab.values()))
         return cls(vocab, merges, special_tokens)
 
+    def settings(self) -> dict:
+        """The constructor's options besides the vocabulary: {"pretokenizer", "ignore_merges"}."""
+        return {"pretokenizer": self.pretokenizer, "ignore_merges": self.ignore_merges}
+
     def save(self, directory: str | Path) -> None:
         """Write vocab.json, merges.txt and special_tokens.json into `directory`, and
-        pretokenizer.txt (its name) when the pre-tokenizer is not GPT-2's."""
+        settings.json when settings() differ from the defaults (GPT-2's pre-tokenizer,
+        ignore_merges)."""
         directory = Path(directory)
-        for name in (*TOKENIZER_FILES, PRETOKENIZER_FILE):
+        for name in (*TOKENIZER_FILES, SETTINGS_FILE):
             remove_stale_temp_files(directory, name)
         write_vocab(directory / "vocab.json", self.vocab)
         write_merges(directory / "merges.txt", self.merges)
         write_special_tokens(directory / "special_tokens.json", self.special_tokens)
-        if self.pretokenizer != "gpt2":
-            write_text(directory / PRETOKENIZER_FILE, self.pretokenizer + "\n")
+        if self.settings() != DEFAULT_SETTINGS:
+            write_text(directory / SETTINGS_FILE, json.dumps(self.settings()) + "\n")
         else:
-            (directory / PRETOKENIZER_FILE).unlink(missing_ok=True)
+            (directory / SETTINGS_FILE).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, directory: str | Path) -> "BpeTokenizer":
@@ -278,12 +290,12 @@ class BpeTokenizer:
         special_tokens = []
         if (directory / "special_tokens.json").is_file():
             special_tokens = read_special_tokens(directory / "special_tokens.json")
-        pretokenizer = "gpt2"
-        if (directory / PRETOKENIZER_FILE).is_file():
-            pretokenizer = (directory / PRETOKENIZER_FILE).read_text(encoding="utf-8").strip()
+        settings = DEFAULT_SETTINGS
+        if (directory / SETTINGS_FILE).is_file():
+            settings = read_settings(directory / SETTINGS_FILE)
         vocab = read_vocab(directory / "vocab.json")
         merges = read_merges(directory / "merges.txt", set(vocab.values()))
-        return cls(vocab, merges, special_tokens, pretokenizer)
+        return cls(vocab, merges, special_tokens, **settings)
 
     def to_tiktoken(self, name: str = "llm-bpe"):
         """The same tokenizer as a tiktoken.Encoding (needs the tiktoken package)."""
@@ -425,8 +437,8 @@ class _Cache(dict):
 _worker: dict = {}  # the tokenizer and dtype of an encode_file worker process
 
 
-def _init_worker(vocab, merges, special_tokens, pretokenizer, dtype) -> None:
-    _worker["tokenizer"] = BpeTokenizer(vocab, merges, special_tokens, pretokenizer)
+def _init_worker(vocab, merges, special_tokens, settings, dtype) -> None:
+    _worker["tokenizer"] = BpeTokenizer(vocab, merges, special_tokens, **settings)
     _worker["dtype"] = dtype
 
 
@@ -452,7 +464,20 @@ EOT = "<|endoftext|>"
 DEFAULT_TRAIN = "data/TinyStoriesV2-GPT4-train.txt"
 DEFAULT_VALID = "data/TinyStoriesV2-GPT4-valid.txt"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens.json")
-PRETOKENIZER_FILE = "pretokenizer.txt"  # saved only for a pre-tokenizer other than GPT-2's
+SETTINGS_FILE = "settings.json"  # saved only for settings other than the defaults
+DEFAULT_SETTINGS = {"pretokenizer": "gpt2", "ignore_merges": True}
+
+
+def read_settings(path: Path) -> dict:
+    """A tokenizer's settings.json, checked: {"pretokenizer": name, "ignore_merges": bool}."""
+    try:
+        settings = DEFAULT_SETTINGS | json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if set(settings) != set(DEFAULT_SETTINGS) or not isinstance(settings["ignore_merges"], bool):
+        raise ValueError(f"{path}: expected {{\"pretokenizer\": name, \"ignore_merges\": "
+                         f"true or false}}, got {settings}")  # fmt: skip
+    return settings
 
 
 @dataclass

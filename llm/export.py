@@ -2,6 +2,7 @@
 `transformers`, vLLM, llama.cpp's converter and the Hub can use it:
 
     uv run -m llm.export runs/cpu-small exported/    # a run directory or a checkpoint file
+    uv run -m llm.export model.gguf exported/        # a llama GGUF file (llm/gguf_format.py)
 
 OUT_DIR then holds config.json, model.safetensors, generation_config.json, tokenizer.json and
 tokenizer_config.json, and loads with `AutoModelForCausalLM.from_pretrained(OUT_DIR)` and
@@ -27,7 +28,7 @@ from llm.paths import check_writable_dir
 class ExportConfig:
     """`uv run -m llm.export SOURCE OUT_DIR`: what to export, and where."""
 
-    source: str  # run directory or checkpoint file (its tokenizer is found from it)
+    source: str  # run directory, checkpoint file or GGUF file (its tokenizer is found from it)
     out_dir: str  # the directory to write; must be empty or absent unless --force
     force: bool = False  # replace an earlier export in out_dir
 
@@ -37,10 +38,11 @@ def export(source: str | Path, out_dir: str | Path, force: bool = False) -> Path
     format; returns out_dir."""
     out = Path(out_dir)
     check_out_dir(out, force)
-    model, tokenizer, _ = load_model_and_tokenizer(Path(source), "cpu")
+    model, tokenizer, info = load_model_and_tokenizer(Path(source), "cpu")
     check_llama(model.config)  # before writing anything
     with atomic_directory(out) as temp:
-        save_hf(temp, model, tokenizer)
+        save_hf(temp, model, tokenizer, info.get("bos_token_id"), info.get("eos_token_id"),
+                info.get("chat_template"))  # fmt: skip
     return out
 
 

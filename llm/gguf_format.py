@@ -148,7 +148,7 @@ def model_config_from_gguf(file: GgufFile) -> ModelConfig:
     if rotary != d_model // num_heads:
         raise GgufError(f"{file.path}: RoPE on {rotary} of {d_model // num_heads} head dimensions "
                         "is not supported")  # fmt: skip
-    vocab = file.get("llama.vocab_size") or file.tensors["token_embd.weight"].shape[1]
+    vocab = file.get("llama.vocab_size") or len(file.require("tokenizer.ggml.tokens"))
     try:
         return ModelConfig(
             vocab_size=int(vocab),
@@ -220,7 +220,8 @@ def tokenizer_from_gguf(file: GgufFile) -> BpeTokenizer:
     plain = {i: b for i, b in vocab.items() if tokens[i] not in specials}
     try:
         merges = parse_merges(file.get("tokenizer.ggml.merges", []), plain, str(file.path))
-        return BpeTokenizer(vocab, merges, specials, PRETOKENIZERS[pre])
+        # ignore_merges=False: llama.cpp and transformers replay the merges for these files.
+        return BpeTokenizer(vocab, merges, specials, PRETOKENIZERS[pre], ignore_merges=False)
     except ValueError as e:
         raise GgufError(str(e)) from None
 

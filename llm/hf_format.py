@@ -235,27 +235,57 @@ def state_dict_from_hf(hf: dict[str, Tensor], config: ModelConfig) -> dict[str, 
 # ---------------------------------------------------------------------------------------------
 
 
-def save_hf(directory: str | Path, model: Transformer, tokenizer: BpeTokenizer) -> None:
+def save_hf(
+    directory: str | Path,
+    model: Transformer,
+    tokenizer: BpeTokenizer,
+    bos_id: int | None = None,
+    eos_id: int | None = None,
+    chat_template: str | None = None,
+) -> None:
     """Write model and tokenizer into `directory` in the Hugging Face Llama format. Each file is
-    written atomically; llm/export.py makes the whole directory appear at once."""
+    written atomically; llm/export.py makes the whole directory appear at once. bos_id and
+    eos_id default to <|endoftext|>: our documents end (and so start) with it."""
     directory = Path(directory)
-    eos = tokenizer.special_ids.get(EOT)  # our documents end (and so start) with <|endoftext|>
-    config = hf_config(model.config, eos, eos)
-    write_json(directory / "config.json", config)
-    write_json(directory / "generation_config.json", {"bos_token_id": eos, "eos_token_id": eos})
+    if eos_id is None:
+        eos_id = tokenizer.special_ids.get(EOT)
+    if bos_id is None:
+        bos_id = eos_id
+    write_json(directory / "config.json", hf_config(model.config, bos_id, eos_id))
+    generation = {"bos_token_id": bos_id, "eos_token_id": eos_id}
+    write_json(directory / "generation_config.json", generation)
     with atomic_write(directory / WEIGHTS_NAME) as f:
         f.write(save(hf_state_dict(model), metadata={"format": "pt"}))
+    save_hf_tokenizer(
+        directory, tokenizer, model.config.context_length, bos_id, eos_id, chat_template
+    )
+
+
+def save_hf_tokenizer(
+    directory: str | Path,
+    tokenizer: BpeTokenizer,
+    context_length: int,
+    bos_id: int | None = None,
+    eos_id: int | None = None,
+    chat_template: str | None = None,
+) -> None:
+    """tokenizer.json and tokenizer_config.json (the bos and eos tokens by name, the chat
+    template) in `directory`."""
+    directory = Path(directory)
     tokenizer_file = tokenizer_json(
-        tokenizer.vocab, tokenizer.merges, tokenizer.special_ids, tokenizer.pretokenizer
+        tokenizer.vocab, tokenizer.merges, tokenizer.special_ids, **tokenizer.settings()
     )
     write_json(directory / "tokenizer.json", tokenizer_file)
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": model.config.context_length,
+        "model_max_length": context_length,
         "clean_up_tokenization_spaces": False,
     }
-    if eos is not None:
-        tokenizer_config |= {"bos_token": EOT, "eos_token": EOT}
+    for name, token_id in (("bos_token", bos_id), ("eos_token", eos_id)):
+        if token_id is not None:
+            tokenizer_config[name] = tokenizer.decode([token_id])
+    if chat_template:
+        tokenizer_config["chat_template"] = chat_template
     write_json(directory / "tokenizer_config.json", tokenizer_config)
 
 

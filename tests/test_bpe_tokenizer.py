@@ -282,7 +282,7 @@ def test_malformed_special_tokens_file(tokenizer, tmp_path, text, message):
 
 def hugging_face_json(tokenizer: BpeTokenizer) -> dict:
     return tokenizer_json(
-        tokenizer.vocab, tokenizer.merges, tokenizer.special_ids, tokenizer.pretokenizer
+        tokenizer.vocab, tokenizer.merges, tokenizer.special_ids, **tokenizer.settings()
     )
 
 
@@ -438,6 +438,20 @@ def test_a_pretoken_that_is_a_token_is_that_token():
     enc = tok.to_tiktoken()
     assert enc.encode("abcd xabcd") == [259, ord(" "), ord("x"), ord("a"), 256, ord("d")]
     assert tok.encode("abcd xabcd") == enc.encode("abcd xabcd")
+
+
+@pytest.mark.parametrize("ignore_merges", [True, False])
+def test_ignore_merges_false_replays_the_merges_as_hugging_face(ignore_merges, tmp_path):
+    """As above, "abcd" is a token the merges do not reach from its bytes: with ignore_merges it
+    is that token; without, [a, bc, d], as in Hugging Face's BPE with the same option (and in
+    llama.cpp for GGUF files)."""
+    vocab = {b: bytes([b]) for b in range(256)} | {256: b"bc", 257: b"ab", 258: b"cd", 259: b"abcd"}
+    merges = [(b"b", b"c"), (b"a", b"b"), (b"c", b"d"), (b"ab", b"cd")]
+    tok = BpeTokenizer(vocab, merges, ignore_merges=ignore_merges)
+    expected = [259] if ignore_merges else [ord("a"), 256, ord("d")]
+    assert tok.encode("abcd") == hugging_face(tok).encode("abcd").ids == expected
+    tok.save(tmp_path)
+    assert BpeTokenizer.load(tmp_path).encode("abcd") == expected
 
 
 def dead_pid() -> int:
