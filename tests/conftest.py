@@ -5,6 +5,10 @@ Tiny models run fastest, and deterministically, on one thread; the machine's oth
 free for the tests that start processes of their own (DDP, the command lines)."""
 
 import dataclasses
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,3 +51,43 @@ def token_data_dir(tmp_path_factory):
     np.save(path / "train.npy", tokens[:20_000])
     np.save(path / "valid.npy", tokens[20_000:])
     return path
+
+
+# transformers' reference results for tests/test_smollm2.py take 15 s of Python to compute
+# (tests/transformers_smollm2.py). When those tests are collected, a process of their own starts
+# computing them at once, on the core the rest of the suite leaves free, and the
+# `transformers_smollm2` fixture waits for it.
+SMOLLM2_REFERENCE: dict = {}
+
+
+def start_smollm2_reference() -> None:
+    out = Path(tempfile.mkdtemp(prefix="smollm2-reference-")) / "reference.pt"
+    script = Path(__file__).with_name("transformers_smollm2.py")
+    log = open(out.with_name("log.txt"), "w")  # noqa: SIM115 (closed by the fixture)
+    process = subprocess.Popen([sys.executable, str(script), str(out)], stdout=log,
+                               stderr=subprocess.STDOUT)  # fmt: skip
+    SMOLLM2_REFERENCE.update(process=process, out=out, log=log)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(item.path.name == "test_smollm2.py" for item in session.items):
+        start_smollm2_reference()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if "process" in SMOLLM2_REFERENCE and SMOLLM2_REFERENCE["process"].poll() is None:
+        SMOLLM2_REFERENCE["process"].kill()
+
+
+@pytest.fixture(scope="session")
+def transformers_smollm2() -> dict:
+    """tests/transformers_smollm2.py's results, computed since collection."""
+    if "process" not in SMOLLM2_REFERENCE:
+        start_smollm2_reference()
+    process, out, log = (SMOLLM2_REFERENCE[k] for k in ("process", "out", "log"))
+    code = process.wait(timeout=600)
+    log.close()
+    if code != 0:
+        raise RuntimeError("tests/transformers_smollm2.py failed:\n"
+                           + out.with_name("log.txt").read_text()[-3000:])  # fmt: skip
+    return torch.load(out, weights_only=True)

