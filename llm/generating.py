@@ -44,7 +44,7 @@ from llm.checkpoint import load_model
 from llm.cli import parse, run_main
 from llm.config import ConfigError
 from llm.device import resolve_device
-from llm.gguf_format import is_gguf_file, load_gguf, pretrained_path
+from llm.gguf_format import PRETRAINED, is_gguf_file, load_gguf, pretrained_path
 from llm.transformer import Transformer
 
 EOS_TOKEN = "<|endoftext|>"
@@ -432,6 +432,10 @@ class GenerateConfig(SamplingConfig):
                 "give one model: --checkpoint RUN_DIR, --gguf FILE or --pretrained smollm2-135m"
                 + (f" (got {len(sources)})" if sources else "")
             )
+        if self.pretrained and self.pretrained not in PRETRAINED:
+            raise ValueError(
+                f"unknown pretrained model {self.pretrained!r}; known: {', '.join(PRETRAINED)}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.max_new_tokens < 1:
@@ -448,10 +452,11 @@ def run(config: GenerateConfig) -> None:
         device = resolve_device(config.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    source = pretrained_path(config.pretrained) if config.pretrained else config.gguf
-    model, tokenizer, checkpoint = load_model_and_tokenizer(
-        Path(source or config.checkpoint), device
-    )
+    if config.checkpoint:
+        model, tokenizer, checkpoint = load_model_and_tokenizer(Path(config.checkpoint), device)
+    else:
+        path = pretrained_path(config.pretrained) if config.pretrained else Path(config.gguf)
+        model, tokenizer, checkpoint = load_gguf(path, device)
     model = model.to(DTYPES[config.dtype])
     if config.eos_id is None:  # a Hugging Face model's config names its own
         eos_id = checkpoint.get("eos_token_id")

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from llm.bpe_files import BYTE_TO_CHAR
 from llm.export import export
-from llm.generating import SamplingConfig, generate
+from llm.generating import SamplingConfig, generate, main
 from llm.gguf_format import GgufError, load_gguf
 
 # The model's shape: every matrix row is a multiple of 32 values, the block of Q8_0 and Q4_1.
@@ -443,3 +443,32 @@ def test_export_writes_a_hugging_face_directory_with_the_same_logits(files, load
     ids = batch_ids(model.config.vocab_size)
     with torch.no_grad():
         assert (hf(ids).logits - model(ids)).abs().max() < 1e-4
+
+
+def test_generating_command_runs_a_gguf_file(files, loaded, capsys):
+    directory, _ = files("Q8_0")
+    model, tokenizer, _, _ = loaded("Q8_0")
+    main(["--gguf", str(directory / "tiny.gguf"), "--prompt", "the cat", "--temperature", "0",
+          "--max_new_tokens", "8", "--device", "cpu"])  # fmt: skip
+    ids = generate(model, tokenizer.encode("the cat"), SamplingConfig(max_new_tokens=8,
+                                                                      temperature=0))  # fmt: skip
+    assert capsys.readouterr().out == "the cat" + tokenizer.decode(ids) + "\n"
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (
+            ["--pretrained", "llama-7b"],
+            2,
+            "unknown pretrained model 'llama-7b'; known: smollm2-135m",
+        ),
+        (["--gguf", "pyproject.toml"], 1, "pyproject.toml: not a GGUF file"),
+        (["--gguf", "missing.gguf"], 1, "missing.gguf: no such file"),
+    ],
+)
+def test_generating_command_errors_name_the_problem(capsys, args, code, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--prompt", "x"])
+    assert exit_info.value.code == code
+    assert capsys.readouterr().err == f"error: {message}\n"
