@@ -452,12 +452,13 @@ def run(config: GenerateConfig) -> None:
         device = resolve_device(config.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    dtype = DTYPES[config.dtype]
     if config.checkpoint:
         model, tokenizer, checkpoint = load_model_and_tokenizer(Path(config.checkpoint), device)
+        model = model.to(dtype)
     else:
         path = pretrained_path(config.pretrained) if config.pretrained else Path(config.gguf)
-        model, tokenizer, checkpoint = load_gguf(path, device)
-    model = model.to(DTYPES[config.dtype])
+        model, tokenizer, checkpoint = load_gguf(path, device, dtype)
     if config.eos_id is None:  # a Hugging Face model's config names its own
         eos_id = checkpoint.get("eos_token_id")
         config = dataclasses.replace(

@@ -27,7 +27,6 @@ BPE, a quantisation type `gguf` cannot dequantise) is a GgufError naming it.
 import importlib.util
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -129,7 +128,9 @@ class GgufFile:
                 "cannot dequantise"
             ) from None
         shape = tuple(reversed(info.shape.tolist()))  # GGUF lists the fastest dimension first
-        return torch.from_numpy(np.array(array, dtype=np.float32).reshape(shape))
+        if not array.flags.writeable:  # F32 data is a view of the read-only file: copy it
+            array = array.copy()
+        return torch.from_numpy(array.reshape(shape))
 
 
 def model_config_from_gguf(file: GgufFile) -> ModelConfig:
@@ -166,8 +167,10 @@ def model_config_from_gguf(file: GgufFile) -> ModelConfig:
         raise GgufError(f"{file.path}: {e}") from None
 
 
-def state_dict_from_gguf(file: GgufFile, config: ModelConfig) -> dict[str, Tensor]:
-    """Our state dict (float32) from the file's tensors; missing or extra tensors are errors."""
+def state_dict_from_gguf(
+    file: GgufFile, config: ModelConfig, dtype: torch.dtype = torch.float32
+) -> dict[str, Tensor]:
+    """Our state dict (in dtype) from the file's tensors; missing or extra tensors are errors."""
     names = {"embedding.weight": "token_embd.weight", "final_norm.weight": "output_norm.weight"}
     if not config.tie_embeddings:
         names["lm_head.weight"] = "output.weight"
@@ -187,11 +190,12 @@ def state_dict_from_gguf(file: GgufFile, config: ModelConfig) -> dict[str, Tenso
         raise GgufError(
             f"{file.path}: the file holds tensors we do not use: {', '.join(extra[:3])}"
         )
-    state = {ours: file.tensor(theirs) for ours, theirs in names.items()}
+    state = {ours: file.tensor(theirs).to(dtype) for ours, theirs in names.items()}
     if config.tie_embeddings:
         state["lm_head.weight"] = state["embedding.weight"]
     for i, names_qkv in qkv.items():  # one (q, k, v) matrix here, three there
-        state[f"blocks.{i}.attn.qkv_proj.weight"] = torch.cat([file.tensor(n) for n in names_qkv])
+        parts = [file.tensor(name).to(dtype) for name in names_qkv]
+        state[f"blocks.{i}.attn.qkv_proj.weight"] = torch.cat(parts)
     return state
 
 
@@ -230,16 +234,20 @@ def load_gguf(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[Transformer, BpeTokenizer, dict]:
     """A llama GGUF as our Transformer (eval mode, dequantised to `dtype`), its tokenizer, and a
-    dict like a checkpoint's: model_config, eos_token_id, bos_token_id, chat_template, name."""
+    dict like a checkpoint's: model_config, eos_token_id, bos_token_id, chat_template, name.
+    The model's weights are the dequantised tensors themselves (assign=True), not copies: the
+    memory of one model at most, plus one tensor being dequantised."""
     file = GgufFile(path)
     config = model_config_from_gguf(file)
     tokenizer = tokenizer_from_gguf(file)
-    with no_weight_init():  # the file's weights replace them
-        model = Transformer(config)
+    with no_weight_init():  # never written: the file's tensors take the weights' place
+        model = Transformer(config, dtype=dtype)
     try:
-        model.load_state_dict(state_dict_from_gguf(file, config))
+        model.load_state_dict(state_dict_from_gguf(file, config, dtype), assign=True)
     except RuntimeError as e:  # a shape that does not fit the metadata
         raise GgufError(f"{file.path}: the tensors do not fit the metadata: {e}") from None
+    if config.tie_embeddings:  # assign made two parameters of the one tensor: one again
+        model.embedding.weight = model.lm_head.weight
     info = {
         "gguf": True,
         "name": file.get("general.name"),

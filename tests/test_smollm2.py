@@ -57,6 +57,8 @@ def test_the_metadata_becomes_our_config_and_tokenizer(ours):
         "smollm",
     )
     assert tokenizer.token_id(END_OF_TURN) == info["eos_token_id"] == 2
+    assert model.lm_head.weight is model.embedding.weight  # one parameter, as in training
+    assert model.num_parameters() == 134_515_008
     assert set(SPECIALS) <= set(tokenizer.special_tokens)
 
 
@@ -136,7 +138,7 @@ def test_a_chat_turn_ends_at_im_end(ours, prompt_ids):
 
 def test_chat_command_streams_the_reply(ours, prompt_ids, monkeypatch, capsys):
     model, tokenizer, _ = ours
-    monkeypatch.setattr(generating, "load_gguf", lambda path, device: ours)
+    monkeypatch.setattr(generating, "load_gguf", lambda path, device, dtype: ours)
     main(["--pretrained", "smollm2-135m", "--chat", "--prompt", MESSAGES[0]["content"],
           "--temperature", "0", "--max_new_tokens", "64", "--device", "cpu"])  # fmt: skip
     sampling = SamplingConfig(max_new_tokens=64, temperature=0, eos_id=2)

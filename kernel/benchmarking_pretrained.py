@@ -1,0 +1,310 @@
+"""Time greedy decoding and measure the memory of SmolLM2-135M-Instruct from its GGUF file (Q4_1,
+dequantised to float32), ours against transformers, each in float32 and in bfloat16:
+
+    ours-fp32  llm.gguf_format.load_gguf, then llm.generating.generate (KV cache, greedy)
+    ours-bf16  the same, load_gguf(..., dtype=torch.bfloat16)
+    hf-fp32    AutoModelForCausalLM.from_pretrained(gguf_file=...), then hf.generate (greedy)
+    hf-bf16    the same, hf.to(torch.bfloat16)
+
+    uv run kernel/benchmarking_pretrained.py                    # 128 new tokens, 2 rounds x 3
+    uv run kernel/benchmarking_pretrained.py --rounds 3 --threads 2
+    uv run kernel/benchmarking_pretrained.py --variants ours-fp32,hf-fp32
+    uv run kernel/benchmarking_pretrained.py --new_tokens 16 --repeats 1 --rounds 1  # a quick check
+
+Each variant runs in a fresh process of its own (this script with --variant), so that its memory
+figures are its own; the set of processes runs --rounds times, round-robin, so that all variants
+see the same swings of the machine's speed. A process loads the model, generates once untimed,
+then --repeats times timed. The figures:
+
+    load s           loading the model, imports done before (transformers: its GGUF conversion)
+    RSS after load   resident memory once loaded (after malloc_trim, so freed memory is not
+                     counted: the conversion's float32 copies, the float32 weights of bf16)
+    peak RSS         the process's peak resident memory (ru_maxrss) after generating: the
+                     loading's peak, as a rule (transformers' includes its GGUF conversion)
+    prefill ms       a 1-token generation (the prompt's forward pass, the first token), median
+    decode tok/s     new tokens over the whole call, prefill included; median over every timed
+                     call of every round
+    same tokens      against hf-fp32, up to its first end-of-turn token (min_new_tokens makes
+                     transformers go on past it; ours is run without eos_id, so both always
+                     make exactly --new_tokens tokens). bf16 rounds differently from fp32, so
+                     its greedy choice may part from hf-fp32's after a while (token 57 of this
+                     prompt, for ours-bf16); ours-fp32 should match it all the way
+"""
+
+import ctypes
+import importlib.metadata
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from llm.chat import render_chat
+from llm.cli import parse, run_main
+from llm.generating import SamplingConfig, generate
+from llm.gguf_format import (
+    GgufError,
+    GgufFile,
+    gguf_module,
+    load_gguf,
+    pretrained_path,
+    tokenizer_from_gguf,
+)
+
+VARIANTS = ["ours-fp32", "ours-bf16", "hf-fp32", "hf-bf16"]
+PROMPT = "Write a long story about a robot who learns to paint, with many details."
+
+
+@dataclass
+class BenchConfig:
+    """What to measure."""
+
+    model: str = "smollm2-135m"  # a model of llm.gguf_format.PRETRAINED
+    new_tokens: int = 128  # tokens to generate, greedily
+    repeats: int = 3  # timed generations per process, after one untimed
+    rounds: int = 2  # times the set of processes runs, round-robin
+    threads: int = 1  # CPU threads of every process (torch.set_num_threads)
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))  # which to run
+    variant: str = ""  # internal: run this one variant here and print its results as JSON
+
+    def __post_init__(self) -> None:
+        for name in self.variants + ([self.variant] if self.variant else []):
+            if name not in VARIANTS:
+                raise ValueError(f"a variant must be one of {', '.join(VARIANTS)}, not {name!r}")
+        if self.new_tokens < 1 or self.repeats < 1 or self.rounds < 1 or self.threads < 1:
+            raise ValueError("new_tokens, repeats, rounds and threads must be at least 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# One variant, in its own process
+# ---------------------------------------------------------------------------------------------
+
+
+def status_mb(key: str) -> float:
+    """A memory figure of this process from /proc/self/status (Linux), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # "VmRSS:   123456 kB"
+    raise RuntimeError(f"no {key} in /proc/self/status: this benchmark needs Linux")
+
+
+def import_libraries(variant: str) -> None:
+    """Import what loading imports on first use, so that load s and the RSS before it leave
+    imports out (torch's own are in every process's baseline anyway)."""
+    gguf_module()
+    if variant.startswith("hf"):
+        import transformers.modeling_gguf_pytorch_utils  # noqa: F401
+        from transformers import AutoModelForCausalLM  # noqa: F401
+
+
+def load(variant: str, path: Path):
+    """(model, generate function of (prompt, n) -> new token ids) of a variant."""
+    dtype = torch.bfloat16 if variant.endswith("bf16") else torch.float32
+    if variant.startswith("ours"):
+        model, _, _ = load_gguf(path, dtype=dtype)  # dequantised straight to dtype
+        greedy = SamplingConfig(temperature=0)  # eos_id None: exactly n tokens
+        return model, lambda prompt, n: generate(model, prompt, replace(greedy, max_new_tokens=n))
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    hf = hf.to(dtype).eval()
+
+    @torch.inference_mode()
+    def generate_hf(prompt: list[int], n: int) -> list[int]:
+        ids = torch.tensor([prompt])
+        out = hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=n,
+            min_new_tokens=n,  # never stop early
+            pad_token_id=0,
+        )
+        return out[0, len(prompt) :].tolist()
+
+    return hf, generate_hf
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def run_variant(args: BenchConfig) -> dict:
+    """Load, warm up and time one variant; its figures as a dict."""
+    torch.set_num_threads(args.threads)
+    path = pretrained_path(args.model)
+    import_libraries(args.variant)
+    rss_before_load = status_mb("VmRSS")
+    start = time.perf_counter()
+    model, generate_fn = load(args.variant, path)
+    load_s = time.perf_counter() - start
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap memory back (see the top)
+    rss_after_load, load_peak = status_mb("VmRSS"), status_mb("VmHWM")
+    prompt = json.loads(sys.stdin.read())  # the parent's prompt_ids
+    generate_fn(prompt, args.new_tokens)  # warm-up
+    prefill, whole, tokens = [], [], []
+    for _ in range(args.repeats):
+        prefill.append(timed(generate_fn, prompt, 1)[1])
+        tokens, seconds = timed(generate_fn, prompt, args.new_tokens)
+        whole.append(seconds)
+    return {
+        "load_s": load_s,
+        "rss_before_load_mb": rss_before_load,
+        "rss_after_load_mb": rss_after_load,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "vm_hwm_mb": status_mb("VmHWM"),
+        "load_peak_mb": load_peak,
+        "prefill_s": prefill,
+        "whole_s": whole,
+        "tokens": tokens,
+        "prompt_tokens": len(prompt),
+        "threads": torch.get_num_threads(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole benchmark: every variant in its own process, round-robin
+# ---------------------------------------------------------------------------------------------
+
+
+def prompt_ids(path: Path) -> tuple[list[int], int]:
+    """The chat prompt's token ids and the end-of-turn token id, from the GGUF's metadata."""
+    file = GgufFile(path)
+    tokenizer = tokenizer_from_gguf(file)
+    text = render_chat([{"role": "user", "content": PROMPT}], file.get("tokenizer.chat_template"))
+    return tokenizer.encode(text), int(file.get("tokenizer.ggml.eos_token_id"))
+
+
+def spawn(args: BenchConfig, variant: str, prompt: list[int]) -> dict:
+    """Run one variant in a fresh process of this script; its results."""
+    command = [sys.executable, __file__, "--variant", variant, "--model", args.model]
+    command += ["--new_tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
+    command += ["--threads", str(args.threads)]
+    done = subprocess.run(command, input=json.dumps(prompt), capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr)
+        raise SystemExit(f"error: the {variant} process failed (exit {done.returncode})")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def merge(runs: list[dict]) -> dict:
+    """One variant's figures over the rounds: medians, the largest peak, every timing, the last
+    round's tokens."""
+    return {
+        "load_s": statistics.median(r["load_s"] for r in runs),
+        "rss_before_load_mb": statistics.median(r["rss_before_load_mb"] for r in runs),
+        "rss_after_load_mb": statistics.median(r["rss_after_load_mb"] for r in runs),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "vm_hwm_mb": max(r["vm_hwm_mb"] for r in runs),
+        "load_peak_mb": max(r["load_peak_mb"] for r in runs),
+        "prefill_s": [t for r in runs for t in r["prefill_s"]],
+        "whole_s": [t for r in runs for t in r["whole_s"]],
+        "tokens": runs[-1]["tokens"],
+    }
+
+
+def same_tokens(tokens: list[int], reference: list[int], eos_id: int) -> str:
+    """Whether tokens equal the reference up to the reference's first eos_id (included)."""
+    end = reference.index(eos_id) + 1 if eos_id in reference else len(reference)
+    for i, (a, b) in enumerate(zip(tokens[:end], reference[:end], strict=True)):
+        if a != b:
+            return f"no: from token {i} of {end}"
+    return f"yes ({end}{' to EOS' if end < len(reference) else ''})"
+
+
+def table(args: BenchConfig, results: dict[str, dict], eos_id: int) -> str:
+    def rate(r: dict) -> float:
+        return args.new_tokens / statistics.median(r["whole_s"])
+
+    reference = results.get("hf-fp32")
+    lines = [
+        "| variant | load s | RSS after load MB | peak RSS MB | prefill ms | decode tok/s "
+        "| vs hf-fp32 | same tokens as hf-fp32 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, r in results.items():
+        prefill_ms = statistics.median(r["prefill_s"]) * 1e3
+        ratio = f"{rate(r) / rate(reference):.2f}x" if reference else "-"
+        same = same_tokens(r["tokens"], reference["tokens"], eos_id) if reference else "-"
+        lines.append(
+            f"| {name} | {r['load_s']:.1f} | {r['rss_after_load_mb']:,.0f} | "
+            f"{r['peak_rss_mb']:,.0f} | {prefill_ms:.0f} | {rate(r):.1f} | {ratio} | {same} |"
+        )
+    return "\n".join(lines)
+
+
+def notes(args: BenchConfig, results: dict[str, dict]) -> str:
+    """The spread of the timings, and what to read the memory figures against."""
+    before = ", ".join(f"{name} {r['rss_before_load_mb']:,.0f}" for name, r in results.items())
+    lines = [
+        f"RSS before load MB (torch and the loading's libraries imported): {before}",
+        "peak RSS: the process's largest resident memory (ru_maxrss), loading and generating; "
+        "for hf-* it includes transformers' GGUF conversion. decode tok/s counts prefill in.",
+    ]
+    for name, r in results.items():
+        rates = sorted(args.new_tokens / t for t in r["whole_s"])
+        prefill = sorted(t * 1e3 for t in r["prefill_s"])
+        lines.append(
+            f"{name}: {len(rates)} timed calls, tok/s {rates[0]:.1f} to {rates[-1]:.1f}, "
+            f"prefill ms {prefill[0]:.0f} to {prefill[-1]:.0f}"
+        )
+        if r["vm_hwm_mb"] > r["load_peak_mb"] * 1.01:
+            lines.append(
+                f"{name}: generating raised the peak above loading's {r['load_peak_mb']:,.0f} MB"
+            )
+        # ru_maxrss also counts the address space that exec replaced (this script's, forked)
+        if r["peak_rss_mb"] > r["vm_hwm_mb"] * 1.01:
+            lines.append(
+                f"{name}: ru_maxrss {r['peak_rss_mb']:,.0f} MB > VmHWM {r['vm_hwm_mb']:,.0f} MB: "
+                "the peak is this script's, inherited by the fork before exec; trust VmHWM"
+            )
+    return "\n".join(lines)
+
+
+def machine_line(when: str) -> str:
+    loads = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"load average (1, 5, 15 min) {when}: {loads} on {os.cpu_count()} CPUs"
+
+
+def run_all(args: BenchConfig) -> None:
+    path = pretrained_path(args.model)
+    prompt, eos_id = prompt_ids(path)
+    version = importlib.metadata.version
+    print(
+        f"{args.model} ({path.name}), CPU, torch {torch.__version__}, transformers "
+        f"{version('transformers')}, threads={args.threads}, batch 1, {len(prompt)}-token chat "
+        f"prompt + {args.new_tokens} new tokens, greedy; {args.rounds} round(s) of "
+        f"{args.repeats} timed call(s) per variant after 1 untimed",
+        flush=True,
+    )
+    print(machine_line("at start"), flush=True)
+    runs: dict[str, list[dict]] = {name: [] for name in args.variants}
+    for i in range(args.rounds):
+        for name in args.variants:
+            runs[name].append(spawn(args, name, prompt))
+            print(f"  round {i + 1}: {name} done", flush=True)
+    print(machine_line("at end"))
+    results = {name: merge(rs) for name, rs in runs.items()}
+    print(table(args, results, eos_id))
+    print(notes(args, results))
+
+
+def main() -> None:
+    prog = "uv run kernel/benchmarking_pretrained.py"
+    args = run_main(lambda: parse(BenchConfig, description=__doc__, prog=prog))
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+    else:
+        run_main(lambda: run_all(args), errors=(GgufError,))
+
+
+if __name__ == "__main__":
+    main()
