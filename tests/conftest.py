@@ -5,6 +5,7 @@ Tiny models run fastest, and deterministically, on one thread; the machine's oth
 free for the tests that start processes of their own (DDP, the command lines)."""
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,7 +64,7 @@ SMOLLM2_REFERENCE: dict = {}
 def start_smollm2_reference() -> None:
     out = Path(tempfile.mkdtemp(prefix="smollm2-reference-")) / "reference.pt"
     script = Path(__file__).with_name("transformers_smollm2.py")
-    log = open(out.with_name("log.txt"), "w")  # noqa: SIM115 (closed by the fixture)
+    log = open(out.with_name("log.txt"), "w")  # noqa: SIM115 (closed at the session's end)
     process = subprocess.Popen([sys.executable, str(script), str(out)], stdout=log,
                                stderr=subprocess.STDOUT)  # fmt: skip
     SMOLLM2_REFERENCE.update(process=process, out=out, log=log)
@@ -75,8 +76,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if "process" in SMOLLM2_REFERENCE and SMOLLM2_REFERENCE["process"].poll() is None:
-        SMOLLM2_REFERENCE["process"].kill()
+    if "process" in SMOLLM2_REFERENCE:
+        SMOLLM2_REFERENCE["process"].kill()  # (if it still runs)
+        SMOLLM2_REFERENCE["process"].wait()
+        SMOLLM2_REFERENCE["log"].close()
+        shutil.rmtree(SMOLLM2_REFERENCE["out"].parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -84,10 +88,8 @@ def transformers_smollm2() -> dict:
     """tests/transformers_smollm2.py's results, computed since collection."""
     if "process" not in SMOLLM2_REFERENCE:
         start_smollm2_reference()
-    process, out, log = (SMOLLM2_REFERENCE[k] for k in ("process", "out", "log"))
-    code = process.wait(timeout=600)
-    log.close()
-    if code != 0:
+    process, out = SMOLLM2_REFERENCE["process"], SMOLLM2_REFERENCE["out"]
+    if process.wait(timeout=600) != 0:
         raise RuntimeError("tests/transformers_smollm2.py failed:\n"
                            + out.with_name("log.txt").read_text()[-3000:])  # fmt: skip
     return torch.load(out, weights_only=True)
