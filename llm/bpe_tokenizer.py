@@ -9,6 +9,10 @@ Encoding a piece of text works like GPT-2 and tiktoken:
    the adjacent pair whose concatenation is the token with the lowest rank (id) is merged,
    leftmost first, again and again until no adjacent pair forms a token.
 A trained tokenizer's ids are in merge order, so step 3 replays the merges of training.
+(Hugging Face merges a pair only if the pair itself is in its merge list; joining any two parts
+that make a token, as here, gives the same ids whenever each token is reached through its own
+merge: for SmolLM2's vocabulary, kernel/comparing_smollm2_tokenizer.py finds them equal on every
+line of 8.6 MB of text.)
 
 `merge_pretoken_simple` is step 3 written as plainly as possible: it looks at every pair for
 every merge, O(n^2) for a pre-token of n bytes. Text without whitespace (minified code, base64,
