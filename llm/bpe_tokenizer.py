@@ -59,6 +59,7 @@ from llm.cli import parse_command, run_main
 from llm.config import ConfigError
 from llm.pretokenization import (
     CHUNK_BYTES,
+    PRETOKENIZERS,
     WHITESPACE_CUT,
     chunk_boundaries,
     find_cut,
@@ -92,7 +93,8 @@ class BpeTokenizer:
         bytes it lacks are dropped from the text, as Hugging Face and llama.cpp do (SmolLM2's
         lacks 21, such as 0xFF, which UTF-8 never uses). `ignore_merges`: a pre-token that is
         a token is that token, even where replaying the merges would end elsewhere (tiktoken's
-        rule, and ours); False replays them always, as Hugging Face does by default."""
+        rule, and ours); False always merges the pre-token from its bytes, as Hugging Face does
+        by default and llama.cpp does for GGUF vocabularies."""
         self.vocab = dict(vocab)
         self.merges = list(merges)
         self.special_tokens = list(dict.fromkeys(special_tokens or []))
@@ -224,6 +226,10 @@ class BpeTokenizer:
         if output_path.is_dir():
             raise IsADirectoryError(f"{output_path}: is a directory, not a .npy file")
         remove_stale_temp_files(output_path.parent, output_path.name)
+        if self.missing_bytes:
+            warnings.warn(f"the vocabulary lacks {len(self.missing_bytes)} bytes (e.g. "
+                          f"{self.missing_bytes[:4]!r}); they are dropped from {input_path}",
+                          stacklevel=2)  # fmt: skip
         dtype = np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
         bounds = chunk_boundaries(input_path, chunk_bytes, self.special_tokens)
         jobs = [(str(input_path), a, b) for a, b in pairwise(bounds)]
@@ -302,8 +308,13 @@ class BpeTokenizer:
         return cls(vocab, merges, special_tokens, **settings)
 
     def to_tiktoken(self, name: str = "llm-bpe"):
-        """The same tokenizer as a tiktoken.Encoding (needs the tiktoken package)."""
+        """The same tokenizer as a tiktoken.Encoding (needs the tiktoken package). tiktoken
+        always takes a pre-token that is a token whole, and needs every byte in the vocabulary."""
         import tiktoken
+
+        if not self.ignore_merges or self.missing_bytes:
+            raise ValueError("tiktoken cannot express this tokenizer (ignore_merges=False, or "
+                             "bytes missing from the vocabulary)")  # fmt: skip
 
         return tiktoken.Encoding(
             name,
@@ -475,12 +486,15 @@ DEFAULT_SETTINGS = {"pretokenizer": "gpt2", "ignore_merges": True}
 def read_settings(path: Path) -> dict:
     """A tokenizer's settings.json, checked: {"pretokenizer": name, "ignore_merges": bool}."""
     try:
-        settings = DEFAULT_SETTINGS | json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    if set(settings) != set(DEFAULT_SETTINGS) or not isinstance(settings["ignore_merges"], bool):
-        raise ValueError(f"{path}: expected {{\"pretokenizer\": name, \"ignore_merges\": "
-                         f"true or false}}, got {settings}")  # fmt: skip
+    settings = DEFAULT_SETTINGS | data if isinstance(data, dict) else data
+    if (not isinstance(settings, dict) or set(settings) != set(DEFAULT_SETTINGS)
+            or not isinstance(settings["ignore_merges"], bool)
+            or settings["pretokenizer"] not in PRETOKENIZERS):  # fmt: skip
+        raise ValueError(f"{path}: expected {{\"pretokenizer\": one of {', '.join(PRETOKENIZERS)}, "
+                         f"\"ignore_merges\": true or false}}, got {data}")  # fmt: skip
     return settings
 
 
@@ -562,7 +576,7 @@ def _train_and_save(
 def run_encode(options: EncodeOptions) -> None:
     """The `encode` command."""
     directory, output = Path(options.tokenizer), Path(options.output)
-    tokenizer_files = [directory / name for name in TOKENIZER_FILES]
+    tokenizer_files = [directory / name for name in (*TOKENIZER_FILES, SETTINGS_FILE)]
     check_outputs([output], inputs=[Path(options.input), *tokenizer_files])
     _encode(BpeTokenizer.load(directory), Path(options.input), output, options.workers)
 

@@ -385,6 +385,9 @@ def chat(
     messages = [{"role": "system", "content": system}] if system else []
     if END_OF_TURN in tokenizer.special_tokens:
         sampling = dataclasses.replace(sampling, eos_id=tokenizer.token_id(END_OF_TURN))
+    elif template is None:
+        raise ValueError(f"--chat needs a chat model: this one has no chat template and no "
+                         f"{END_OF_TURN} token")  # fmt: skip
     if first is None:
         print("Chat with the model (Ctrl-D to quit).", file=sys.stderr)
     while True:
@@ -396,7 +399,7 @@ def chat(
                 if not sys.stdin.isatty():  # piped: show what was read
                     print(message)
             except (EOFError, KeyboardInterrupt):
-                print(file=sys.stderr)
+                print()  # ends the "you> " line
                 return
         messages.append({"role": "user", "content": message})
         ids = chat_prompt(tokenizer, messages, template)
@@ -406,6 +409,9 @@ def chat(
         )
         if first is not None:
             return
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --dtype
 
 
 @dataclass(kw_only=True)
@@ -442,9 +448,6 @@ class GenerateConfig(SamplingConfig):
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def run(config: GenerateConfig) -> None:

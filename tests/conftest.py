@@ -55,8 +55,8 @@ def token_data_dir(tmp_path_factory):
 
 
 # transformers' reference results for tests/test_smollm2.py take 15 s of Python to compute
-# (tests/transformers_smollm2.py). When those tests are collected, a process of their own starts
-# computing them at once, on the core the rest of the suite leaves free, and the
+# (tests/transformers_smollm2.py). When a test that needs them is collected, a process of their
+# own starts computing them at once, on the core the rest of the suite leaves free, and the
 # `transformers_smollm2` fixture waits for it.
 SMOLLM2_REFERENCE: dict = {}
 
@@ -71,7 +71,7 @@ def start_smollm2_reference() -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if any(item.path.name == "test_smollm2.py" for item in session.items):
+    if any("transformers_smollm2" in getattr(item, "fixturenames", ()) for item in session.items):
         start_smollm2_reference()
 
 
@@ -89,7 +89,7 @@ def transformers_smollm2() -> dict:
     if "process" not in SMOLLM2_REFERENCE:
         start_smollm2_reference()
     process, out = SMOLLM2_REFERENCE["process"], SMOLLM2_REFERENCE["out"]
-    if process.wait(timeout=600) != 0:
+    if process.wait(timeout=300) != 0:
         raise RuntimeError("tests/transformers_smollm2.py failed:\n"
                            + out.with_name("log.txt").read_text()[-3000:])  # fmt: skip
     return torch.load(out, weights_only=True)

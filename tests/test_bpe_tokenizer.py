@@ -454,6 +454,32 @@ def test_ignore_merges_false_replays_the_merges_as_hugging_face(ignore_merges, t
     assert BpeTokenizer.load(tmp_path).encode("abcd") == expected
 
 
+def test_tiktoken_export_refuses_what_tiktoken_cannot_express(tokenizer):
+    replaying = BpeTokenizer(tokenizer.vocab, tokenizer.merges, [EOT], ignore_merges=False)
+    with pytest.raises(ValueError, match="tiktoken cannot express this tokenizer"):
+        replaying.to_tiktoken()
+
+
+@pytest.mark.parametrize(
+    "text", ['["smollm"]', '{"pretokenizer": "llama3"}', '{"ignore_merges": "no"}', '{"x": 1}']
+)
+def test_a_bad_settings_file_is_named(tokenizer, tmp_path, text):
+    tokenizer.save(tmp_path)
+    (tmp_path / "settings.json").write_text(text)
+    with pytest.raises(ValueError, match="settings.json: expected"):
+        BpeTokenizer.load(tmp_path)
+
+
+def test_encoding_a_file_with_bytes_the_vocabulary_lacks_warns(tokenizer, tmp_path):
+    vocab = {i: b for i, b in tokenizer.vocab.items() if b"x" not in b}
+    merges = [(a, b) for a, b in tokenizer.merges if a + b in vocab.values()]
+    lacking = BpeTokenizer(vocab, merges, [EOT])
+    (tmp_path / "in.txt").write_text("a fox")
+    with pytest.warns(UserWarning, match="the vocabulary lacks 1 bytes"):
+        lacking.encode_file(tmp_path / "in.txt", tmp_path / "out.npy", 1, progress=False)
+    assert np.load(tmp_path / "out.npy").tolist() == lacking.encode("a fo")
+
+
 def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", ""])
     child.wait()

@@ -15,6 +15,7 @@ from llm.generating import (
     EOS_TOKEN,
     SamplingConfig,
     TextStream,
+    chat,
     generate,
     left_pad,
     main,
@@ -503,3 +504,18 @@ def test_cli_checkpoint_without_tokenizer_uses_raw_bytes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tmp_path / "bytes.pt"), "--prompt", "", "--device", "cpu"])
     assert "error: the prompt is empty and the tokenizer has no" in capsys.readouterr().err
+
+
+def test_a_kv_cache_refuses_more_tokens_than_its_capacity(model):
+    cache = model.new_kv_cache(1, capacity=4)
+    assert cache.capacity == 4
+    model(torch.tensor([[1, 2, 3]]), cache)
+    with pytest.raises(ValueError, match="after 3 cached tokens does not fit the KV cache's 4"):
+        model(torch.tensor([[4, 5]]), cache)
+
+
+def test_chat_needs_a_chat_model(model):
+    """Our story models have no chat template and no <|im_end|>: --chat says so."""
+    tokenizer = BpeTokenizer({i: bytes([i]) for i in range(256)}, [], [EOS_TOKEN])
+    with pytest.raises(ValueError, match="--chat needs a chat model"):
+        chat(model, tokenizer, SamplingConfig(), None, None, "hello")

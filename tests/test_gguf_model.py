@@ -15,6 +15,7 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, TokenType
 from gguf.quants import dequantize, quant_shape_to_byte_shape, quantize
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from llm import generating
 from llm.bpe_files import BYTE_TO_CHAR
 from llm.export import export
 from llm.generating import SamplingConfig, generate, main
@@ -153,11 +154,13 @@ def write_tiny_llama_gguf(
     architecture: str = "llama",
     drop_keys: tuple[str, ...] = (),
     tensor_types: dict[str, GGMLQuantizationType] | None = None,
+    extra_bools: dict[str, bool] | None = None,
 ) -> dict:
     """Write a tiny random Llama GGUF as llama.cpp would, and return what went in: the Hugging
     Face layout float weights ("hf", before quantisation), "tokens", "types" (token types)
     and the "qtypes" of the tensors. `architecture` and `drop_keys` (metadata keys left out)
-    make broken files; `tensor_types` overrides the type of the named tensors."""
+    make broken files; `tensor_types` overrides the type of the named tensors; `extra_bools`
+    adds boolean metadata."""
     tokens, types = vocabulary()
     hf = random_hf_weights(np.random.default_rng(seed), len(tokens), tie)
     embd_type, matrix_type = QUANTS[quant]
@@ -185,6 +188,7 @@ def write_tiny_llama_gguf(
         "tokenizer.ggml.bos_token_id": (writer.add_uint32, tokens.index("<|im_start|>")),
         "tokenizer.ggml.eos_token_id": (writer.add_uint32, tokens.index("<|im_end|>")),
     }
+    metadata |= {key: (writer.add_bool, value) for key, value in (extra_bools or {}).items()}
     for key, (add, value) in metadata.items():
         if key not in drop_keys:
             add(key, value)
@@ -463,12 +467,65 @@ def test_generating_command_runs_a_gguf_file(files, loaded, capsys):
             2,
             "unknown pretrained model 'llama-7b'; known: smollm2-135m",
         ),
-        (["--gguf", "pyproject.toml"], 1, "pyproject.toml: not a GGUF file"),
+        (["--gguf", "notes.txt"], 1, "notes.txt: not a GGUF file"),
         (["--gguf", "missing.gguf"], 1, "missing.gguf: no such file"),
     ],
 )
-def test_generating_command_errors_name_the_problem(capsys, args, code, message):
+def test_generating_command_errors_name_the_problem(capsys, tmp_path, monkeypatch, args, code,
+                                                    message):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("plain text\n")
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--prompt", "x"])
     assert exit_info.value.code == code
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_bfloat16_loads_straight_to_bfloat16_and_keeps_the_tie(files, loaded):
+    directory, _ = files("Q4_1")
+    model, _, _, _ = loaded("Q4_1")
+    half, _, _ = load_gguf(directory / "tiny.gguf", dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert half.lm_head.weight is half.embedding.weight
+    for name, weight in model.state_dict().items():  # each weight: float32's, rounded
+        assert torch.equal(half.state_dict()[name], weight.to(torch.bfloat16)), name
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [("tokenizer.ggml.add_bos_token", "add_bos_token=true is not supported"),
+     ("tokenizer.ggml.add_space_prefix", "add_space_prefix=true is not supported")],
+)  # fmt: skip
+def test_tokenizer_options_we_do_not_apply_are_refused(tmp_path, key, message):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_llama_gguf(path, quant="F32", extra_bools={key: True})
+    with pytest.raises(GgufError, match=message):
+        load_gguf(path)
+
+
+def test_chat_keeps_the_conversation_and_ends_at_eof(loaded, monkeypatch, capsys):
+    """Two turns read from piped input: the second prompt holds the first exchange (ChatML, the
+    fallback of a model without a template), then the end of the input ends the chat."""
+    model, tokenizer, _, _ = loaded("Q8_0")
+    lines, replies, prompts = iter(["hello", "and then?"]), iter(["first", "second"]), []
+
+    def read(prompt: str) -> str:
+        print(prompt, end="")
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    def reply(model, tokenizer, ids: list[int], sampling) -> str:
+        prompts.append(ids)
+        assert sampling.eos_id == tokenizer.token_id("<|im_end|>")
+        return next(replies)
+
+    monkeypatch.setattr("builtins.input", read)
+    monkeypatch.setattr(generating, "print_stream", reply)
+    generating.chat(model, tokenizer, SamplingConfig(temperature=0), None, "Be brief.")
+    expected = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n"
+                "<|im_start|>assistant\nfirst<|im_end|>\n<|im_start|>user\nand then?"
+                "<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
+    assert len(prompts) == 2 and tokenizer.decode(prompts[1]) == expected
+    assert capsys.readouterr().out.endswith("you> \n")  # the last prompt's line is ended
