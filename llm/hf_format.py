@@ -316,7 +316,8 @@ def load_hf_model(
 ) -> tuple[Transformer, dict]:
     """A Transformer (float32, eval mode) holding a Hugging Face Llama directory's weights, and
     a dict like a checkpoint's: model_config, tokenizer_dir (the directory, when it holds a
-    tokenizer.json), eos_token_id (from config.json) and hf=True."""
+    tokenizer.json), bos_token_id and eos_token_id (from config.json), chat_template (from
+    tokenizer_config.json) and hf=True."""
     directory = Path(directory)
     config, hf = read_hf_config(directory)
     tensors = {}
@@ -335,11 +336,29 @@ def load_hf_model(
         "hf": True,
         "model_config": config_to_dict(config),
         "tokenizer_dir": str(directory) if (directory / "tokenizer.json").is_file() else None,
+        "bos_token_id": hf.get("bos_token_id"),
         "eos_token_id": eos[0] if isinstance(eos, list) else eos,  # Llama 3 lists several
+        "chat_template": read_chat_template(directory),
         "iteration": None,
         "train_config": None,
     }
     return model.eval(), info
+
+
+def read_chat_template(directory: Path) -> str | None:
+    """The chat template in tokenizer_config.json, if any (a list of named templates: the one
+    named "default")."""
+    path = directory / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    try:
+        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    except (json.JSONDecodeError, AttributeError):
+        raise HfFormatError(f"{path}: not a JSON object") from None
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
 
 
 def weight_files(directory: Path) -> list[Path]:

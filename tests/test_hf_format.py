@@ -17,9 +17,10 @@ from llm import export, generating, training
 from llm.bpe_files import read_tokenizer_json
 from llm.bpe_tokenizer import EOT, BpeTokenizer
 from llm.bpe_training import train_bpe
+from llm.chat import CHATML, render_chat
 from llm.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from llm.generating import SamplingConfig, generate
-from llm.hf_format import HfFormatError, hf_state_dict, model_config_from_hf
+from llm.hf_format import HfFormatError, hf_state_dict, model_config_from_hf, save_hf
 from llm.transformer import ModelConfig, Transformer
 from tests.conftest import markov_tokens
 
@@ -326,3 +327,19 @@ def test_load_model_error_for_an_hf_directory_is_a_checkpoint_error(gqa_export, 
     edit_json(tmp_path / "m" / "config.json", lambda d: d.update(num_hidden_layers=3))
     with pytest.raises(CheckpointError, match="the weights have no model.layers.2."):
         load_model(tmp_path / "m")
+
+
+def test_bos_eos_and_chat_template_survive_export_and_import(tokenizer, tmp_path):
+    """A chat model's bos, eos and template go into the Hugging Face files, where transformers
+    finds them, and back (`--checkpoint DIR --chat` uses the template)."""
+    model = small_model(tokenizer.vocab_size)
+    template = CHATML.replace("assistant", "bot")  # any template: it travels as text
+    save_hf(tmp_path, model, tokenizer, bos_id=256, eos_id=257, chat_template=template)
+    _, info = load_model(tmp_path)
+    assert (info["bos_token_id"], info["eos_token_id"], info["chat_template"]) == (
+        256, 257, template)  # fmt: skip
+    messages = [{"role": "user", "content": "hi"}]
+    theirs = AutoTokenizer.from_pretrained(tmp_path)
+    assert theirs.eos_token == tokenizer.decode([257])
+    rendered = theirs.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered == render_chat(messages, template)
