@@ -31,7 +31,7 @@ import dataclasses
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -377,38 +377,36 @@ def chat(
     sampling: SamplingConfig,
     template: str | None,
     system: str | None,
-    first: str | None = None,
+    user_messages: Iterable[str],
 ) -> None:
-    """Talk with the model: each line read is a user turn, and the reply streams until the model
-    ends its turn (<|im_end|>). The whole conversation is the prompt of each reply. `first`: a
-    single exchange with this message, no reading."""
+    """Talk with the model: each user message is a turn, and the reply streams until the model
+    ends its turn (<|im_end|>). The whole conversation is the prompt of each reply."""
     messages = [{"role": "system", "content": system}] if system else []
     if END_OF_TURN in tokenizer.special_tokens:
         sampling = dataclasses.replace(sampling, eos_id=tokenizer.token_id(END_OF_TURN))
     elif template is None:
         raise ValueError(f"--chat needs a chat model: this one has no chat template and no "
                          f"{END_OF_TURN} token")  # fmt: skip
-    if first is None:
-        print("Chat with the model (Ctrl-D to quit).", file=sys.stderr)
-    while True:
-        if first is not None:
-            message = first
-        else:
-            try:
-                message = input("you> ")
-                if not sys.stdin.isatty():  # piped: show what was read
-                    print(message)
-            except (EOFError, KeyboardInterrupt):
-                print()  # ends the "you> " line
-                return
+    for message in user_messages:
         messages.append({"role": "user", "content": message})
         ids = chat_prompt(tokenizer, messages, template)
         print("assistant> ", end="", flush=True)
-        messages.append(
-            {"role": "assistant", "content": print_stream(model, tokenizer, ids, sampling)}
-        )
-        if first is not None:
+        reply = print_stream(model, tokenizer, ids, sampling)
+        messages.append({"role": "assistant", "content": reply})
+
+
+def typed_lines() -> Iterator[str]:
+    """The lines typed after a "you> " prompt (or piped in), until Ctrl-D or Ctrl-C."""
+    print("Chat with the model (Ctrl-D to quit).", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            print()  # ends the "you> " line
             return
+        if not sys.stdin.isatty():  # piped: show what was read
+            print(line)
+        yield line
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --dtype
@@ -479,7 +477,8 @@ def run(config: GenerateConfig) -> None:
 
     if config.chat:
         template = checkpoint.get("chat_template")
-        chat(model, tokenizer, config, template, config.system, config.prompt)
+        user_messages = typed_lines() if config.prompt is None else [config.prompt]
+        chat(model, tokenizer, config, template, config.system, user_messages)
     elif config.prompt is not None:
         samples(config.prompt)
     elif not sys.stdin.isatty():

@@ -518,4 +518,4 @@ def test_chat_needs_a_chat_model(model):
     """Our story models have no chat template and no <|im_end|>: --chat says so."""
     tokenizer = BpeTokenizer({i: bytes([i]) for i in range(256)}, [], [EOS_TOKEN])
     with pytest.raises(ValueError, match="--chat needs a chat model"):
-        chat(model, tokenizer, SamplingConfig(), None, None, "hello")
+        chat(model, tokenizer, SamplingConfig(), None, None, ["hello"])

@@ -27,8 +27,8 @@ ROPE_BASE, RMS_EPS = 100_000.0, 1e-5  # SmolLM2's; the RoPE base is not our defa
 CONTROL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Merges in GPT-2's spelling ("Ġ" is the space byte), in the order they were "learned". Each
 # makes a token from two earlier ones, and, as in a trained vocabulary, a merged token is what
-# BPE makes of its own text (where that fails, tiktoken-style encoders like ours and Hugging
-# Face's differ by design).
+# BPE makes of its own text (where that fails, merging by token rank, as ours does, and by merge
+# pair, as Hugging Face does, can differ: see llm/bpe_tokenizer.py).
 MERGES = """Ġ t|h e|Ġ a|i n|Ġt he|e r|Ġ o|o n|r e|Ġ s|a n|Ġ w|o u|e n|Ġ b|Ġ c|l l|i s|a t|i t|e d
 |Ġ h|o r|n d|Ġ f|Ġ m|in g|Ġ d|Ġ p|a r|Ġa nd|Ġt o|Ġo n|Ġ Ġ|ĠĠ ĠĠ|Ċ Ċ|Ġ is|a s|Ġw as|Ġc at"""
 MERGES = [m.strip() for m in MERGES.split("|")]
@@ -523,7 +523,10 @@ def test_chat_keeps_the_conversation_and_ends_at_eof(loaded, monkeypatch, capsys
 
     monkeypatch.setattr("builtins.input", read)
     monkeypatch.setattr(generating, "print_stream", reply)
-    generating.chat(model, tokenizer, SamplingConfig(temperature=0), None, "Be brief.")
+    user_messages = generating.typed_lines()
+    generating.chat(
+        model, tokenizer, SamplingConfig(temperature=0), None, "Be brief.", user_messages
+    )
     expected = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n"
                 "<|im_start|>assistant\nfirst<|im_end|>\n<|im_start|>user\nand then?"
                 "<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
