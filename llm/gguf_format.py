@@ -113,7 +113,7 @@ class GgufFile:
             return default
         try:
             return field.contents()
-        except (UnicodeDecodeError, ValueError, IndexError) as e:
+        except (ValueError, IndexError) as e:  # e.g. a string that is not UTF-8
             raise GgufError(f"{self.path}: metadata {key} is damaged ({e})") from None
 
     def require(self, key: str):
