@@ -7,6 +7,7 @@ matrices, gathers each one (see _muon_update).
 """
 
 import math
+import sys
 from collections.abc import Callable, Iterable
 
 import torch
@@ -14,6 +15,23 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from llm.sharding import is_dtensor, local_slice
+
+
+def skip_dynamo_import() -> None:
+    """Spare a run that compiles nothing the import of torch._dynamo: 4.5 s of a CPU run's start.
+
+    torch.optim.Optimizer's add_param_group, zero_grad, state_dict and load_state_dict are
+    wrapped so that torch.compile never traces into them. The wrapper imports torch._dynamo the
+    first time it runs, to make the function it then calls, and keeps that in the attribute
+    `__dynamo_disable`. Giving it the plain function up front skips the import; torch.compile
+    could then trace these four methods, which training never calls inside compiled code. A
+    later torch without these attributes just imports torch._dynamo again."""
+    if "torch._dynamo" in sys.modules:
+        return
+    for name in ("add_param_group", "zero_grad", "state_dict", "load_state_dict"):
+        plain = getattr(getattr(torch.optim.Optimizer, name), "__wrapped__", None)
+        if plain is not None:
+            setattr(plain, "__dynamo_disable", plain)
 
 
 class AdamW(torch.optim.Optimizer):

@@ -98,6 +98,7 @@ from llm.optim import (
     gradient_clip,
     muon_param_groups,
     param_groups,
+    skip_dynamo_import,
     wsd_lr_scheduler,
 )
 from llm.run_dir import METRICS_NAME, append_metrics, check_run_dir, start_run_dir
@@ -680,6 +681,8 @@ def _build_optimizer(
     model: Transformer, config: TrainConfig, dtype: torch.dtype | None
 ) -> torch.optim.Optimizer:
     """The configured optimizer; Muon orthogonalises in the autocast dtype when there is one."""
+    if not config.compile:
+        skip_dynamo_import()
     if config.optimizer == "muon":
         groups = muon_param_groups(model, config.weight_decay)
         return Muon(

@@ -15,7 +15,7 @@ from llm.generating import SamplingConfig, chat_prompt, generate, main, stream_b
 from llm.gguf_format import load_gguf, pretrained_path
 from llm.hf_format import save_hf_tokenizer
 
-from transformers_smollm2 import MESSAGES, STORY  # tests/transformers_smollm2.py
+from transformers_smollm2 import CHATS, MESSAGES, STORY  # tests/transformers_smollm2.py
 
 GGUF = pretrained_path("smollm2-135m")
 SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<file_sep>"]
@@ -27,15 +27,16 @@ def ours():
 
 
 @pytest.fixture(scope="module")
-def hf_tokenizer():
-    return AutoTokenizer.from_pretrained(GGUF.parent, gguf_file=GGUF.name)
+def hf_tokenizer(transformers_smollm2) -> Tokenizer:
+    """transformers' tokenizer from the GGUF (its `tokenizers` backend, which does the work)."""
+    return Tokenizer.from_str(transformers_smollm2["tokenizer_json"])
 
 
 @pytest.fixture(scope="module")
-def smollm_reference(hf_tokenizer) -> Tokenizer:
+def smollm_reference(transformers_smollm2) -> Tokenizer:
     """transformers' tokenizer from the GGUF, with the pre-tokenizer the file names ("smollm")
     and SmolLM2's own tokenizer.json has: transformers leaves it out (it uses GPT-2's)."""
-    tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    tokenizer = Tokenizer.from_str(transformers_smollm2["tokenizer_json"])
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Digits(individual_digits=True),
@@ -87,10 +88,10 @@ def test_transformers_reads_the_file_with_gpt2_pre_tokenization(ours, hf_tokeniz
     then drop it and the note in README "Run a real model"."""
     _, tokenizer, _ = ours
     assert tokenizer.encode("a  1") == [81, 256, 33]  # "a", "  ", "1": as SmolLM2 was trained
-    assert hf_tokenizer.encode("a  1", add_special_tokens=False) == [81, 216, 216, 33]
+    assert hf_tokenizer.encode("a  1", add_special_tokens=False).ids == [81, 216, 216, 33]
     gpt2 = type(tokenizer)(tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens, "gpt2")
     for sample in ["a  1", "x   2 y 2024!", "<|im_start|>user\n  99 bottles<|im_end|>\n"]:
-        assert gpt2.encode(sample) == hf_tokenizer.encode(sample, add_special_tokens=False)
+        assert gpt2.encode(sample) == hf_tokenizer.encode(sample, add_special_tokens=False).ids
 
 
 @pytest.fixture(scope="module")
@@ -116,18 +117,11 @@ def test_greedy_20_tokens_equal_transformers(ours, transformers_smollm2):
     assert mine == transformers_smollm2["story_greedy"]
 
 
-@pytest.mark.parametrize("system", [None, "You are a pirate."])
-def test_chat_template_renders_as_transformers(ours, hf_tokenizer, system):
+@pytest.mark.parametrize("case", range(len(CHATS)))
+def test_chat_template_renders_as_transformers(ours, transformers_smollm2, case):
     _, _, info = ours
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        *MESSAGES,
-        {"role": "assistant", "content": "Paris."},
-        {"role": "user", "content": "And of Italy?"},
-    ]
-    expected = hf_tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True
-    )
-    assert render_chat(messages, info["chat_template"]) == expected
+    rendered = render_chat(CHATS[case], info["chat_template"])
+    assert rendered == transformers_smollm2["chat_renders"][case]
 
 
 def test_a_chat_turn_ends_at_im_end(ours, prompt_ids):
@@ -157,4 +151,4 @@ def test_export_writes_the_files_pre_tokenizer_into_tokenizer_json(
     sample = "<|im_start|>user\nx   2 y 2024!<|im_end|>"
     exported = AutoTokenizer.from_pretrained(tmp_path).encode(sample, add_special_tokens=False)
     assert exported == tokenizer.encode(sample) == smollm_reference.encode(sample).ids
-    assert exported != hf_tokenizer.encode(sample, add_special_tokens=False)  # GPT-2's split
+    assert exported != hf_tokenizer.encode(sample, add_special_tokens=False).ids  # GPT-2's
