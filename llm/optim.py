@@ -18,7 +18,7 @@ from llm.sharding import is_dtensor, local_slice
 
 
 def skip_dynamo_import() -> None:
-    """Spare a run that compiles nothing the import of torch._dynamo: 4.5 s of a CPU run's start.
+    """Spare a run that compiles nothing the import of torch._dynamo: 2 s or more of its start.
 
     torch.optim.Optimizer's add_param_group, zero_grad, state_dict and load_state_dict are
     wrapped so that torch.compile never traces into them. The wrapper imports torch._dynamo the
