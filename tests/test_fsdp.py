@@ -55,7 +55,8 @@ def runs(tmp_path_factory):
     """Run directories: `single` (one process, 20 steps, DDP mode: the reference); `fsdp` (2
     processes, 20 steps, activation checkpointing); `two_to_one` (2 processes to step 10, then
     1 to step 20, from a checkpoint whose next save was killed); `one_to_two` (the reverse);
-    `single_muon` and `fsdp_muon` (6 steps)."""
+    `single_muon` and `fsdp_muon` (6 steps); `single_tied_sgd` and `fsdp_tied_sgd` (6 steps, tied
+    embeddings, SGD)."""
     tmp = tmp_path_factory.mktemp("fsdp")
     tokens = markov_tokens(5000)
     np.save(tmp / "train.npy", tokens[:4000])
@@ -70,16 +71,20 @@ def runs(tmp_path_factory):
     ]  # fmt: skip
     fsdp = [*args, "--parallel", "fsdp"]
     muon = ["--optimizer", "muon", "--max_lr", "0.02", "--min_lr", "0.02", "--max_iters", "6"]
+    tied_sgd = ["--model.tie_embeddings", "--optimizer", "sgd", "--max_lr", "0.05",
+                "--min_lr", "0.05", "--max_iters", "6"]  # fmt: skip
     threads = torch.get_num_threads()
     train(load_train_config([*args, "--max_iters", "20", "--run_dir", str(tmp / "single")]))
     train(load_train_config([*fsdp, "--max_iters", "10", "--run_dir", str(tmp / "one_to_two")]))
     train(load_train_config([*args, *muon, "--run_dir", str(tmp / "single_muon")]))
+    train(load_train_config([*args, *tied_sgd, "--run_dir", str(tmp / "single_tied_sgd")]))
     resume = ["--resume", "--max_iters", "20", "--run_dir"]
     jobs = [
         [*fsdp, "--max_iters", "20", "--activation_checkpointing", "--run_dir", str(tmp / "fsdp")],
         [*fsdp, "--max_iters", "10", "--run_dir", str(tmp / "two_to_one")],
         [*resume, str(tmp / "one_to_two")],
         [*fsdp, *muon, "--run_dir", str(tmp / "fsdp_muon")],
+        [*fsdp, *tied_sgd, "--run_dir", str(tmp / "fsdp_tied_sgd")],
     ]
     jobs = [(_free_port(), argv) for argv in jobs]
     context = multiprocessing.get_context("spawn" if torch.cuda.is_available() else "fork")
@@ -173,3 +178,15 @@ def test_fsdp_muon_orthogonalises_whole_matrices(runs):
     weights = read_checkpoint(consolidate(runs / "fsdp_muon", runs / "fsdp_muon.pt"))["model"]
     reference = read_checkpoint(runs / "single_muon")["model"]
     torch.testing.assert_close(weights, reference, atol=1e-5, rtol=0)
+
+
+def test_fsdp_with_tied_embeddings_and_sgd_trains_like_one_process(runs):
+    """One matrix both embeds and un-embeds, sharded once; SGD updates each process's slice."""
+    single, fsdp = _losses(runs / "single_tied_sgd"), _losses(runs / "fsdp_tied_sgd")
+    assert list(fsdp) == list(range(1, 7))
+    assert max(abs(fsdp[s] - single[s]) for s in single) < 1e-5
+    weights = read_checkpoint(consolidate(runs / "fsdp_tied_sgd", runs / "tied.pt"))["model"]
+    reference = read_checkpoint(runs / "single_tied_sgd")["model"]
+    torch.testing.assert_close(weights, reference, atol=1e-5, rtol=0)
+    model, _ = load_model(runs / "tied.pt")
+    assert model.lm_head.weight is model.embedding.weight
