@@ -20,6 +20,7 @@ Command line (streams the text as it is generated):
     uv run -m llm.generating --checkpoint runs/tinystories --prompt "Once upon a time"
     uv run -m llm.generating --pretrained smollm2-135m --chat     # a real model: llm/gguf_format.py
     uv run -m llm.generating --gguf model.gguf --prompt "..."     # any llama GGUF file
+    uv run -m llm.generating     # no model: a chat with SmolLM2 (when the pretrained extra is in)
 
 --chat talks with an instruction-tuned model: each line you type becomes a user turn of the
 conversation, written in the model's chat template (llm/chat.py), and its reply streams until it
@@ -44,7 +45,7 @@ from llm.checkpoint import load_model
 from llm.cli import parse, run_main
 from llm.config import ConfigError
 from llm.device import resolve_device
-from llm.gguf_format import PRETRAINED, is_gguf_file, load_gguf, pretrained_path
+from llm.gguf_format import PRETRAINED, is_gguf_file, is_installed, load_gguf, pretrained_path
 from llm.transformer import Transformer
 
 EOS_TOKEN = "<|endoftext|>"
@@ -410,6 +411,7 @@ def typed_lines() -> Iterator[str]:
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --dtype
+ONE_MODEL = "give one model: --checkpoint RUN_DIR, --gguf FILE or --pretrained smollm2-135m"
 
 
 @dataclass(kw_only=True)
@@ -431,11 +433,8 @@ class GenerateConfig(SamplingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         sources = [s for s in (self.checkpoint, self.gguf, self.pretrained) if s]
-        if len(sources) != 1:
-            raise ValueError(
-                "give one model: --checkpoint RUN_DIR, --gguf FILE or --pretrained smollm2-135m"
-                + (f" (got {len(sources)})" if sources else "")
-            )
+        if len(sources) > 1:
+            raise ValueError(f"{ONE_MODEL} (got {len(sources)})")
         if self.pretrained and self.pretrained not in PRETRAINED:
             raise ValueError(
                 f"unknown pretrained model {self.pretrained!r}; known: {', '.join(PRETRAINED)}"
@@ -453,6 +452,12 @@ def run(config: GenerateConfig) -> None:
         device = resolve_device(config.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if not (config.checkpoint or config.gguf or config.pretrained):  # run bare: a chat
+        if not is_installed(PRETRAINED["smollm2-135m"][0]):
+            raise ConfigError(ONE_MODEL)
+        print("no model given: chatting with smollm2-135m (--checkpoint RUN_DIR for yours)",
+              file=sys.stderr)  # fmt: skip
+        config = dataclasses.replace(config, pretrained="smollm2-135m", chat=True)
     dtype = DTYPES[config.dtype]
     if config.checkpoint:
         model, tokenizer, checkpoint = load_model_and_tokenizer(Path(config.checkpoint), device)

@@ -70,6 +70,11 @@ def is_gguf_file(path: str | Path) -> bool:
         return f.read(4) == b"GGUF"
 
 
+def is_installed(package: str) -> bool:
+    """Whether `package` is installed (found without importing it)."""
+    return importlib.util.find_spec(package) is not None
+
+
 def pretrained_path(name: str) -> Path:
     """The GGUF file of a model in PRETRAINED, found in its installed package."""
     if name not in PRETRAINED:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from llm import generating
 from llm.bpe_tokenizer import BpeTokenizer
 from llm.checkpoint import CHECKPOINT_NAME, load_model, save_checkpoint
 from llm.generating import (
@@ -374,9 +375,13 @@ def test_cli_bad_flags_are_one_line_errors(run_dir, flags, message, capsys):
 
 
 @pytest.mark.parametrize(
-    "args, got", [([], ""), (["--gguf", "a.gguf", "--pretrained", "smollm2-135m"], " (got 2)")]
+    "args, installed, got",
+    [([], False, ""), (["--gguf", "a.gguf", "--pretrained", "smollm2-135m"], True, " (got 2)")],
 )
-def test_cli_needs_one_model(capsys, args, got):
+def test_cli_needs_one_model(capsys, monkeypatch, args, installed, got):
+    """Bare, it chats with SmolLM2 when that is installed (tests/test_gguf_model.py); else the
+    error says what to give."""
+    monkeypatch.setattr(generating, "is_installed", lambda package: installed)
     with pytest.raises(SystemExit) as exit_info:
         main(["--prompt", "x", *args])
     assert exit_info.value.code == 2

@@ -19,7 +19,7 @@ from llm import generating
 from llm.bpe_files import BYTE_TO_CHAR
 from llm.export import export
 from llm.generating import SamplingConfig, generate, main
-from llm.gguf_format import GgufError, load_gguf
+from llm.gguf_format import GgufError, load_gguf, pretrained_path
 
 # The model's shape: every matrix row is a multiple of 32 values, the block of Q8_0 and Q4_1.
 SHAPE = dict(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=128, context=128)
@@ -532,3 +532,23 @@ def test_chat_keeps_the_conversation_and_ends_at_eof(loaded, monkeypatch, capsys
                 "<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
     assert len(prompts) == 2 and tokenizer.decode(prompts[1]) == expected
     assert capsys.readouterr().out.endswith("you> \n")  # the last prompt's line is ended
+
+
+def test_run_bare_the_command_chats_with_smollm2(loaded, monkeypatch, capsys):
+    """`uv run -m llm.generating` with no model: a chat with the installed SmolLM2 (here the
+    tiny model stands in for it), ended by the end of the input."""
+    model, tokenizer, info, _ = loaded("Q8_0")
+    paths = []
+
+    def load(path, device, dtype):
+        paths.append(path)
+        return model, tokenizer, info
+
+    def end_of_input(prompt: str) -> str:
+        raise EOFError
+
+    monkeypatch.setattr(generating, "load_gguf", load)
+    monkeypatch.setattr("builtins.input", end_of_input)
+    main(["--device", "cpu"])
+    assert paths == [pretrained_path("smollm2-135m")]
+    assert "no model given: chatting with smollm2-135m" in capsys.readouterr().err
