@@ -46,7 +46,7 @@ from llm.cli import parse, run_main
 from llm.config import ConfigError
 from llm.device import resolve_device
 from llm.gguf_format import PRETRAINED, is_gguf_file, is_installed, load_gguf, pretrained_path
-from llm.transformer import Transformer
+from llm.transformer import KVCache, Transformer
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -154,7 +154,10 @@ def _cache_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def stream_batch(
-    model: Transformer, prompts: list[list[int]], sampling: SamplingConfig
+    model: Transformer,
+    prompts: list[list[int]],
+    sampling: SamplingConfig,
+    cache: KVCache | None = None,
 ) -> Iterator[Tensor]:
     """Yield the next token of every prompt, (batch,) int64, one decoding step at a time.
 
@@ -163,6 +166,11 @@ def stream_batch(
     the context) is how many of the oldest tokens leave the window when it is full: 1 gives
     every token exactly the last context_length tokens (one full prefill per step), larger
     values re-prefill less often. Arguments are checked here, before the first step.
+
+    `cache` (one prompt only): a KV cache that holds the keys and values of the prompt's first
+    cache.length tokens, from an earlier call (a chat's conversation so far). Only the rest of
+    the prompt is prefilled, and the cache goes on filling with the new tokens; it needs room
+    for them all (cache.capacity >= len(prompt) + max_new_tokens, or the context length).
     """
     context = model.config.context_length
     slide = sampling.slide or max(1, context // 4)
@@ -173,13 +181,31 @@ def stream_batch(
     vocab_size = model.config.vocab_size
     if any(not 0 <= i < vocab_size for p in prompts for i in p):
         raise ValueError(f"prompt token ids must be in [0, vocab_size={vocab_size})")
+    if cache is not None:
+        check_reused_cache(cache, prompts, sampling.max_new_tokens, context)
     ids, is_real = left_pad(crop_prompts(prompts, context))
-    return _decode(model, ids, is_real, dataclasses.replace(sampling, slide=slide))
+    return _decode(model, ids, is_real, dataclasses.replace(sampling, slide=slide), cache)
+
+
+def check_reused_cache(
+    cache: KVCache, prompts: list[list[int]], max_new_tokens: int, context: int
+) -> None:
+    """A ValueError unless stream_batch can continue `cache` for `prompts` (see there)."""
+    if len(prompts) != 1 or len(prompts[0]) > context:
+        raise ValueError("a reused KV cache takes one prompt, no longer than the context")
+    if not cache.length < len(prompts[0]):
+        raise ValueError(f"the cache holds {cache.length} tokens: the prompt must be longer")
+    if cache.capacity < min(len(prompts[0]) + max_new_tokens, context):
+        raise ValueError(f"the cache has room for {cache.capacity} tokens: too few")
 
 
 @torch.inference_mode()
 def _decode(
-    model: Transformer, ids: Tensor, is_real: Tensor, sampling: SamplingConfig
+    model: Transformer,
+    ids: Tensor,
+    is_real: Tensor,
+    sampling: SamplingConfig,
+    cache: KVCache | None = None,
 ) -> Iterator[Tensor]:
     """The loop behind stream_batch, on left-padded prompts ids and is_real (batch, width)."""
     device = model.lm_head.weight.device
@@ -194,7 +220,7 @@ def _decode(
     real = torch.ones(batch, capacity, dtype=torch.bool, device=device)
     tokens[:, :width], real[:, :width] = ids, is_real
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    n, cache = width, None
+    n = width
     for _ in range(sampling.max_new_tokens):
         if cache is None or n > context:  # prefill, or slide the full window
             if cache is not None:
@@ -204,8 +230,8 @@ def _decode(
                 cache.key_mask = torch.ones(batch, cache.capacity, dtype=torch.bool, device=device)
                 cache.key_mask[:, :n] = real[:, :n]
             logits = model(tokens[:, :n], cache, last_only=True)[:, -1]  # (batch, vocab)
-        else:  # decode: only the newest token goes through the model
-            logits = model(tokens[:, n - 1 : n], cache, last_only=True)[:, -1]
+        else:  # decode: only the tokens the cache lacks go through (the newest one, as a rule)
+            logits = model(tokens[:, cache.length : n], cache, last_only=True)[:, -1]
         next_ids = sample_next(
             logits, sampling.temperature, sampling.top_p, sampling.top_k, generator
         )  # (batch,)
@@ -240,10 +266,14 @@ def as_batch(
 
 
 def stream(
-    model: Transformer, prompt_ids: Sequence[int], sampling: SamplingConfig
+    model: Transformer,
+    prompt_ids: Sequence[int],
+    sampling: SamplingConfig,
+    cache: KVCache | None = None,
 ) -> Iterator[int]:
-    """Yield new token ids for one prompt as they are sampled; stops before eos_id."""
-    for next_ids in stream_batch(model, [list(prompt_ids)], sampling):
+    """Yield new token ids for one prompt as they are sampled; stops before eos_id. `cache`:
+    see stream_batch."""
+    for next_ids in stream_batch(model, [list(prompt_ids)], sampling, cache):
         token = int(next_ids[0])
         if token == sampling.eos_id:
             return
@@ -343,28 +373,25 @@ def print_sample(
             raise ValueError("the prompt is empty and the tokenizer has no <|endoftext|> token")
         prompt_ids = [sampling.eos_id]  # a document starts after an end-of-text token
     print(prompt, end="", flush=True)
-    print_stream(model, tokenizer, prompt_ids, sampling)
+    print_tokens(tokenizer, stream(model, prompt_ids, sampling))
 
 
-def print_stream(
-    model: Transformer, tokenizer: BpeTokenizer, prompt_ids: list[int], sampling: SamplingConfig
-) -> str:
-    """Print the continuation of prompt_ids as it is generated, then the speed (on stderr);
-    returns its text."""
+def print_tokens(tokenizer: BpeTokenizer, tokens: Iterator[int]) -> list[int]:
+    """Print the text of the tokens as they are generated, then the speed (on stderr); returns
+    the tokens. Ctrl-C stops them."""
     text = TextStream(tokenizer.vocab)
-    pieces, count, began = [], 0, time.perf_counter()
+    ids, began = [], time.perf_counter()
     try:
-        for token in stream(model, prompt_ids, sampling):
-            count += 1
-            pieces.append(text.add(token))
-            print(pieces[-1], end="", flush=True)
+        for token in tokens:
+            ids.append(token)
+            print(text.add(token), end="", flush=True)
     except KeyboardInterrupt:
         print(" [stopped]", end="")
-    pieces.append(text.finish())
-    print(pieces[-1])
+    print(text.finish())
     elapsed = time.perf_counter() - began
-    print(f"[{count} tokens in {elapsed:.2f} s, {count / elapsed:.1f} tokens/s]", file=sys.stderr)
-    return "".join(pieces)
+    print(f"[{len(ids)} tokens in {elapsed:.2f} s, {len(ids) / elapsed:.1f} tokens/s]",
+          file=sys.stderr)  # fmt: skip
+    return ids
 
 
 def chat_prompt(tokenizer: BpeTokenizer, messages: list[dict], template: str | None) -> list[int]:
@@ -381,19 +408,44 @@ def chat(
     user_messages: Iterable[str],
 ) -> None:
     """Talk with the model: each user message is a turn, and the reply streams until the model
-    ends its turn (<|im_end|>). The whole conversation is the prompt of each reply."""
+    ends its turn (<|im_end|>). The whole conversation is the prompt of each reply, but only
+    what the KV cache lacks of it is prefilled: the new turn, as a rule."""
     messages = [{"role": "system", "content": system}] if system else []
     if END_OF_TURN in tokenizer.special_tokens:
         sampling = dataclasses.replace(sampling, eos_id=tokenizer.token_id(END_OF_TURN))
     elif template is None:
         raise ValueError(f"--chat needs a chat model: this one has no chat template and no "
                          f"{END_OF_TURN} token")  # fmt: skip
+    cache, cached = None, []  # the KV cache of the conversation so far, and its tokens
     for message in user_messages:
         messages.append({"role": "user", "content": message})
         ids = chat_prompt(tokenizer, messages, template)
+        cache = cache_for(model, cache, cached, ids, sampling.max_new_tokens)
         print("assistant> ", end="", flush=True)
-        reply = print_stream(model, tokenizer, ids, sampling)
-        messages.append({"role": "assistant", "content": reply})
+        reply = print_tokens(tokenizer, stream(model, ids, sampling, cache))
+        messages.append({"role": "assistant", "content": tokenizer.decode(reply)})
+        cached = (ids + reply)[: cache.length] if cache is not None else []
+
+
+def cache_for(
+    model: Transformer, cache: KVCache | None, cached: list[int], ids: list[int], new: int
+) -> KVCache | None:
+    """The KV cache to continue for prompt `ids`: the one holding the tokens `cached`, cut back
+    to the tokens it shares with ids (the last reply comes back re-encoded from its text, which
+    may split differently), with room for `new` more tokens. None (prefill all) when ids
+    outgrow the context."""
+    context = model.config.context_length
+    if len(ids) > context:
+        return None
+    room = min(len(ids) + new, context)
+    if cache is None:
+        cache = model.new_kv_cache(1, capacity=room)
+    elif cache.capacity < room:
+        cache = cache.with_capacity(room)
+    pairs = enumerate(zip(cached, ids, strict=False))
+    shared = next((i for i, (a, b) in pairs if a != b), min(len(cached), len(ids)))
+    cache.length = min(shared, cache.length, len(ids) - 1)  # at least one token to prefill
+    return cache
 
 
 def typed_lines() -> Iterator[str]:

@@ -391,6 +391,20 @@ class KVCache:
     def capacity(self) -> int:
         return self.keys[0].shape[2] if self.keys else 0
 
+    def with_capacity(self, capacity: int) -> "KVCache":
+        """A cache with room for `capacity` tokens that holds this one's `length` (a chat's
+        conversation grows past the room it was given)."""
+        if self.key_mask is not None:
+            raise ValueError("a cache with padding (key_mask) cannot be resized")
+
+        def moved(buffers: list[Tensor]) -> list[Tensor]:
+            out = [b.new_zeros(*b.shape[:2], capacity, b.shape[3]) for b in buffers]
+            for new, old in zip(out, buffers, strict=True):
+                new[:, :, : self.length] = old[:, :, : self.length]
+            return out
+
+        return KVCache(keys=moved(self.keys), values=moved(self.values), length=self.length)
+
 
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention with RoPE (or NoPE) on queries and keys, and an optional

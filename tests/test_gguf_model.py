@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from llm import generating
 from llm.bpe_files import BYTE_TO_CHAR
 from llm.export import export
-from llm.generating import SamplingConfig, generate, main
+from llm.generating import SamplingConfig, cache_for, chat_prompt, generate, main, stream
 from llm.gguf_format import GgufError, load_gguf, pretrained_path
 
 # The model's shape: every matrix row is a multiple of 32 values, the block of Q8_0 and Q4_1.
@@ -516,13 +516,13 @@ def test_chat_keeps_the_conversation_and_ends_at_eof(loaded, monkeypatch, capsys
         except StopIteration:
             raise EOFError from None
 
-    def reply(model, tokenizer, ids: list[int], sampling) -> str:
+    def reply(model, ids: list[int], sampling, cache):
         prompts.append(ids)
         assert sampling.eos_id == tokenizer.token_id("<|im_end|>")
-        return next(replies)
+        yield from tokenizer.encode(next(replies))
 
     monkeypatch.setattr("builtins.input", read)
-    monkeypatch.setattr(generating, "print_stream", reply)
+    monkeypatch.setattr(generating, "stream", reply)
     user_messages = generating.typed_lines()
     generating.chat(
         model, tokenizer, SamplingConfig(temperature=0), None, "Be brief.", user_messages
@@ -531,7 +531,40 @@ def test_chat_keeps_the_conversation_and_ends_at_eof(loaded, monkeypatch, capsys
                 "<|im_start|>assistant\nfirst<|im_end|>\n<|im_start|>user\nand then?"
                 "<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
     assert len(prompts) == 2 and tokenizer.decode(prompts[1]) == expected
-    assert capsys.readouterr().out.endswith("you> \n")  # the last prompt's line is ended
+    out = capsys.readouterr().out
+    assert "assistant> first\n" in out and out.endswith("you> \n")  # the last line is ended
+
+
+def test_a_chat_turn_prefills_only_what_the_kv_cache_lacks(loaded):
+    """The second turn continues the first turn's cache: the same tokens as a full prefill."""
+    model, tokenizer, _, _ = loaded("Q8_0")
+    sampling = SamplingConfig(max_new_tokens=12, temperature=0, eos_id=tokenizer.token_id(
+        "<|im_end|>"))  # fmt: skip
+    messages = [{"role": "user", "content": "the cat"}]
+    first = chat_prompt(tokenizer, messages, None)
+    cache = cache_for(model, None, [], first, 12)
+    reply = list(stream(model, first, sampling, cache))
+    cached = (first + reply)[: cache.length]
+    messages += [{"role": "assistant", "content": tokenizer.decode(reply)},
+                 {"role": "user", "content": "and the hat"}]  # fmt: skip
+    second = chat_prompt(tokenizer, messages, None)
+    cache = cache_for(model, cache, cached, second, 12)
+    assert len(first) <= cache.length < len(second)  # the first turn is not prefilled again
+    assert list(stream(model, second, sampling, cache)) == list(stream(model, second, sampling))
+
+
+def test_a_reused_kv_cache_must_fit_the_prompt(loaded):
+    model, _, _, _ = loaded("Q8_0")
+    cache = model.new_kv_cache(1, capacity=8)
+    model(torch.tensor([[1, 2, 3]]), cache)
+    sampling = SamplingConfig(max_new_tokens=4, temperature=0)
+    with pytest.raises(ValueError, match="the cache holds 3 tokens: the prompt must be longer"):
+        list(stream(model, [1, 2, 3], sampling, cache))
+    with pytest.raises(ValueError, match="room for 8 tokens: too few"):
+        list(stream(model, [1, 2, 3, 4, 5, 6], sampling, cache))
+    bigger = cache.with_capacity(16)
+    assert bigger.length == 3 and torch.equal(bigger.keys[0][:, :, :3], cache.keys[0][:, :, :3])
+    assert len(list(stream(model, [1, 2, 3, 4, 5, 6], sampling, bigger))) == 4
 
 
 def test_run_bare_the_command_chats_with_smollm2(loaded, monkeypatch, capsys):
