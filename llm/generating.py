@@ -24,7 +24,8 @@ Command line (streams the text as it is generated):
 
 --chat talks with an instruction-tuned model: each line you type becomes a user turn of the
 conversation, written in the model's chat template (llm/chat.py), and its reply streams until it
-ends the turn.
+ends the turn. The KV cache carries over from turn to turn, so a turn prefills only its own
+tokens.
 """
 
 import codecs
