@@ -18,6 +18,7 @@ which cuts off each digit first) and nothing else, so `tokenizer_json` writes ex
 first feature that differs.
 """
 
+import copy
 import json
 from pathlib import Path
 
@@ -123,12 +124,11 @@ def tokenizer_json(
 ) -> dict:
     """The tokenizer.json of a byte-level BPE tokenizer: the ByteLevel pre-tokenizer with
     use_regex is the GPT-2 regex (llm/pretokenization.py), after Digits for SmolLM's; and
-    "ignore_merges" is tiktoken's
-    rule that ours follows: a pre-token that is a token is that token. Special tokens are in
+    "ignore_merges" is tiktoken's rule that ours follows by default: a pre-token that is a token
+    is that token. Special tokens are in
     "added_tokens", which Hugging Face cuts out of the text before pre-tokenizing, as we do, and
     in the vocab as they are written (no byte characters), where Hugging Face finds their ids."""
     specials = {i: token for token, i in special_ids.items()}
-    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     return {
         "version": "1.0",
         "truncation": None,
@@ -146,9 +146,9 @@ def tokenizer_json(
             for token, i in special_ids.items()
         ],  # fmt: skip
         "normalizer": None,
-        "pre_tokenizer": PRE_TOKENIZERS_JSON[pretokenizer],
+        "pre_tokenizer": copy.deepcopy(PRE_TOKENIZERS_JSON[pretokenizer]),
         "post_processor": None,
-        "decoder": {"type": "ByteLevel", **byte_level},
+        "decoder": dict(_BYTE_LEVEL),
         "model": {
             "type": "BPE",
             "dropout": None,
@@ -250,12 +250,23 @@ def pretokenizer_name(pre: dict) -> str | None:
             parts_a, parts_b = a.get("pretokenizers", []), b.get("pretokenizers", [])
             return len(parts_a) == len(parts_b) and all(map(same, parts_a, parts_b))
         defaults = {"use_regex": True, "add_prefix_space": False}  # Hugging Face's defaults
-        drop = {"trim_offsets"}
-        a = defaults | {k: v for k, v in a.items() if k not in drop}
-        b = defaults | {k: v for k, v in b.items() if k not in drop}
-        return a == b if a.get("type") == b.get("type") else False
+        a = defaults | {k: v for k, v in a.items() if k != "trim_offsets"}
+        b = defaults | {k: v for k, v in b.items() if k != "trim_offsets"}
+        return a == b
 
     return next((name for name, known in PRE_TOKENIZERS_JSON.items() if same(pre, known)), None)
+
+
+def describe_pretokenizer(pre: dict | None) -> str:
+    """A tokenizer.json pre-tokenizer in words for an error: its type and the settings of ours
+    that differ, e.g. "'ByteLevel' with add_prefix_space=true"."""
+    if not pre:
+        return "none"
+    if pre.get("type") == "Sequence":
+        return "Sequence of " + ", ".join(map(describe_pretokenizer, pre.get("pretokenizers", [])))
+    ours = {k: v for k, v in _BYTE_LEVEL.items() if k not in ("type", "trim_offsets")}
+    differ = [f"{k}={json.dumps(v)}" for k, v in pre.items() if k in ours and v != ours[k]]
+    return repr(pre.get("type")) + (f" with {', '.join(differ)}" if differ else "")
 
 
 def write_special_tokens(path: str | Path, special_tokens: list[str]) -> None:
@@ -270,15 +281,3 @@ def read_special_tokens(path: str | Path) -> list[str]:
     if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
         raise ValueError(f"{path}:1: expected a list of non-empty strings")
     return tokens
-
-
-def describe_pretokenizer(pre: dict | None) -> str:
-    """A tokenizer.json pre-tokenizer in words for an error: its type and the settings of ours
-    that differ, e.g. "'ByteLevel' with add_prefix_space=true"."""
-    if not pre:
-        return "none"
-    if pre.get("type") == "Sequence":
-        return "Sequence of " + ", ".join(map(describe_pretokenizer, pre.get("pretokenizers", [])))
-    ours = {k: v for k, v in _BYTE_LEVEL.items() if k not in ("type", "trim_offsets")}
-    differ = [f"{k}={json.dumps(v)}" for k, v in pre.items() if k in ours and v != ours[k]]
-    return repr(pre.get("type")) + (f" with {', '.join(differ)}" if differ else "")

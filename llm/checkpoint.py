@@ -384,7 +384,8 @@ def consolidate(source: str | Path, out: str | Path) -> Path:
     if path is None:
         raise CheckpointError(f"no sharded checkpoint in {source} (no {SHARDED_NAME}/)")
     state = _read_train_state(path)
-    model = Transformer(config_from_dict(ModelConfig, state["model_config"]))
+    with no_weight_init():  # only the tensors' shapes are used: DCP fills them
+        model = Transformer(config_from_dict(ModelConfig, state["model_config"]))
     whole = {"model": model.state_dict()}
     dcp.load(whole, checkpoint_id=path)  # into the model's own tensors, whole
     out = Path(out)
