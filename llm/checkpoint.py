@@ -43,7 +43,6 @@ from torch import nn
 from llm.atomic_write import atomic_write
 from llm.cli import parse_command, run_main
 from llm.config import ConfigError, config_from_dict, config_to_dict
-from llm.hf_format import HfFormatError, is_hf_dir, load_hf_model, read_hf_config
 from llm.transformer import ModelConfig, Transformer, no_weight_init
 
 CHECKPOINT_NAME = "checkpoint.pt"  # the file a run directory holds
@@ -137,6 +136,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 f"uv run -m llm.checkpoint consolidate {path.parent} model.pt"
             )
         raise CheckpointError(f"no checkpoint at {path}")
+    if not is_checkpoint_file(path):
+        raise CheckpointError(f"{path} is not a checkpoint (torch.save writes a zip archive)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -194,15 +195,21 @@ def load_checkpoint(
     )
 
 
+def is_checkpoint_file(path: str | Path) -> bool:
+    """Whether `path` is a file torch.save wrote: a zip archive (or, before PyTorch 1.6, a
+    pickle). A .npy array or a text file is not one, and is never unpickled."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        start = f.read(4)
+    return start == b"PK\x03\x04" or start[:1] == b"\x80"
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
-    """A Transformer rebuilt from a checkpoint file, a run directory or a Hugging Face Llama
-    directory (llm/hf_format.py), in eval mode, with the checkpoint dict (for its tokenizer_dir,
-    configs, iteration)."""
-    if is_hf_dir(path):
-        try:
-            return load_hf_model(path, device)
-        except HfFormatError as e:
-            raise CheckpointError(str(e)) from None
+    """A Transformer rebuilt from a checkpoint file or a run directory, in eval mode, with the
+    checkpoint dict (for its tokenizer_dir, configs, iteration). Every other format of model is
+    read by llm/loading.py."""
     checkpoint = read_checkpoint(path, map_location=device)
     with no_weight_init():  # the checkpoint's weights replace them
         model = Transformer(_model_config(checkpoint, path)).to(device)
@@ -211,15 +218,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
 
 
 def read_model_config(path: str | Path) -> tuple[ModelConfig, str | None]:
-    """The model config and the tokenizer directory of what load_model(path) loads, without
-    building the model."""
-    if is_hf_dir(path):
-        try:
-            config, _ = read_hf_config(path)
-        except HfFormatError as e:
-            raise CheckpointError(str(e)) from None
-        return config, str(path) if (Path(path) / "tokenizer.json").is_file() else None
-    checkpoint = read_checkpoint(path)
+    """The model config and the tokenizer directory of a checkpoint file or a run directory
+    (sharded too), without building the model."""
+    sharded = sharded_checkpoint(path) if Path(path).is_dir() else None
+    if sharded is not None and not (Path(path) / CHECKPOINT_NAME).is_file():
+        checkpoint = _read_train_state(sharded)
+    else:
+        checkpoint = read_checkpoint(path)
     return _model_config(checkpoint, path), checkpoint.get("tokenizer_dir")
 
 
@@ -373,10 +378,10 @@ def load_sharded(
     return int(state["iteration"]), state["extra"]
 
 
-def consolidate(source: str | Path, out: str | Path) -> Path:
-    """Gather a sharded checkpoint (a run directory or its checkpoint.dcp) into one checkpoint
-    file at `out`, for load_model and generation; one process, no process group. The optimizer
-    state is left out (to continue training, resume the sharded run)."""
+def load_sharded_model(source: str | Path) -> tuple[Transformer, dict]:
+    """The whole model of a sharded checkpoint (a run directory or its checkpoint.dcp),
+    gathered in one process with no process group, in eval mode, and its train state (the
+    checkpoint's entries but model and optimizer)."""
     import torch.distributed.checkpoint as dcp  # here: slow to import, only sharded runs need it
 
     source = Path(source)
@@ -385,11 +390,19 @@ def consolidate(source: str | Path, out: str | Path) -> Path:
         raise CheckpointError(f"no sharded checkpoint in {source} (no {SHARDED_NAME}/)")
     state = _read_train_state(path)
     with no_weight_init():  # only the tensors' shapes are used: DCP fills them
-        model = Transformer(config_from_dict(ModelConfig, state["model_config"]))
+        model = Transformer(_model_config(state, path))
     whole = {"model": model.state_dict()}
     dcp.load(whole, checkpoint_id=path)  # into the model's own tensors, whole
+    return model.eval(), state
+
+
+def consolidate(source: str | Path, out: str | Path) -> Path:
+    """Gather a sharded checkpoint (a run directory or its checkpoint.dcp) into one checkpoint
+    file at `out`; one process, no process group. The optimizer state is left out (to continue
+    training, resume the sharded run)."""
+    model, state = load_sharded_model(source)
     out = Path(out)
-    atomic_save({"model": whole["model"], "optimizer": None, **state}, out)
+    atomic_save({"model": model.state_dict(), "optimizer": None, **state}, out)
     return out
 
 

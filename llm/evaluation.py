@@ -38,12 +38,13 @@ def token_byte_lengths(vocab: dict[int, bytes], vocab_size: int) -> np.ndarray:
 
 
 def load_token_bytes(tokenizer_dir: str | Path | None, vocab_size: int) -> np.ndarray:
-    """Byte lengths from the tokenizer in tokenizer_dir; without one, ids are bytes (1 each)."""
+    """Byte lengths from the tokenizer in tokenizer_dir (or a GGUF file's, llm/loading.py);
+    without one, ids are bytes (1 each)."""
     if not tokenizer_dir:
         return np.ones(vocab_size, dtype=np.int64)
-    from llm.bpe_tokenizer import BpeTokenizer  # the tokenizer is needed only here
+    from llm.loading import load_tokenizer  # the tokenizer is needed only here
 
-    return token_byte_lengths(BpeTokenizer.load(tokenizer_dir).vocab, vocab_size)
+    return token_byte_lengths(load_tokenizer(tokenizer_dir).vocab, vocab_size)
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 
     uv run -m llm.export runs/cpu-small exported/    # a run directory or a checkpoint file
     uv run -m llm.export model.gguf exported/        # a llama GGUF file (llm/gguf_format.py)
+    uv run -m llm.export smollm2-135m exported/      # a pretrained model, by name
 
 OUT_DIR then holds config.json, model.safetensors, generation_config.json, tokenizer.json and
 tokenizer_config.json, and loads with `AutoModelForCausalLM.from_pretrained(OUT_DIR)` and
@@ -19,8 +20,8 @@ from llm.atomic_write import atomic_directory
 from llm.checkpoint import CheckpointError
 from llm.cli import parse, run_main
 from llm.config import ConfigError
-from llm.generating import load_model_and_tokenizer
 from llm.hf_format import EXPORT_FILES, check_llama, save_hf
+from llm.loading import load, models_help
 from llm.paths import check_writable_dir
 
 
@@ -28,7 +29,7 @@ from llm.paths import check_writable_dir
 class ExportConfig:
     """`uv run -m llm.export SOURCE OUT_DIR`: what to export, and where."""
 
-    source: str  # run directory, checkpoint file or GGUF file (its tokenizer is found from it)
+    source: str  # the model: run, checkpoint file, GGUF file, HF directory or pretrained name
     out_dir: str  # the directory to write; must be empty or absent unless --force
     force: bool = False  # replace an earlier export in out_dir
 
@@ -38,7 +39,8 @@ def export(source: str | Path, out_dir: str | Path, force: bool = False) -> Path
     format; returns out_dir."""
     out = Path(out_dir)
     check_out_dir(out, force)
-    model, tokenizer, info = load_model_and_tokenizer(Path(source), "cpu")
+    loaded = load(source)
+    model, tokenizer, info = loaded.model, loaded.tokenizer, loaded.info
     check_llama(model.config)  # before writing anything
     with atomic_directory(out) as temp:
         save_hf(temp, model, tokenizer, info.get("bos_token_id"), info.get("eos_token_id"),
@@ -67,7 +69,8 @@ def check_out_dir(out: Path, force: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     def command() -> None:
         config = parse(
-            ExportConfig, argv, description=__doc__, prog="uv run -m llm.export",
+            ExportConfig, argv, prog="uv run -m llm.export",
+            description=f"{__doc__}\n{models_help()}",
             positional=("source", "out_dir"),
         )  # fmt: skip
         out = export(config.source, config.out_dir, config.force)

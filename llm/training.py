@@ -13,8 +13,9 @@ the end the exact loss on the whole validation split. The run directory gets:
     config.json      the effective config          metrics.jsonl  one JSON record per log/eval
     checkpoint.pt    the latest checkpoint         img/loss.png, img/lr.png
 
---init_from starts a new run (fresh optimizer, step 0) from the weights of another run, a
-checkpoint file or a Hugging Face Llama directory: the model config and, unless given, the
+--init_from starts a new run (fresh optimizer, step 0) from the weights of any model
+llm/loading.py reads (a run, a checkpoint file, a Hugging Face Llama directory, a GGUF file, a
+pretrained name such as smollm2-135m): the model config and, unless given, the
 tokenizer are the source's; a [model] setting must equal the source's, except those no weight
 depends on (FREE_WITH_INIT_FROM: context_length, attention, zero_init_residual, dropout).
 
@@ -61,10 +62,8 @@ from llm.checkpoint import (
     CHECKPOINT_NAME,
     SHARDED_NAME,
     CheckpointError,
-    load_model,
     load_sharded,
     read_checkpoint,
-    read_model_config,
     restore_checkpoint,
     save_checkpoint,
     save_sharded,
@@ -90,6 +89,7 @@ from llm.device import (
     setup_distributed,
 )
 from llm.evaluation import evaluate_exact, evaluate_windows, load_token_bytes
+from llm.loading import load, read_config
 from llm.optim import (
     AdamW,
     Muon,
@@ -114,10 +114,10 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=lambda: dataclasses.replace(MODEL_PRESETS["tiny"]))
     train_data: str = ""  # .npy token ids of the training split
     valid_data: str = ""  # .npy token ids of the validation split ("" = no validation)
-    tokenizer_dir: str = ""  # tokenizer that encoded the data, for bits/byte ("" = ids are bytes)
+    tokenizer_dir: str = ""  # tokenizer of the data (a directory, or a GGUF file's; "" = bytes)
     run_dir: str = "runs/default"  # checkpoint, metrics.jsonl, config.json and img/ go here
     resume: bool = False  # continue the run in run_dir from its checkpoint
-    init_from: str = ""  # start from these weights (run, checkpoint, HF Llama dir) and their model
+    init_from: str = ""  # start from this model's weights: run, checkpoint, HF, GGUF or pretrained
     optimizer: str = "adamw"  # "adamw", "sgd" (SGD, lr / sqrt(t + 1) decay) or "muon" (see adam_lr)
     max_lr: float = 1e-3  # peak learning rate, reached after warmup_iters
     min_lr: float = 1e-4  # learning rate at the end of the decay (step max_iters)
@@ -193,8 +193,8 @@ def _init_from_base(source: str, model_values: dict) -> TrainConfig:
     config and tokenizer (model_preset is unused). [model] keys may repeat the source's values;
     a different one is a ConfigError, except for FREE_WITH_INIT_FROM."""
     try:
-        model, tokenizer_dir = read_model_config(source)
-    except (CheckpointError, OSError) as e:
+        model, tokenizer_dir = read_config(source)
+    except (ValueError, OSError) as e:
         raise ConfigError(f"--init_from {source}: {e}") from None
     wanted = config_from_dict(ModelConfig, model_values, model)
     for key in model_values:
@@ -321,7 +321,7 @@ def _start_run(config: TrainConfig, world: Distributed) -> _Run:
     data = _load_data(config)
     model = Transformer(config.model).to(world.device)
     if config.init_from and not config.resume:  # the source's weights, a fresh optimizer
-        model.load_state_dict(load_model(config.init_from)[0].state_dict())
+        model.load_state_dict(load(config.init_from, tokenizer=False).model.state_dict())
     model.activation_checkpointing = config.activation_checkpointing
     dtype = autocast_dtype(config.dtype, world.device)
     if config.parallel == "fsdp":

@@ -184,6 +184,9 @@ def test_unreadable_and_missing_checkpoints(tmp_path):
     (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
         read_checkpoint(tmp_path / "cut.pt")
+    np.save(tmp_path / "tokens.npy", np.arange(4))  # never unpickled: not a torch.save file
+    with pytest.raises(CheckpointError, match="tokens.npy is not a checkpoint"):
+        read_checkpoint(tmp_path / "tokens.npy")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "notours.pt")
     with pytest.raises(CheckpointError, match="no 'model' entry"):
         read_checkpoint(tmp_path / "notours.pt")

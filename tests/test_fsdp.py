@@ -18,6 +18,7 @@ from conftest import markov_tokens
 
 from llm import plots
 from llm.checkpoint import consolidate, load_model, read_checkpoint
+from llm.loading import load, read_config
 from llm.training import load_train_config, train
 from llm.transformer import Transformer
 
@@ -133,6 +134,17 @@ def test_fsdp_trains_like_one_process(runs):
     torch.manual_seed(0)  # the runs' seed: their initial weights
     for name, value in Transformer(model.config).named_parameters():
         assert (reference[name] - value).abs().max() > 1e-4, name
+
+
+def test_the_loader_reads_a_sharded_run_as_its_consolidated_checkpoint(runs, tmp_path):
+    """`--checkpoint RUN_DIR` (llm/loading.py) gathers a sharded run in one process, without
+    consolidating it to a file first."""
+    loaded = load(runs / "one_to_two", tokenizer=False)  # vocab 512: no tokenizer made the ids
+    assert loaded.format == "sharded" and loaded.info["iteration"] == 20
+    whole = read_checkpoint(consolidate(runs / "one_to_two", tmp_path / "whole.pt"))["model"]
+    for name, value in loaded.model.state_dict().items():
+        assert torch.equal(value, whole[name]), name
+    assert read_config(runs / "one_to_two")[0] == loaded.model.config
 
 
 @pytest.mark.parametrize("run", ["two_to_one", "one_to_two"])

@@ -399,9 +399,9 @@ def test_cli_bad_checkpoints_are_one_line_errors(run_dir, tmp_path, capsys):
     write_checkpoint(tmp_path / "wrong_vocab.pt", 300, str(run_dir / "tokenizer"))
     write_checkpoint(tmp_path / "no_tokenizer.pt", TINY.vocab_size, str(tmp_path / "gone"))
     cases = {
-        tmp_path / "missing": "no checkpoint at",
+        tmp_path / "missing": "missing: no such file or directory; expected",
         tmp_path / "wrong_vocab.pt": "has 262 tokens but the model was trained with 300",
-        tmp_path / "no_tokenizer.pt": "tokenizer directory .* does not exist",
+        tmp_path / "no_tokenizer.pt": "tokenizer .* does not exist",
     }
     for path, message in cases.items():
         with pytest.raises(SystemExit) as exit_info:

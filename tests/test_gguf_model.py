@@ -20,6 +20,7 @@ from llm.bpe_files import BYTE_TO_CHAR
 from llm.export import export
 from llm.generating import SamplingConfig, cache_for, chat_prompt, generate, main, stream
 from llm.gguf_format import GgufError, load_gguf, pretrained_path
+from llm.loading import Loaded
 
 # The model's shape: every matrix row is a multiple of 32 values, the block of Q8_0 and Q4_1.
 SHAPE = dict(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=128, context=128)
@@ -467,8 +468,8 @@ def test_generating_command_runs_a_gguf_file(files, loaded, capsys):
             2,
             "unknown pretrained model 'llama-7b'; known: smollm2-135m",
         ),
-        (["--gguf", "notes.txt"], 1, "notes.txt: not a GGUF file"),
-        (["--gguf", "missing.gguf"], 1, "missing.gguf: no such file"),
+        (["--gguf", "notes.txt"], 1, "notes.txt: not a model file; expected a GGUF file"),
+        (["--gguf", "missing.gguf"], 1, "missing.gguf: no such file or directory; expected"),
     ],
 )
 def test_generating_command_errors_name_the_problem(capsys, tmp_path, monkeypatch, args, code,
@@ -478,7 +479,8 @@ def test_generating_command_errors_name_the_problem(capsys, tmp_path, monkeypatc
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--prompt", "x"])
     assert exit_info.value.code == code
-    assert capsys.readouterr().err == f"error: {message}\n"
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
 
 
 def test_bfloat16_loads_straight_to_bfloat16_and_keeps_the_tie(files, loaded):
@@ -573,15 +575,15 @@ def test_run_bare_the_command_chats_with_smollm2(loaded, monkeypatch, capsys):
     model, tokenizer, info, _ = loaded("Q8_0")
     paths = []
 
-    def load(path, device, dtype):
-        paths.append(path)
-        return model, tokenizer, info
+    def load(source, device, dtype):
+        paths.append(source)
+        return Loaded(model, tokenizer, info, "gguf", pretrained_path(source))
 
     def end_of_input(prompt: str) -> str:
         raise EOFError
 
-    monkeypatch.setattr(generating, "load_gguf", load)
+    monkeypatch.setattr(generating, "load", load)
     monkeypatch.setattr("builtins.input", end_of_input)
     main(["--device", "cpu"])
-    assert paths == [pretrained_path("smollm2-135m")]
+    assert paths == ["smollm2-135m"]
     assert "no model given: chatting with smollm2-135m" in capsys.readouterr().err
