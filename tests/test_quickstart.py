@@ -3,6 +3,7 @@ then its control flow (Ctrl-C, failures, what it claims) with the slow stages re
 
 import dataclasses
 import math
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import llm.__main__ as quickstart
 from llm.__main__ import PROMPTS, QuickstartConfig, main
 from llm.bpe_tokenizer import BpeTokenizer
 from llm.checkpoint import read_checkpoint
+from llm.config import load_toml
 from llm.data import DataError
 
 
@@ -185,3 +187,22 @@ def test_the_estimate_matches_the_reference_machine_and_scales_with_speed():
 )  # fmt: skip
 def test_busy_warning_compares_the_load_with_the_cores(load, cpus, busy):
     assert (quickstart.busy_warning(load, cpus) is not None) == busy
+
+
+def test_the_next_step_trains_on_this_runs_stories(tmp_path):
+    """The closing lines' training command reads the stories this run wrote: by default
+    (runs/quickstart) through configs/stories-cpu.toml's own paths, else through flags."""
+    toml = load_toml(Path(__file__).parents[1] / "configs" / "stories-cpu.toml")
+    default = Path(quickstart.STORIES_CPU_OUT)
+    assert (toml["train_data"], toml["valid_data"], toml["tokenizer_dir"]) == (
+        str(default / "data" / "train.npy"), str(default / "data" / "valid.npy"),
+        str(default / "tokenizer"),
+    )  # fmt: skip
+    assert "vocab_size" not in toml.get("model", {})  # it follows the tokenizer
+    assert "--train_data" not in quickstart.next_training(default)
+    words = shlex.split(quickstart.next_training(tmp_path), comments=True)
+    assert words[:5] == ["uv", "run", "-m", "llm.training", "configs/stories-cpu.toml"]
+    flags = dict(zip(words[5::2], words[6::2], strict=True))
+    assert flags == {"--train_data": str(tmp_path / "data" / "train.npy"),
+                     "--valid_data": str(tmp_path / "data" / "valid.npy"),
+                     "--tokenizer_dir": str(tmp_path / "tokenizer")}  # fmt: skip
