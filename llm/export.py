@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> None:
             positional=("source", "out_dir"),
         )  # fmt: skip
         out = export(config.source, config.out_dir, config.force)
-        print(f"exported {config.source} to {out} (Hugging Face Llama format)")
+        print(
+            f"exported {config.source} to {out} (Hugging Face Llama format); try it with: "
+            f"uv run -m llm.generating --checkpoint {out} --prompt 'Once upon a time'"
+        )
 
     run_main(command, errors=(CheckpointError, ValueError, OSError))
 
