@@ -58,7 +58,7 @@ from tqdm import tqdm
 from llm.atomic_write import atomic_write, write_text
 from llm.checkpoint import CHECKPOINT_NAME
 from llm.cli import help_text, read_args, run_main
-from llm.config import ConfigError, config_from_dict, config_to_dict, describe_fields
+from llm.config import ConfigError, closest, config_from_dict, config_to_dict, describe_fields
 from llm.data import DataError, load_tokens
 from llm.device import resolve_device
 from llm.run_dir import CONFIG_NAME, METRICS_NAME, read_metrics
@@ -212,7 +212,9 @@ def _check_keys(swept: set[str], flag_keys: set[str]) -> None:
     known = {key for key, *_ in describe_fields(TrainConfig)}
     for key in sorted(swept):
         if key not in known:
-            raise ConfigError(f"unknown key {key!r} in the grid; uv run -m llm.training --help")
+            near = closest(key, known)
+            hint = f"did you mean {near!r}?" if near else "uv run -m llm.training --help"
+            raise ConfigError(f"unknown key {key!r} in the grid; {hint}")
         if key in SET_BY_SWEEP:
             raise ConfigError(f"{key} cannot be swept: the sweep sets it for each run")
         if key in flag_keys:

@@ -98,7 +98,7 @@ def _no_work(*_, **__):
         (["--max-iters", "many"], 2, ["max_iters must be int", "'many'"]),
         (["--train-mb", "0"], 2, ["--train-mb must be at least 0.1, not 0.0"]),
         (["--train-mb", "inf"], 2, ["--train-mb"]),
-        (["--epochs", "3"], 2, ["unknown config key 'epochs'"]),
+        (["--epochs", "3"], 2, ["unknown option --epochs; see --help"]),
         (["--device", "tpu"], 2, ["--device: unknown device 'tpu'"]),
         pytest.param(["--device", "cuda"], 2, ["--device", "CUDA is not available"],
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA")),

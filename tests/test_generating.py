@@ -363,7 +363,7 @@ def write_checkpoint(path: Path, vocab_size: int, tokenizer_dir: str) -> None:
         (["--device", "banana"], "unknown device 'banana'"),
         (["--device", "cuda:99"], "'cuda:99'"),
         (["--max-new-tokens", "many"], "max_new_tokens must be int"),
-        (["--tempreature", "1"], "unknown config key 'tempreature'"),
+        (["--tempreature", "1"], "unknown option --tempreature; did you mean --temperature\\?"),
     ],
 )
 def test_cli_bad_flags_are_one_line_errors(run_dir, flags, message, capsys):

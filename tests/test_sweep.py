@@ -247,7 +247,7 @@ def test_an_empty_variant_is_the_base_run_in_a_directory_of_its_own(token_data_d
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--grid", "max_lrr=1,2"], "unknown key 'max_lrr' in the grid"),
+        (["--grid", "max_lrr=1,2"], "unknown key 'max_lrr' in the grid; did you mean 'max_lr'\\?"),
         (["--grid", "max_iters=10,ten"], "run max_iters=ten: max_iters must be int, got 'ten'"),
         (["--grid", "model.d_model=32,33"], "run model.d_model=33: .*d_model=33 must split"),
         (["--grid", "optimizer=adamw,adam"], "run optimizer=adam: optimizer must be one of"),
