@@ -22,14 +22,13 @@ import numpy as np
 from tqdm import tqdm
 
 from llm.atomic_write import atomic_write
-from llm.bpe_tokenizer import BpeTokenizer
+from llm.bpe_tokenizer import EOT, BpeTokenizer
 from llm.cli import parse, run_main
 from llm.config import ConfigError
 from llm.data import DataError, load_tokens
 from llm.paths import check_writable_dir
 
 CHUNK = 1 << 24  # ids counted at a time, so a memory-mapped split larger than RAM works
-END_OF_TEXT = "<|endoftext|>"
 
 
 class InspectError(Exception):
@@ -206,7 +205,7 @@ def build_report(
     for token in tokenizer.special_tokens:
         token_id = tokenizer.token_id(token)
         specials[token] = (token_id, int(counts[token_id]))
-    separator = specials[END_OF_TEXT][0] if END_OF_TEXT in specials else None
+    separator = specials[EOT][0] if EOT in specials else None
     order = np.argsort(-counts, kind="stable")[:top]
     top_tokens = [(int(i), int(counts[i]), tokenizer.decode([int(i)])) for i in order if counts[i]]
     distinct, windows, repeated = batch_diversity(
@@ -257,8 +256,8 @@ def format_report(r: Report) -> str:
         )
     for token, (token_id, count) in r.specials.items():
         lines.append(f"special token     {token} (id {token_id}): {count:,} times")
-    if END_OF_TEXT not in r.specials or r.specials[END_OF_TEXT][1] == 0:
-        lines.append(f"warning           no {END_OF_TEXT} in the data: it is one long document")
+    if EOT not in r.specials or r.specials[EOT][1] == 0:
+        lines.append(f"warning           no {EOT} in the data: it is one long document")
     long_docs = int((lengths > r.context_length).sum())
     lines += [
         f"documents         {len(lengths):,}; tokens per document: mean {lengths.mean():.1f}, "

@@ -70,6 +70,7 @@ from llm.pretokenization import (
     special_token_regex,
 )
 
+EOT = "<|endoftext|>"  # the special token that ends each document (GPT-2's, TinyStories')
 STREAM_CHARS = 1 << 16  # encode_iterable encodes text in pieces of about this size
 CACHE_SIZE = 1 << 17  # entries of each cache (segments, pre-tokens)
 MAX_CACHED_CHARS = 256  # longer segments and pre-tokens are encoded each time
@@ -475,7 +476,6 @@ def _write_npy_header(f: BinaryIO, dtype: np.dtype, length: int) -> int:
 
 # ---- command line
 
-EOT = "<|endoftext|>"
 DEFAULT_TRAIN = "data/TinyStoriesV2-GPT4-train.txt"
 DEFAULT_VALID = "data/TinyStoriesV2-GPT4-valid.txt"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens.json")

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from llm.bpe_tokenizer import BpeTokenizer
+from llm.bpe_tokenizer import EOT, BpeTokenizer
 from llm.chat import END_OF_TURN, render_chat
 from llm.checkpoint import load_model
 from llm.cli import parse, run_main
@@ -48,8 +48,6 @@ from llm.config import ConfigError
 from llm.device import resolve_device
 from llm.gguf_format import PRETRAINED, is_gguf_file, is_installed, load_gguf, pretrained_path
 from llm.transformer import KVCache, Transformer
-
-EOS_TOKEN = "<|endoftext|>"
 
 # ---------------------------------------------------------------------------------------------
 # Sampling: logits (batch, vocab) -> next token ids (batch,)
@@ -361,7 +359,7 @@ def find_tokenizer(path: Path, checkpoint: dict) -> tuple[BpeTokenizer, str]:
 
 def eos_id_of(tokenizer: BpeTokenizer) -> int | None:
     """The id of <|endoftext|> when the tokenizer has it."""
-    return tokenizer.token_id(EOS_TOKEN) if EOS_TOKEN in tokenizer.special_tokens else None
+    return tokenizer.token_id(EOT) if EOT in tokenizer.special_tokens else None
 
 
 def print_sample(
