@@ -29,7 +29,6 @@ Command line (see --help):
 
 import json
 import os
-import signal
 import sys
 import warnings
 from array import array
@@ -69,6 +68,7 @@ from llm.pretokenization import (
     read_chunk,
     special_token_regex,
 )
+from llm.stop_signals import Terminated, sigterm_raises
 
 EOT = "<|endoftext|>"  # the special token that ends each document (GPT-2's, TinyStories')
 STREAM_CHARS = 1 << 16  # encode_iterable encodes text in pieces of about this size
@@ -619,15 +619,6 @@ def check_outputs(outputs: list[Path], inputs: list[Path]) -> None:
                 raise ConfigError(f"the output {output} is the input {path}: not overwriting it")
 
 
-class Terminated(Exception):
-    """SIGTERM arrived. Raised in the main process, so that every `with` block cleans up: temp
-    files are deleted, worker processes are stopped."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated("terminated (SIGTERM); unfinished files were removed")
-
-
 def main(argv: list[str] | None = None) -> None:
     def run() -> None:
         name, options = parse_command(
@@ -639,11 +630,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         {"train": run_train, "encode": run_encode, "pipeline": run_pipeline}[name](options)
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
+    with sigterm_raises("terminated (SIGTERM); unfinished files were removed"):
         run_main(run, errors=(OSError, ValueError, Terminated))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

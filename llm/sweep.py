@@ -44,7 +44,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -62,6 +61,7 @@ from llm.config import ConfigError, closest, config_from_dict, config_to_dict, d
 from llm.data import DataError, load_tokens
 from llm.device import resolve_device
 from llm.run_dir import CONFIG_NAME, METRICS_NAME, read_metrics
+from llm.stop_signals import StopSignals
 from llm.training import TrainConfig, check_config, load_train_config
 
 SWEEP_NAME, RESULT_NAME, LOG_NAME = "sweep.json", "result.json", "train.log"
@@ -325,22 +325,29 @@ def run_sweep(options: SweepConfig, runs: list[Run]) -> bool:
     done = len(runs) - len(todo)
     print(f"sweep of {len(runs)} runs in {options.out} ({done} done already)")
     jobs: list[_Job] = []
-    with (
-        _Signals() as signals,
-        tqdm(total=len(runs), initial=done, desc="sweep", unit="run") as bar,
-    ):
+    forwarded = 0  # signals passed on to the runs so far
+    # Ctrl-C and SIGTERM go to each run, which stops after its step with a checkpoint (and at
+    # once on a second Ctrl-C); the runs are in sessions of their own, so only we get them.
+    signals = StopSignals(
+        "stopping the runs after their current step (Ctrl-C again: at once)", once=False
+    )
+    with signals, tqdm(total=len(runs), initial=done, desc="sweep", unit="run") as bar:
         try:
-            while jobs or (todo and not signals.received):
-                while todo and len(jobs) < parallel and not signals.received:
+            while jobs or (todo and not signals.requested):
+                while todo and len(jobs) < parallel and not signals.requested:
                     slot = min(set(range(parallel)) - {job.slot for job in jobs})
                     jobs.append(_start(todo.pop(0), slot, options, parallel))
                 time.sleep(POLL_SECONDS)
-                signals.forward([job.process for job in jobs])
-                jobs = _collect(jobs, bool(signals.received), bar)
+                new = signals.received[forwarded:]  # a signal may come while we forward
+                forwarded += len(new)
+                for signum in new:
+                    for job in jobs:
+                        job.process.send_signal(signum)
+                jobs = _collect(jobs, signals.requested, bar)
         finally:
             for job in jobs:  # left running only if the sweep itself failed
                 job.process.terminate()  # SIGTERM: it stops after its step, with a checkpoint
-    return not signals.received
+    return not signals.requested
 
 
 def _collect(jobs: list[_Job], stopped: bool, bar: tqdm) -> list[_Job]:
@@ -423,37 +430,6 @@ def _ending(status: str, code: int, records: list[dict], log: Path) -> str:
     lines = log.read_text(errors="replace").split("\n") if log.is_file() else []
     last = next((line.split("\r")[-1] for line in reversed(lines) if line.strip()), "")
     return f"failed (exit {code}): {last.strip()} (see {log})"
-
-
-class _Signals:
-    """SIGINT (Ctrl-C) and SIGTERM while the sweep runs: forwarded to the runs, which stop
-    after their current step with a checkpoint (a second Ctrl-C stops them at once)."""
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        self._pending: list[int] = []
-        self._previous = {}
-
-    def __enter__(self) -> "_Signals":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame) -> None:
-        self.received.append(signum)
-        self._pending.append(signum)
-        name = signal.Signals(signum).name
-        tqdm.write(f"{name}: stopping the runs after their current step (Ctrl-C again: at once)")
-
-    def forward(self, processes: list[subprocess.Popen]) -> None:
-        while self._pending:
-            signum = self._pending.pop(0)
-            for process in processes:
-                process.send_signal(signum)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _cpu_count() -> int:
