@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llm.bpe_tokenizer import BpeTokenizer, main
+from llm.bpe_tokenizer import EOT, BpeTokenizer
+from llm.tokenizer_command import main
 
-EOT = "<|endoftext|>"
 STORY = "Once upon a time, a little cat named Tom found a big red ball. 'It's mine!' he said.\n"
 
 
