@@ -68,7 +68,8 @@ def load_tokenizer(directory: Path) -> BpeTokenizer:
 
 
 def encode_text_file(path: Path, tokenizer: BpeTokenizer) -> tuple[np.ndarray, int]:
-    """Token ids of a UTF-8 text file and its size in bytes (encoded as a stream of lines)."""
+    """Token ids of a UTF-8 text file and its size in bytes (encoded as a stream of lines), in
+    the type that encoding it to a .npy file would give them."""
     if not path.is_file():
         problem = "is not a file" if path.exists() else "does not exist"
         raise InspectError(f"text file {path} {problem}")
@@ -82,7 +83,7 @@ def encode_text_file(path: Path, tokenizer: BpeTokenizer) -> tuple[np.ndarray, i
 
     with tqdm(total=size, unit="B", unit_scale=True, desc=f"encoding {path.name}") as bar:
         try:
-            ids = np.fromiter(tokenizer.encode_iterable(lines(bar)), dtype=np.int64)
+            ids = np.fromiter(tokenizer.encode_iterable(lines(bar)), dtype=tokenizer.id_dtype)
         except UnicodeDecodeError as e:
             raise InspectError(f"{path} is not UTF-8 text ({e}); pass a .npy with --tokens") from e
     return ids, size
@@ -352,7 +353,7 @@ def inspect(config: InspectConfig) -> Report:
     plot_report(report, png)
     print(f"{path} with the tokenizer in {config.tokenizer} (vocabulary {report.vocab_size:,})")
     print(format_report(report))
-    print(f"plot              {png}")
+    print(f"histogram         {png} (document lengths, token frequency by rank)")
     return report
 
 

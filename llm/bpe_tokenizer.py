@@ -119,6 +119,11 @@ class BpeTokenizer:
         """Number of token ids: one more than the largest (the size of an embedding table)."""
         return self._vocab_size
 
+    @property
+    def id_dtype(self) -> np.dtype:
+        """The type of the token arrays written by encode_file: uint16 when every id fits."""
+        return np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
+
     def token_id(self, token: str) -> int:
         """The id of a special token, or of a token of the vocabulary given as text."""
         if token in self.special_ids:
@@ -223,7 +228,7 @@ class BpeTokenizer:
             warnings.warn(f"the vocabulary lacks {len(self.missing_bytes)} bytes (e.g. "
                           f"{self.missing_bytes[:4]!r}); they are dropped from {input_path}",
                           stacklevel=2)  # fmt: skip
-        dtype = np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
+        dtype = self.id_dtype
         bounds = chunk_boundaries(input_path, chunk_bytes, self.special_tokens)
         jobs = [(str(input_path), a, b) for a, b in pairwise(bounds)]
         workers = num_workers or os.cpu_count() or 1
