@@ -421,8 +421,10 @@ def _finish(job: _Job, stopped: bool) -> None:
 
 def _ending(status: str, code: int, records: list[dict], log: Path) -> str:
     if status == "finished":
-        exact = [r for r in records if r["type"] == "eval" and r["exact"]]
-        return "finished" + (f", {exact[-1]['bits_per_byte']:.4f} bits/byte" if exact else "")
+        final = _final_eval(records)
+        if not final:
+            return "finished"
+        return f"finished, {final['bits_per_byte']:.4f} bits/byte ({_kind(final)})"
     if status == "diverged":
         return f"diverged at step {records[-1]['step']}"
     if status == "interrupted":
@@ -476,9 +478,8 @@ def _read_plan(out: Path) -> dict:
 def _row(run: dict, records: list[dict], result: dict) -> dict:
     """A run's line of the summary. tokens_per_s is over its whole training time."""
     train = [r for r in records if r["type"] == "train"]
-    exact = [r for r in records if r["type"] == "eval" and r["exact"]]
     diverged = [r for r in records if r["type"] == "diverged"]
-    last, final = (train or [{}])[-1], (exact or [{}])[-1]
+    last, final = (train or [{}])[-1], _final_eval(records)
     status = result.get("status", "unfinished" if records else "not started")
     return {
         "name": run["name"],
@@ -487,6 +488,7 @@ def _row(run: dict, records: list[dict], result: dict) -> dict:
         "diverged_at_step": diverged[-1]["step"] if diverged else None,
         "val_loss": final.get("loss"),
         "val_bits_per_byte": final.get("bits_per_byte"),
+        "val_eval": _kind(final) if final else None,
         "tokens_per_s": last["tokens"] / last["train_seconds"] if last else None,
         "tokens": last.get("tokens"),
         "train_seconds": last.get("train_seconds"),
@@ -494,8 +496,23 @@ def _row(run: dict, records: list[dict], result: dict) -> dict:
     }
 
 
+def _final_eval(records: list[dict]) -> dict:
+    """A run's final evaluation: its last exact one, or else a sampled one that ends its log
+    (final_eval = "sampled"); {} when it has none (final_eval = "none", a stopped run)."""
+    exact = [r for r in records if r["type"] == "eval" and r["exact"]]
+    if exact:
+        return exact[-1]
+    return records[-1] if records and records[-1]["type"] == "eval" else {}
+
+
+def _kind(evaluation: dict) -> str:
+    return "exact" if evaluation["exact"] else "sampled"
+
+
 def _markdown(out: Path, keys: list[str], rows: list[dict]) -> str:
-    numbers = ["val loss", "val bits/byte", "tokens/s", "tokens", "train time", "wall time"]
+    scored = [row for row in rows if row["val_bits_per_byte"] is not None]
+    best = min(scored, key=lambda row: row["val_bits_per_byte"]) if scored else None
+    numbers = ["val loss", "val bits/byte", "eval", "tokens/s", "tokens", "train time", "wall time"]
     head = [*keys, "status", *numbers]
     align = " --- |" * (len(keys) + 1) + " ---: |" * len(numbers)  # numbers to the right
     lines = [f"# Sweep {out}", "", "| " + " | ".join(head) + " |", "|" + align]
@@ -503,20 +520,21 @@ def _markdown(out: Path, keys: list[str], rows: list[dict]) -> str:
         status = row["status"]
         if row["diverged_at_step"] is not None:
             status += f" at step {row['diverged_at_step']}"
+        bits = _cell(row["val_bits_per_byte"], ".4f")
         cells = [_cell(row["values"].get(key)) for key in keys] + [
-            status, _cell(row["val_loss"], ".4f"), _cell(row["val_bits_per_byte"], ".4f"),
-            _cell(row["tokens_per_s"], ",.0f"), _cell(row["tokens"], ","),
+            status, _cell(row["val_loss"], ".4f"), f"**{bits}**" if row is best else bits,
+            _cell(row["val_eval"]), _cell(row["tokens_per_s"], ",.0f"), _cell(row["tokens"], ","),
             _minutes(row["train_seconds"]), _minutes(row["wall_seconds"]),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    scored = [row for row in rows if row["val_bits_per_byte"] is not None]
-    if scored:
-        best = min(scored, key=lambda row: row["val_bits_per_byte"])
-        lines += ["", f"Best: {best['name']}, {best['val_bits_per_byte']:.4f} bits/byte."]
+    if best:
+        bits, kind = best["val_bits_per_byte"], best["val_eval"]
+        lines += ["", f"Best: {best['name']}, {bits:.4f} bits/byte ({kind}), in bold above."]
     lines += [
         "",
-        "Validation loss (nats/token) and bits/byte: the final evaluation on the whole validation "
-        "split. tokens/s: tokens / train time, which excludes evaluation; wall time: the run's "
+        "Validation loss (nats/token) and bits/byte: the run's final evaluation, exact on the "
+        "whole validation split or sampled on its fixed windows, as the eval column says. "
+        "tokens/s: tokens / train time, which excludes evaluation; wall time: the run's "
         "processes from start to end. Runs are in "
         f"{out}/NAME; compare.png plots their validation curves.",
     ]
