@@ -22,14 +22,13 @@ import numpy as np
 from tqdm import tqdm
 
 from llm.atomic_write import atomic_write
-from llm.bpe_tokenizer import BpeTokenizer
+from llm.bpe_tokenizer import EOT, BpeTokenizer
 from llm.cli import parse, run_main
 from llm.config import ConfigError
 from llm.data import DataError, load_tokens
 from llm.paths import check_writable_dir
 
 CHUNK = 1 << 24  # ids counted at a time, so a memory-mapped split larger than RAM works
-END_OF_TEXT = "<|endoftext|>"
 
 
 class InspectError(Exception):
@@ -69,7 +68,8 @@ def load_tokenizer(directory: Path) -> BpeTokenizer:
 
 
 def encode_text_file(path: Path, tokenizer: BpeTokenizer) -> tuple[np.ndarray, int]:
-    """Token ids of a UTF-8 text file and its size in bytes (encoded as a stream of lines)."""
+    """Token ids of a UTF-8 text file and its size in bytes (encoded as a stream of lines), in
+    the type that encoding it to a .npy file would give them."""
     if not path.is_file():
         problem = "is not a file" if path.exists() else "does not exist"
         raise InspectError(f"text file {path} {problem}")
@@ -83,7 +83,7 @@ def encode_text_file(path: Path, tokenizer: BpeTokenizer) -> tuple[np.ndarray, i
 
     with tqdm(total=size, unit="B", unit_scale=True, desc=f"encoding {path.name}") as bar:
         try:
-            ids = np.fromiter(tokenizer.encode_iterable(lines(bar)), dtype=np.int64)
+            ids = np.fromiter(tokenizer.encode_iterable(lines(bar)), dtype=tokenizer.id_dtype)
         except UnicodeDecodeError as e:
             raise InspectError(f"{path} is not UTF-8 text ({e}); pass a .npy with --tokens") from e
     return ids, size
@@ -206,7 +206,7 @@ def build_report(
     for token in tokenizer.special_tokens:
         token_id = tokenizer.token_id(token)
         specials[token] = (token_id, int(counts[token_id]))
-    separator = specials[END_OF_TEXT][0] if END_OF_TEXT in specials else None
+    separator = specials[EOT][0] if EOT in specials else None
     order = np.argsort(-counts, kind="stable")[:top]
     top_tokens = [(int(i), int(counts[i]), tokenizer.decode([int(i)])) for i in order if counts[i]]
     distinct, windows, repeated = batch_diversity(
@@ -257,8 +257,8 @@ def format_report(r: Report) -> str:
         )
     for token, (token_id, count) in r.specials.items():
         lines.append(f"special token     {token} (id {token_id}): {count:,} times")
-    if END_OF_TEXT not in r.specials or r.specials[END_OF_TEXT][1] == 0:
-        lines.append(f"warning           no {END_OF_TEXT} in the data: it is one long document")
+    if EOT not in r.specials or r.specials[EOT][1] == 0:
+        lines.append(f"warning           no {EOT} in the data: it is one long document")
     long_docs = int((lengths > r.context_length).sum())
     lines += [
         f"documents         {len(lengths):,}; tokens per document: mean {lengths.mean():.1f}, "
@@ -353,7 +353,7 @@ def inspect(config: InspectConfig) -> Report:
     plot_report(report, png)
     print(f"{path} with the tokenizer in {config.tokenizer} (vocabulary {report.vocab_size:,})")
     print(format_report(report))
-    print(f"plot              {png}")
+    print(f"histogram         {png} (document lengths, token frequency by rank)")
     return report
 
 

@@ -37,6 +37,8 @@ DOCS_VALID = ROOT.parent / "shared/data/docs/valid.txt"
 TINYSTORIES = ROOT.parent / "shared/data/tinystories/train.txt"
 TINYSTORIES_VALID = ROOT.parent / "shared/data/tinystories/valid.txt"
 OWT = ROOT.parent / "shared/data/owt/valid.txt"
+# llm.bpe_tokenizer.EOT, written out: importing it would load our tokenizer into the children
+# that measure Hugging Face's, and its memory would count against theirs.
 EOT = "<|endoftext|>"
 
 

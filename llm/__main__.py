@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from llm.bpe_tokenizer import BpeTokenizer
+from llm.bpe_tokenizer import EOT, BpeTokenizer
 from llm.bpe_training import train_bpe
 from llm.checkpoint import CheckpointError, load_model
 from llm.cli import parse, run_main
@@ -40,7 +40,6 @@ from llm.stories import write_corpus
 from llm.training import TrainConfig, TrainingDiverged, train
 from llm.transformer import ModelConfig, Transformer, cross_entropy
 
-EOT = "<|endoftext|>"
 PROMPTS = ["Once upon a time", "One day, a little dog named", "Lily wanted to"]
 
 # Small enough to learn the story corpus in about three minutes on two CPU cores.

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, get_origin, get_type_hints
 
-from llm.config import ConfigError, config_from_dict, describe_fields, load_toml
+from llm.config import ConfigError, closest, config_from_dict, describe_fields, load_toml
 
 T = TypeVar("T")
 
@@ -126,8 +126,10 @@ def read_args(cls: type, argv: list[str], positional: tuple[str, ...] = ()) -> t
             else:
                 raise ConfigError(f"unexpected argument {word!r}: options are written --key value")
         else:
-            key, has_value, value = word[2:].partition("=")
-            key = key.replace("-", "_")
+            flag, has_value, value = word.partition("=")
+            key = flag[2:].replace("-", "_")
+            if key != "config" and _field_type(cls, key) is None:
+                raise ConfigError(_unknown_option(cls, flag))
             if has_value:
                 values = [value]
             else:
@@ -193,6 +195,12 @@ def _field_type(cls: type, dotted: str) -> Any:
             return None
         tp = get_type_hints(tp).get(part)
     return tp
+
+
+def _unknown_option(cls: type, flag: str) -> str:
+    """`unknown option --max-iter; did you mean --max_iters?`, naming the flag as typed."""
+    near = closest(flag[2:].replace("-", "_"), [key for key, *_ in describe_fields(cls)])
+    return f"unknown option {flag}; " + (f"did you mean --{near}?" if near else "see --help")
 
 
 def _is_list(cls: type, key: str) -> bool:

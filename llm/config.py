@@ -8,11 +8,12 @@ defaults with the same functions.
 """
 
 import dataclasses
+import difflib
 import inspect
 import re
 import tomllib
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -71,6 +72,13 @@ def format_config(config: Any) -> str:
     )
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice nearest to a mistyped `word` (by difflib's similarity), or None if none is
+    close: `max_iter` -> `max_iters`, `epochs` -> None."""
+    matches = difflib.get_close_matches(word, list(choices), n=1)
+    return matches[0] if matches else None
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -82,8 +90,13 @@ def _apply(cls: type[T], values: Mapping[str, Any], base: T | None, prefix: str)
     changes = {}
     for key, value in values.items():
         if key not in names:
-            valid = ", ".join(prefix + n for n in names)
-            raise ConfigError(f"unknown config key {prefix + key!r}; valid keys are: {valid}")
+            near = closest(key, names)
+            hint = (
+                f"did you mean {prefix + near!r}?"
+                if near
+                else "valid keys are: " + ", ".join(prefix + n for n in names)
+            )
+            raise ConfigError(f"unknown config key {prefix + key!r}; {hint}")
         field_type = hints[key]
         if dataclasses.is_dataclass(field_type):
             inner = None if base is None else getattr(base, key)
@@ -177,13 +190,20 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _field_comments(cls: type) -> dict[str, str]:
-    """The `# comment` written on each field's line of the dataclass source, used as help."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
+    """The `# comment` written on each field's line of the dataclass source, used as help. The
+    classes it inherits from are read too (a subclass's own comment wins), since a field's
+    comment is written where the field is."""
     pattern = re.compile(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", re.MULTILINE)
-    return {name: comment.strip() for name, comment in pattern.findall(source)}
+    comments = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        comments.update((name, text.strip()) for name, text in pattern.findall(source))
+    return comments
 
 
 def _type_name(tp: Any) -> str:

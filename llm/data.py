@@ -5,7 +5,7 @@ A split is one long 1-D array of token ids (documents joined by <|endoftext|>). 
 example is a window of context_length + 1 consecutive ids: the model reads the first
 context_length and predicts each next one.
 
-Command line: `uv run -m llm.data download tinystories|owt` fetches a dataset (see llm.download).
+Command line: `uv run -m llm.data download tinystories|owt` fetches a dataset (llm/download.py).
 """
 
 from pathlib import Path
@@ -14,8 +14,6 @@ import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
-
-from llm.cli import parse_command, run_main
 
 _CHECK_CHUNK = 1 << 24  # ids scanned at a time when checking a split (16M ids = 32-128 MB)
 
@@ -123,27 +121,7 @@ def eval_starts(num_tokens: int, context_length: int, num_windows: int) -> np.nd
     return np.linspace(0, last, num_windows).round().astype(np.int64)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`uv run -m llm.data download tinystories|owt [options]` (see llm.download)."""
-    from llm.download import ERRORS, DownloadConfig, download  # imported only when asked for
+if __name__ == "__main__":  # `uv run -m llm.data download DATASET`, a command of llm/download.py
+    from llm.download import data_main
 
-    def command() -> None:
-        _, config = parse_command(
-            {
-                "download": (
-                    DownloadConfig,
-                    "download TinyStories or the OpenWebText sample into data/",
-                )
-            },
-            argv,
-            description="Token data for training; this command line fetches the real datasets.",
-            prog="uv run -m llm.data",
-            positional={"download": ("dataset",)},
-        )
-        download(config)
-
-    run_main(command, errors=ERRORS)
-
-
-if __name__ == "__main__":
-    main()
+    data_main()

@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from llm.atomic_write import atomic_write, remove_stale_temp_files
-from llm.cli import parse, run_main
+from llm.cli import parse, parse_command, run_main
 from llm.config import ConfigError
 from llm.paths import check_writable_dir
 
@@ -296,6 +296,27 @@ def main(argv: list[str] | None = None) -> None:
         download(
             parse(DownloadConfig, argv, description=__doc__, prog=prog, positional=("dataset",))
         )
+
+    run_main(command, errors=ERRORS)
+
+
+def data_main(argv: list[str] | None = None) -> None:
+    """`uv run -m llm.data download DATASET [options]`: the same command, as the data module's."""
+
+    def command() -> None:
+        _, config = parse_command(
+            {
+                "download": (
+                    DownloadConfig,
+                    "download TinyStories or the OpenWebText sample into data/",
+                )
+            },
+            argv,
+            description="Token data for training; this command line fetches the real datasets.",
+            prog="uv run -m llm.data",
+            positional={"download": ("dataset",)},
+        )
+        download(config)
 
     run_main(command, errors=ERRORS)
 

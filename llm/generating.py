@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from llm.bpe_tokenizer import BpeTokenizer
+from llm.bpe_tokenizer import EOT, BpeTokenizer
 from llm.chat import END_OF_TURN, render_chat
 from llm.cli import parse, run_main
 from llm.config import ConfigError
@@ -47,8 +47,6 @@ from llm.device import resolve_device
 from llm.gguf_format import PRETRAINED, is_installed
 from llm.loading import load, models_help
 from llm.transformer import KVCache, Transformer
-
-EOS_TOKEN = "<|endoftext|>"
 
 # ---------------------------------------------------------------------------------------------
 # Sampling: logits (batch, vocab) -> next token ids (batch,)
@@ -325,7 +323,7 @@ class TextStream:
 
 def eos_id_of(tokenizer: BpeTokenizer) -> int | None:
     """The id of <|endoftext|> when the tokenizer has it."""
-    return tokenizer.token_id(EOS_TOKEN) if EOS_TOKEN in tokenizer.special_tokens else None
+    return tokenizer.token_id(EOT) if EOT in tokenizer.special_tokens else None
 
 
 def print_sample(

@@ -175,13 +175,14 @@ def parallel_map(fn, jobs: list, num_workers: int, initializer=None, initargs=()
 
 @contextmanager
 def _sigterm_held() -> Iterator[None]:
-    """Hold a SIGTERM back until the end of the block, then deliver it.
+    """Hold a SIGTERM back until the end of the block, then deliver it to the handler in place.
 
-    A handler that raises (see llm/bpe_tokenizer.py) must not run while workers are forked:
-    raised inside fork's bookkeeping, the exception is ignored; raised between a fork and the
-    pool's record of the worker, it leaves a worker that nobody stops. Inside the block, the
-    handler only notes the signal, and SIGTERM is blocked, so that the workers begin with it
-    blocked (they inherit their parent's handlers, which _start_worker replaces)."""
+    Not one of llm/stop_signals.py's ways to stop, but a guard under them: a handler that raises
+    (its sigterm_raises) must not run while workers are forked: raised inside fork's
+    bookkeeping, the exception is ignored; raised between a fork and the pool's record of the
+    worker, it leaves a worker that nobody stops. Inside the block, the handler only notes the
+    signal, and SIGTERM is blocked, so that the workers begin with it blocked (they inherit
+    their parent's handlers, which _start_worker replaces)."""
     received = []
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread:  # only the main thread may set handlers (and only it runs them)

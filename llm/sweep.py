@@ -44,7 +44,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -58,10 +57,11 @@ from tqdm import tqdm
 from llm.atomic_write import atomic_write, write_text
 from llm.checkpoint import CHECKPOINT_NAME
 from llm.cli import help_text, read_args, run_main
-from llm.config import ConfigError, config_from_dict, config_to_dict, describe_fields
+from llm.config import ConfigError, closest, config_from_dict, config_to_dict, describe_fields
 from llm.data import DataError, load_tokens
 from llm.device import resolve_device
 from llm.run_dir import CONFIG_NAME, METRICS_NAME, read_metrics
+from llm.stop_signals import StopSignals
 from llm.training import TrainConfig, check_config, load_train_config
 
 SWEEP_NAME, RESULT_NAME, LOG_NAME = "sweep.json", "result.json", "train.log"
@@ -212,7 +212,9 @@ def _check_keys(swept: set[str], flag_keys: set[str]) -> None:
     known = {key for key, *_ in describe_fields(TrainConfig)}
     for key in sorted(swept):
         if key not in known:
-            raise ConfigError(f"unknown key {key!r} in the grid; uv run -m llm.training --help")
+            near = closest(key, known)
+            hint = f"did you mean {near!r}?" if near else "uv run -m llm.training --help"
+            raise ConfigError(f"unknown key {key!r} in the grid; {hint}")
         if key in SET_BY_SWEEP:
             raise ConfigError(f"{key} cannot be swept: the sweep sets it for each run")
         if key in flag_keys:
@@ -323,22 +325,29 @@ def run_sweep(options: SweepConfig, runs: list[Run]) -> bool:
     done = len(runs) - len(todo)
     print(f"sweep of {len(runs)} runs in {options.out} ({done} done already)")
     jobs: list[_Job] = []
-    with (
-        _Signals() as signals,
-        tqdm(total=len(runs), initial=done, desc="sweep", unit="run") as bar,
-    ):
+    forwarded = 0  # signals passed on to the runs so far
+    # Ctrl-C and SIGTERM go to each run, which stops after its step with a checkpoint (and at
+    # once on a second Ctrl-C); the runs are in sessions of their own, so only we get them.
+    signals = StopSignals(
+        "stopping the runs after their current step (Ctrl-C again: at once)", once=False
+    )
+    with signals, tqdm(total=len(runs), initial=done, desc="sweep", unit="run") as bar:
         try:
-            while jobs or (todo and not signals.received):
-                while todo and len(jobs) < parallel and not signals.received:
+            while jobs or (todo and not signals.requested):
+                while todo and len(jobs) < parallel and not signals.requested:
                     slot = min(set(range(parallel)) - {job.slot for job in jobs})
                     jobs.append(_start(todo.pop(0), slot, options, parallel))
                 time.sleep(POLL_SECONDS)
-                signals.forward([job.process for job in jobs])
-                jobs = _collect(jobs, bool(signals.received), bar)
+                new = signals.received[forwarded:]  # a signal may come while we forward
+                forwarded += len(new)
+                for signum in new:
+                    for job in jobs:
+                        job.process.send_signal(signum)
+                jobs = _collect(jobs, signals.requested, bar)
         finally:
             for job in jobs:  # left running only if the sweep itself failed
                 job.process.terminate()  # SIGTERM: it stops after its step, with a checkpoint
-    return not signals.received
+    return not signals.requested
 
 
 def _collect(jobs: list[_Job], stopped: bool, bar: tqdm) -> list[_Job]:
@@ -412,8 +421,10 @@ def _finish(job: _Job, stopped: bool) -> None:
 
 def _ending(status: str, code: int, records: list[dict], log: Path) -> str:
     if status == "finished":
-        exact = [r for r in records if r["type"] == "eval" and r["exact"]]
-        return "finished" + (f", {exact[-1]['bits_per_byte']:.4f} bits/byte" if exact else "")
+        final = _final_eval(records)
+        if not final:
+            return "finished"
+        return f"finished, {final['bits_per_byte']:.4f} bits/byte ({_kind(final)})"
     if status == "diverged":
         return f"diverged at step {records[-1]['step']}"
     if status == "interrupted":
@@ -421,37 +432,6 @@ def _ending(status: str, code: int, records: list[dict], log: Path) -> str:
     lines = log.read_text(errors="replace").split("\n") if log.is_file() else []
     last = next((line.split("\r")[-1] for line in reversed(lines) if line.strip()), "")
     return f"failed (exit {code}): {last.strip()} (see {log})"
-
-
-class _Signals:
-    """SIGINT (Ctrl-C) and SIGTERM while the sweep runs: forwarded to the runs, which stop
-    after their current step with a checkpoint (a second Ctrl-C stops them at once)."""
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        self._pending: list[int] = []
-        self._previous = {}
-
-    def __enter__(self) -> "_Signals":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame) -> None:
-        self.received.append(signum)
-        self._pending.append(signum)
-        name = signal.Signals(signum).name
-        tqdm.write(f"{name}: stopping the runs after their current step (Ctrl-C again: at once)")
-
-    def forward(self, processes: list[subprocess.Popen]) -> None:
-        while self._pending:
-            signum = self._pending.pop(0)
-            for process in processes:
-                process.send_signal(signum)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _cpu_count() -> int:
@@ -498,9 +478,8 @@ def _read_plan(out: Path) -> dict:
 def _row(run: dict, records: list[dict], result: dict) -> dict:
     """A run's line of the summary. tokens_per_s is over its whole training time."""
     train = [r for r in records if r["type"] == "train"]
-    exact = [r for r in records if r["type"] == "eval" and r["exact"]]
     diverged = [r for r in records if r["type"] == "diverged"]
-    last, final = (train or [{}])[-1], (exact or [{}])[-1]
+    last, final = (train or [{}])[-1], _final_eval(records)
     status = result.get("status", "unfinished" if records else "not started")
     return {
         "name": run["name"],
@@ -509,6 +488,7 @@ def _row(run: dict, records: list[dict], result: dict) -> dict:
         "diverged_at_step": diverged[-1]["step"] if diverged else None,
         "val_loss": final.get("loss"),
         "val_bits_per_byte": final.get("bits_per_byte"),
+        "val_eval": _kind(final) if final else None,
         "tokens_per_s": last["tokens"] / last["train_seconds"] if last else None,
         "tokens": last.get("tokens"),
         "train_seconds": last.get("train_seconds"),
@@ -516,8 +496,23 @@ def _row(run: dict, records: list[dict], result: dict) -> dict:
     }
 
 
+def _final_eval(records: list[dict]) -> dict:
+    """A run's final evaluation: its last exact one, or else a sampled one that ends its log
+    (final_eval = "sampled"); {} when it has none (final_eval = "none", a stopped run)."""
+    exact = [r for r in records if r["type"] == "eval" and r["exact"]]
+    if exact:
+        return exact[-1]
+    return records[-1] if records and records[-1]["type"] == "eval" else {}
+
+
+def _kind(evaluation: dict) -> str:
+    return "exact" if evaluation["exact"] else "sampled"
+
+
 def _markdown(out: Path, keys: list[str], rows: list[dict]) -> str:
-    numbers = ["val loss", "val bits/byte", "tokens/s", "tokens", "train time", "wall time"]
+    scored = [row for row in rows if row["val_bits_per_byte"] is not None]
+    best = min(scored, key=lambda row: row["val_bits_per_byte"]) if scored else None
+    numbers = ["val loss", "val bits/byte", "eval", "tokens/s", "tokens", "train time", "wall time"]
     head = [*keys, "status", *numbers]
     align = " --- |" * (len(keys) + 1) + " ---: |" * len(numbers)  # numbers to the right
     lines = [f"# Sweep {out}", "", "| " + " | ".join(head) + " |", "|" + align]
@@ -525,20 +520,21 @@ def _markdown(out: Path, keys: list[str], rows: list[dict]) -> str:
         status = row["status"]
         if row["diverged_at_step"] is not None:
             status += f" at step {row['diverged_at_step']}"
+        bits = _cell(row["val_bits_per_byte"], ".4f")
         cells = [_cell(row["values"].get(key)) for key in keys] + [
-            status, _cell(row["val_loss"], ".4f"), _cell(row["val_bits_per_byte"], ".4f"),
-            _cell(row["tokens_per_s"], ",.0f"), _cell(row["tokens"], ","),
+            status, _cell(row["val_loss"], ".4f"), f"**{bits}**" if row is best else bits,
+            _cell(row["val_eval"]), _cell(row["tokens_per_s"], ",.0f"), _cell(row["tokens"], ","),
             _minutes(row["train_seconds"]), _minutes(row["wall_seconds"]),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    scored = [row for row in rows if row["val_bits_per_byte"] is not None]
-    if scored:
-        best = min(scored, key=lambda row: row["val_bits_per_byte"])
-        lines += ["", f"Best: {best['name']}, {best['val_bits_per_byte']:.4f} bits/byte."]
+    if best:
+        bits, kind = best["val_bits_per_byte"], best["val_eval"]
+        lines += ["", f"Best: {best['name']}, {bits:.4f} bits/byte ({kind}), in bold above."]
     lines += [
         "",
-        "Validation loss (nats/token) and bits/byte: the final evaluation on the whole validation "
-        "split. tokens/s: tokens / train time, which excludes evaluation; wall time: the run's "
+        "Validation loss (nats/token) and bits/byte: the run's final evaluation, exact on the "
+        "whole validation split or sampled on its fixed windows, as the eval column says. "
+        "tokens/s: tokens / train time, which excludes evaluation; wall time: the run's "
         "processes from start to end. Runs are in "
         f"{out}/NAME; compare.png plots their validation curves.",
     ]

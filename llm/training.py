@@ -42,9 +42,6 @@ import json
 import math
 import os
 import random
-import signal
-import sys
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -103,6 +100,7 @@ from llm.optim import (
 )
 from llm.run_dir import METRICS_NAME, append_metrics, check_run_dir, start_run_dir
 from llm.sharding import nonfinite_parameter, shard_model
+from llm.stop_signals import StopSignals
 from llm.transformer import MODEL_PRESETS, ModelConfig, Transformer, cross_entropy
 
 
@@ -429,7 +427,10 @@ def _train_loop(run: _Run) -> None:
     config = run.config
     run.interval_start, run.interval_first_step = time.perf_counter(), run.step
     bar = tqdm(total=config.max_iters, initial=run.step, disable=not run.is_main, unit="step")
-    with _StopRequest() as stop_request, bar:
+    stop_request = StopSignals(
+        "stopping after this step and saving a checkpoint (Ctrl-C again to abort)"
+    )
+    with stop_request, bar:
         for step in range(run.step, config.max_iters):
             lr = _set_lr(run.optimizer, _schedule_position(run, step), config)
             starts = sample_starts(
@@ -766,34 +767,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class _StopRequest:
-    """Turns SIGINT (Ctrl-C) and SIGTERM into a request to stop after the current step and save
-    a checkpoint. A second Ctrl-C interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
-        print(
-            f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-            "(Ctrl-C again to abort)",
-            file=sys.stderr,
-        )
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _closing_line(run: _Run) -> str:

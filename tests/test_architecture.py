@@ -51,3 +51,10 @@ def test_every_module_has_a_sentence():
     modules.add("stories")
     missing = [m for m in sorted(modules) if f"`{m}`" not in text]
     assert not missing, f"modules without a sentence in docs/architecture.md: {missing}"
+
+
+def test_the_end_of_text_token_is_written_out_once():
+    """`<|endoftext|>` is llm.bpe_tokenizer.EOT everywhere else, so no copy can drift."""
+    paths = [*(REPO / "llm").rglob("*.py"), REPO / "inspect_data.py"]
+    holders = [p.relative_to(REPO).as_posix() for p in paths if '"<|endoftext|>"' in p.read_text()]
+    assert holders == ["llm/bpe_tokenizer.py"]

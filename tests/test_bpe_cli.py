@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llm.bpe_tokenizer import BpeTokenizer, main
+from llm.bpe_tokenizer import EOT, BpeTokenizer
+from llm.tokenizer_command import main
 
-EOT = "<|endoftext|>"
 STORY = "Once upon a time, a little cat named Tom found a big red ball. 'It's mine!' he said.\n"
 
 
@@ -138,7 +138,7 @@ BAD_INPUTS = [
     (["train", "--input", "{dir}/c.txt", "--vocab-size", "10k", "--out", "{dir}/t"], 2,
      "vocab_size must be int, got '10k'"),
     (["train", "--input", "{dir}/c.txt", "--vocab", "300", "--out", "{dir}/t"], 2,
-     "unknown config key 'vocab'"),
+     "unknown option --vocab; did you mean --vocab_size?"),
     (["train", "--input", "{dir}/c.txt", "--out", "{dir}/t"], 2,
      "missing required setting: --vocab_size"),
     (["train", "--input", "{dir}/c.txt", "--vocab-size", "300", "--out", "{dir}/c.txt"], 1,

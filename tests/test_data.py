@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm import data, download
+from llm import data
 from llm.data import DataError, check_tokens, eval_starts, get_batch, load_tokens
 
 
@@ -111,20 +111,6 @@ def test_eval_starts_are_fixed_spread_and_in_range():
     # Capped at the number of non-overlapping windows; never empty.
     assert len(eval_starts(100, 32, 64)) == 3
     assert list(eval_starts(33, 32, 5)) == [0]
-
-
-def test_download_command_dispatches_to_llm_download(monkeypatch, capsys):
-    calls = []
-    monkeypatch.setattr(download, "download", calls.append)
-    data.main(["download", "tinystories", "--data-dir", "x", "--split=valid"])
-    assert calls == [download.DownloadConfig("tinystories", split="valid", data_dir="x")]
-    with pytest.raises(SystemExit) as exit_:
-        data.main(["--help"])
-    assert exit_.value.code == 0 and "download" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exit_:
-        data.main([])
-    assert exit_.value.code == 2
-    assert capsys.readouterr().err == "error: the command must be one of download; none was given\n"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "header only", "not npy"])

@@ -8,6 +8,8 @@ import gzip
 import hashlib
 import random
 import socket
+import subprocess
+import sys
 import threading
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -311,3 +313,25 @@ def test_the_data_directory_is_created_once_the_server_answers(server, tmp_path)
     remote = _serve(server, "stories.txt", DATA)
     path = download.download_file(remote, tmp_path / "new" / "data", progress=False)
     assert path == tmp_path / "new" / "data" / "stories.txt" and path.read_bytes() == DATA
+
+
+def test_the_data_modules_download_command(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(download, "download", calls.append)
+    download.data_main(["download", "tinystories", "--data-dir", "x", "--split=valid"])
+    assert calls == [download.DownloadConfig("tinystories", split="valid", data_dir="x")]
+    with pytest.raises(SystemExit) as exit_:
+        download.data_main(["--help"])
+    assert exit_.value.code == 0 and "download" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        download.data_main([])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: the command must be one of download; none was given\n"
+
+
+def test_uv_run_llm_data_download_still_runs_the_command():
+    """`uv run -m llm.data download ...` as the README writes it: llm/data.py's __main__."""
+    argv = [sys.executable, "-m", "llm.data", "download", "wiki"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "error: unknown dataset 'wiki'; choose one of tinystories, owt\n"

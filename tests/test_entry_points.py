@@ -17,7 +17,7 @@ import torch
 
 import inspect_data
 import llm.__main__ as quickstart
-from llm import checkpoint, data, download, plots
+from llm import checkpoint, download, plots
 from llm.bpe_tokenizer import BpeTokenizer
 from llm.download import RemoteFile
 
@@ -98,7 +98,7 @@ def _no_work(*_, **__):
         (["--max-iters", "many"], 2, ["max_iters must be int", "'many'"]),
         (["--train-mb", "0"], 2, ["--train-mb must be at least 0.1, not 0.0"]),
         (["--train-mb", "inf"], 2, ["--train-mb"]),
-        (["--epochs", "3"], 2, ["unknown config key 'epochs'"]),
+        (["--epochs", "3"], 2, ["unknown option --epochs; see --help"]),
         (["--device", "tpu"], 2, ["--device: unknown device 'tpu'"]),
         pytest.param(["--device", "cuda"], 2, ["--device", "CUDA is not available"],
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA")),
@@ -174,7 +174,7 @@ def test_data_download_bad_input(workspace, monkeypatch, capsys, argv, code, wor
     remotes = (RemoteFile("train", f"{base}/owt_train.txt.gz"),
                RemoteFile("valid", f"{base}/owt_valid.txt.gz"))  # fmt: skip
     monkeypatch.setitem(download.DATASETS, "owt", remotes)
-    check_fails(data.main, argv, workspace, code, words, capsys)
+    check_fails(download.data_main, argv, workspace, code, words, capsys)
 
 
 @pytest.mark.parametrize(
@@ -220,7 +220,7 @@ def test_plots_into_a_blocked_or_read_only_run(workspace, capsys):
     [
         (quickstart.main, [], ["--out", "--overwrite", "--train_mb", "--vocab_size", "--device"]),
         (inspect_data.main, [], ["--tokens", "--text", "--tokenizer", "--png", "--top"]),
-        (data.main, ["download"], ["--dataset", "--split", "--data_dir", "--timeout"]),
+        (download.data_main, ["download"], ["--dataset", "--split", "--data_dir", "--timeout"]),
         (download.main, [], ["--dataset", "--split", "--data_dir", "--timeout"]),
         (plots.main, [], ["--run_dir", "--reference"]),
         (checkpoint.main, ["consolidate"], ["--source", "--out"]),

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from llm import generating
-from llm.bpe_tokenizer import BpeTokenizer
+from llm.bpe_tokenizer import EOT, BpeTokenizer
 from llm.checkpoint import CHECKPOINT_NAME, load_model, save_checkpoint
 from llm.generating import (
-    EOS_TOKEN,
     SamplingConfig,
     TextStream,
     chat,
@@ -284,7 +283,7 @@ def tiny_tokenizer() -> BpeTokenizer:
     merges = [(b"t", b"h"), (b"th", b"e"), (b" ", b"the"), (b"c", b"a"), (b"ca", b"t")]
     for a, b in merges:
         vocab[len(vocab)] = a + b
-    return BpeTokenizer(vocab, merges, [EOS_TOKEN])
+    return BpeTokenizer(vocab, merges, [EOT])
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +301,7 @@ def run_dir(tmp_path_factory) -> Path:
 def expected_text(run_dir: Path, prompt: str, max_new_tokens: int) -> str:
     model, _ = load_model(run_dir)
     tokenizer = BpeTokenizer.load(run_dir / "tokenizer")
-    eos = tokenizer.token_id(EOS_TOKEN)
+    eos = tokenizer.token_id(EOT)
     new = generate(
         model,
         tokenizer.encode(prompt),
@@ -363,7 +362,7 @@ def write_checkpoint(path: Path, vocab_size: int, tokenizer_dir: str) -> None:
         (["--device", "banana"], "unknown device 'banana'"),
         (["--device", "cuda:99"], "'cuda:99'"),
         (["--max-new-tokens", "many"], "max_new_tokens must be int"),
-        (["--tempreature", "1"], "unknown config key 'tempreature'"),
+        (["--tempreature", "1"], "unknown option --tempreature; did you mean --temperature\\?"),
     ],
 )
 def test_cli_bad_flags_are_one_line_errors(run_dir, flags, message, capsys):
@@ -494,7 +493,7 @@ def test_cli_empty_prompt_starts_a_document_after_end_of_text(run_dir, capsys):
           "--max-new-tokens", "10", "--device", "cpu"])  # fmt: skip
     model, _ = load_model(run_dir)
     tokenizer = BpeTokenizer.load(run_dir / "tokenizer")
-    eos = tokenizer.token_id(EOS_TOKEN)
+    eos = tokenizer.token_id(EOT)
     new = generate(model, [eos], SamplingConfig(max_new_tokens=10, temperature=0, eos_id=eos))
     assert capsys.readouterr().out == tokenizer.decode(new) + "\n"
 
@@ -521,6 +520,6 @@ def test_a_kv_cache_refuses_more_tokens_than_its_capacity(model):
 
 def test_chat_needs_a_chat_model(model):
     """Our story models have no chat template and no <|im_end|>: --chat says so."""
-    tokenizer = BpeTokenizer({i: bytes([i]) for i in range(256)}, [], [EOS_TOKEN])
+    tokenizer = BpeTokenizer({i: bytes([i]) for i in range(256)}, [], [EOT])
     with pytest.raises(ValueError, match="--chat needs a chat model"):
         chat(model, tokenizer, SamplingConfig(), None, None, ["hello"])

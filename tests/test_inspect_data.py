@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 
 import inspect_data
-from llm.bpe_tokenizer import BpeTokenizer
+from llm.bpe_tokenizer import EOT, BpeTokenizer
 from llm.bpe_training import train_bpe
 from llm.stories import write_corpus
-
-EOT = "<|endoftext|>"
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +60,7 @@ def test_token_report_matches_an_independent_count(data, capsys):
     assert f"documents         {len(docs):,}; tokens per document: mean {np.mean(docs):.1f}" in out
     assert f"max {max(docs):,}" in out
     assert "batch diversity   20 random batches of 4 x 32 tokens" in out
+    assert f"histogram         {png} (document lengths" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in png.parent.iterdir()] == ["valid.png"]  # no temp file left
 
@@ -70,7 +69,7 @@ def test_text_mode_encodes_the_same_tokens(data, capsys):
     root, tokenizer, text, ids = data
     out = _run(capsys, "--text", str(root / "text" / "valid.txt"), "--tokenizer",
                str(root / "tok"), "--png", str(root / "text.png"))  # fmt: skip
-    assert f"tokens            {len(ids):,} (int64)" in out
+    assert f"tokens            {len(ids):,} (uint16)" in out  # as encode_file would store them
     assert f"{len(text.encode()):,} bytes, {len(text.encode()) / len(ids):.2f} bytes per" in out
     assert (root / "text.png").exists()
 

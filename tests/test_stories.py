@@ -7,7 +7,8 @@ import re
 import pytest
 
 from llm import stories
-from llm.stories import END_OF_TEXT, engine, generate_stories, write_corpus
+from llm.bpe_tokenizer import EOT
+from llm.stories import engine, generate_stories, write_corpus
 from llm.stories.words import BOY_NAMES, GIRL_NAMES
 
 
@@ -58,7 +59,7 @@ def test_corpus_files_format_size_and_disjointness(tmp_path):
         items = _read_stories(path)
         assert len(items) == len(set(items))  # no duplicate inside a split
         for story in items:
-            assert END_OF_TEXT not in story and story == story.strip()
+            assert EOT not in story and story == story.strip()
             assert "\n\n" not in story and story.count("\n") >= 2  # 3+ paragraphs, single \n
     assert not set(_read_stories(train)) & set(_read_stories(valid))
     # deterministic files for a seed

@@ -247,7 +247,7 @@ def test_an_empty_variant_is_the_base_run_in_a_directory_of_its_own(token_data_d
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--grid", "max_lrr=1,2"], "unknown key 'max_lrr' in the grid"),
+        (["--grid", "max_lrr=1,2"], "unknown key 'max_lrr' in the grid; did you mean 'max_lr'\\?"),
         (["--grid", "max_iters=10,ten"], "run max_iters=ten: max_iters must be int, got 'ten'"),
         (["--grid", "model.d_model=32,33"], "run model.d_model=33: .*d_model=33 must split"),
         (["--grid", "optimizer=adamw,adam"], "run optimizer=adam: optimizer must be one of"),
@@ -298,3 +298,34 @@ def test_the_study_sweeps_build_every_run(path, token_data_dir):
     options, runs = sweep.load_sweep([str(path), *data])
     assert options.out == f"runs/sweep-{path.stem}" and len(runs) >= 4
     assert {run.config.model.context_length for run in runs} == {256}
+
+
+def _records(*evals: tuple[int, bool, float], last_train: int = 8) -> list[dict]:
+    """A metrics log: a train record, then (step, exact, bits/byte) evaluations in order; a
+    stopped run's log ends with a train record after them (last_train beyond their steps)."""
+    train = {"type": "train", "step": 8, "tokens": 512, "train_seconds": 2.0}
+    records = [train] + [
+        {"type": "eval", "step": step, "exact": exact, "loss": 2 * bits, "bits_per_byte": bits}
+        for step, exact, bits in evals
+    ]
+    return records + ([{**train, "step": last_train}] if last_train > 8 else [])
+
+
+def test_summary_shows_a_sampled_final_eval_says_which_kind_and_marks_the_best():
+    runs = [{"name": n, "values": {"max_lr": lr}} for n, lr in [("a", 1), ("b", 2), ("c", 3)]]
+    finished = {"status": "finished", "wall_seconds": 3.0}
+    rows = [
+        sweep._row(runs[0], _records((4, False, 1.5), (8, False, 1.25)), finished),  # "sampled"
+        sweep._row(runs[1], _records((4, False, 1.0), (8, True, 1.75)), finished),  # "exact"
+        sweep._row(runs[2], _records((4, False, 0.5), last_train=12), {"status": "interrupted"}),
+    ]
+    assert [(r["val_bits_per_byte"], r["val_loss"], r["val_eval"]) for r in rows] == [
+        (1.25, 2.5, "sampled"),
+        (1.75, 3.5, "exact"),
+        (None, None, None),  # its last evaluation is not its final one
+    ]
+    table = sweep._markdown(Path("out"), ["max_lr"], rows)
+    assert "| 1 | finished | 2.5000 | **1.2500** | sampled | 256 |" in table
+    assert "| 2 | finished | 3.5000 | 1.7500 | exact | 256 |" in table
+    assert "| 3 | interrupted | - | - | - | 256 |" in table
+    assert "Best: a, 1.2500 bits/byte (sampled), in bold above." in table

@@ -17,7 +17,6 @@ The modules, each depending only on the ones before it:
 """
 
 from llm.stories.engine import (
-    END_OF_TEXT,
     SEPARATOR,
     generate_stories,
     main,
@@ -27,7 +26,6 @@ from llm.stories.engine import (
 )
 
 __all__ = [
-    "END_OF_TEXT",
     "SEPARATOR",
     "generate_stories",
     "main",

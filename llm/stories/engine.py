@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from llm.atomic_write import atomic_write
+from llm.bpe_tokenizer import EOT
 from llm.cli import parse, run_main
 from llm.paths import check_writable_dir
 from llm.stories.plots import PLOTS
@@ -37,8 +38,7 @@ from llm.stories.words import (
 )
 from llm.stories.writer import Character, Writer, with_article
 
-END_OF_TEXT = "<|endoftext|>"
-SEPARATOR = "\n" + END_OF_TEXT + "\n"
+SEPARATOR = "\n" + EOT + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         text = path.read_text(encoding="utf-8")
         words = len(set(re.findall(r"[a-z]+", text.lower())))
         print(
-            f"{path}: {len(text.encode()):,} bytes, {text.count(END_OF_TEXT):,} stories, "
+            f"{path}: {len(text.encode()):,} bytes, {text.count(EOT):,} stories, "
             f"{words:,} distinct words"
         )
     for story in generate_stories(num_stories=config.show, seed=config.seed, stream="train"):
