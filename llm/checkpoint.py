@@ -31,6 +31,7 @@ import dataclasses
 import pickle
 import random
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -392,7 +393,9 @@ def load_sharded_model(source: str | Path) -> tuple[Transformer, dict]:
     with no_weight_init():  # only the tensors' shapes are used: DCP fills them
         model = Transformer(_model_config(state, path))
     whole = {"model": model.state_dict()}
-    dcp.load(whole, checkpoint_id=path)  # into the model's own tensors, whole
+    with warnings.catch_warnings():  # DCP warns that it loads in one process, even when asked to
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(whole, checkpoint_id=path, no_dist=True)  # into the model's own tensors, whole
     return model.eval(), state
 
 

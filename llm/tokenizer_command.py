@@ -40,7 +40,9 @@ class TrainOptions:
 
 @dataclass
 class EncodeOptions:
-    tokenizer: str  # directory with vocab.json, merges.txt (and special_tokens.json)
+    tokenizer: (
+        str  # directory (vocab.json + merges.txt, or tokenizer.json), GGUF file or model name
+    )
     input: str  # text file (UTF-8)
     output: str  # .npy file of token ids to write
     workers: int = 0  # processes (0 = one per CPU)
@@ -105,7 +107,17 @@ def run_encode(options: EncodeOptions) -> None:
     directory, output = Path(options.tokenizer), Path(options.output)
     tokenizer_files = [directory / name for name in (*TOKENIZER_FILES, SETTINGS_FILE)]
     check_outputs([output], inputs=[Path(options.input), *tokenizer_files])
-    _encode(BpeTokenizer.load(directory), Path(options.input), output, options.workers)
+    _encode(_tokenizer(options.tokenizer), Path(options.input), output, options.workers)
+
+
+def _tokenizer(source: str) -> BpeTokenizer:
+    """A tokenizer directory, or the tokenizer of a GGUF file or a pretrained model's (read by
+    llm/loading.py, imported only then: it brings PyTorch)."""
+    if Path(source).is_dir():
+        return BpeTokenizer.load(source)
+    from llm.loading import load_tokenizer
+
+    return load_tokenizer(source)
 
 
 def _encode(tokenizer: BpeTokenizer, input_path: Path, output_path: Path, workers: int) -> None:

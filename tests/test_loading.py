@@ -10,7 +10,7 @@ import torch
 from conftest import SMALL, markov_tokens
 from test_gguf_model import vocabulary, write_tiny_llama_gguf
 
-from llm import generating, loading, training
+from llm import generating, loading, tokenizer_command, training
 from llm.checkpoint import read_checkpoint, save_checkpoint
 from llm.export import export
 from llm.gguf_format import GgufFile, pretrained_path, tokenizer_from_gguf
@@ -159,3 +159,14 @@ def test_init_from_a_gguf_file_trains(sources, tmp_path):
     first = [r for r in read_metrics(tmp_path / "two") if r["type"] == "train"][0]["loss"]
     assert summary["train_loss"] < first - 1
     assert load(tmp_path / "two").tokenizer.vocab == source.tokenizer.vocab
+
+
+def test_the_encode_command_takes_a_gguf_files_tokenizer(sources, tmp_path):
+    tmp, _ = sources
+    text = "the cat sat on the mat.\n" * 20
+    (tmp_path / "mine.txt").write_text(text)
+    tokenizer_command.main(["encode", "--tokenizer", str(tmp / "tiny.gguf"), "--input",
+                            str(tmp_path / "mine.txt"), "--output", str(tmp_path / "mine.npy"),
+                            "--workers", "1"])  # fmt: skip
+    expected = tokenizer_from_gguf(GgufFile(tmp / "tiny.gguf")).encode(text)
+    assert np.load(tmp_path / "mine.npy").tolist() == expected
