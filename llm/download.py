@@ -284,6 +284,8 @@ def download(config: DownloadConfig) -> list[Path]:
     paths = download_dataset(config.dataset, Path(config.data_dir), config.split, config.timeout)
     for path in paths:
         print(f"{path}  ({path.stat().st_size:,} bytes)")
+    if config.dataset == "tinystories" and config.data_dir == DownloadConfig.data_dir:
+        print("next, the tokenizer and token arrays: uv run -m llm.bpe_tokenizer")
     return paths
 
 

@@ -82,9 +82,12 @@ def run_train(options: TrainOptions) -> BpeTokenizer:
     out = Path(options.out)
     check_training_args(options.input, options.vocab_size, options.special_tokens)
     check_outputs([out / name for name in TOKENIZER_FILES], inputs=[Path(options.input)])
-    return _train_and_save(
+    tokenizer = _train_and_save(
         options.input, options.vocab_size, options.special_tokens, out, options.workers
     )
+    print(f"encode text with: uv run -m llm.bpe_tokenizer encode --tokenizer {out} "
+          "--input FILE --output FILE.npy")  # fmt: skip
+    return tokenizer
 
 
 def _train_and_save(
@@ -108,6 +111,8 @@ def run_encode(options: EncodeOptions) -> None:
     tokenizer_files = [directory / name for name in (*TOKENIZER_FILES, SETTINGS_FILE)]
     check_outputs([output], inputs=[Path(options.input), *tokenizer_files])
     _encode(_tokenizer(options.tokenizer), Path(options.input), output, options.workers)
+    print(f"train on it with: uv run -m llm.training --train_data {output} "
+          f"--tokenizer_dir {options.tokenizer}")  # fmt: skip
 
 
 def _tokenizer(source: str) -> BpeTokenizer:
@@ -144,7 +149,10 @@ def run_pipeline(options: PipelineOptions) -> None:
     )
     for name, path in splits.items():
         _encode(tokenizer, path, out / f"{name}.npy", options.workers)
-    print(f"done. Tokenizer and token arrays are in {out}/")
+    print(f"done. Tokenizer and token arrays are in {out}/", end="")
+    if out == Path(PipelineOptions.out):  # the TinyStories presets read them from there
+        print("; train on them with: uv run -m llm.training configs/cpu-small.toml", end="")
+    print()
 
 
 def check_outputs(outputs: list[Path], inputs: list[Path]) -> None:

@@ -45,10 +45,16 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_readme_train_and_encode(corpus, tmp_path, monkeypatch, capsys):
     tok = tmp_path / "tok"
     argv = ["train", "--input", str(corpus), "--vocab-size", "300", "--out", str(tok)]
-    assert run(argv + ["--workers", "1"], capsys)[0] == 0
+    code, out, _ = run(argv + ["--workers", "1"], capsys)
+    assert code == 0
+    assert out.endswith(f"encode text with: uv run -m llm.bpe_tokenizer encode --tokenizer {tok} "
+                        "--input FILE --output FILE.npy\n")  # fmt: skip
     argv = ["encode", "--tokenizer", str(tok), "--input", str(corpus), "--output", "c.npy"]
     monkeypatch.chdir(tmp_path)
-    assert run(argv, capsys)[:2] == (0, f"wrote c.npy: {len(np.load('c.npy')):,} tokens\n")
+    code, out, _ = run(argv, capsys)
+    next_step = f"uv run -m llm.training --train_data c.npy --tokenizer_dir {tok}"
+    tokens = len(np.load("c.npy"))
+    assert (code, out) == (0, f"wrote c.npy: {tokens:,} tokens\ntrain on it with: {next_step}\n")
     tokenizer = BpeTokenizer.load(tok)
     assert tokenizer.vocab_size == 300 and tokenizer.special_tokens == [EOT]
     assert np.load("c.npy").tolist() == tokenizer.encode(corpus.read_text(encoding="utf-8"))
@@ -60,7 +66,10 @@ def test_default_pipeline_on_tinystories(corpus, tmp_path, monkeypatch, capsys):
     text = corpus.read_text(encoding="utf-8")
     (tmp_path / "data/TinyStoriesV2-GPT4-train.txt").write_text(text, encoding="utf-8")
     (tmp_path / "data/TinyStoriesV2-GPT4-valid.txt").write_text(text[:2000], encoding="utf-8")
-    assert run(["--vocab-size", "300", "--workers", "1"], capsys)[0] == 0
+    code, stdout, _ = run(["--vocab-size", "300", "--workers", "1"], capsys)
+    assert code == 0 and stdout.endswith(
+        "; train on them with: uv run -m llm.training configs/cpu-small.toml\n"
+    )
     out = tmp_path / "data/tinystories-bpe-10k"
     tok = BpeTokenizer.load(out)
     assert tok.vocab_size == 300
