@@ -704,7 +704,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
         (["--run_dir", "{tmp}/afile/run"], 2, "afile/run: .*afile is a file, not a directory"),
         (["--train_data", "{tmp}/missing.npy"], 1, "token file .*missing.npy does not exist"),
         (["--train_data", "{tmp}/afile"], 1, "afile is not a .npy array of token ids \\(a text"),
-        (["--resume"], 2, "--resume: there is no checkpoint to resume"),
+        (["--resume"], 2, "no run to resume at .*r: the directory does not exist; start it wi"),
         (["--batch_size", "0"], 2, "batch_size must be at least 1"),
         (["--model.num_heads", "0"], 2, "num_heads must be at least 1, not 0"),
         (["--model.context_length", "-8"], 2, "context_length must be at least 1, not -8"),
