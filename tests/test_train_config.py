@@ -1,12 +1,16 @@
 """TrainConfig from TOML and flags, its defaults, and the settings refused before any work."""
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import train_config
 
 from llm import training
+from llm.bpe_tokenizer import BpeTokenizer
 from llm.config import ConfigError, config_from_toml, format_config
+from llm.optim import OPTIMIZERS, AdamW, Muon, SGDDecay
 from llm.training import load_train_config, train
 from llm.transformer import ModelConfig
 
@@ -137,3 +141,91 @@ def test_bad_settings_are_named_before_anything_is_written(
     with pytest.raises(ConfigError, match=message):
         train(train_config(token_data_dir, tmp_path / "run", **overrides))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, max_lr",
+    [
+        (["--optimizer", "muon"], 0.02),  # Jordan et al.'s Muon default, not AdamW's
+        (["--optimizer", "muon", "--max_lr", "0.005"], 0.005),
+        (["--optimizer", "sgd"], 1e-3),
+        ([], 1e-3),
+    ],
+)
+def test_max_lr_defaults_to_the_chosen_optimizers(argv, max_lr, capsys):
+    assert load_train_config(argv).max_lr == max_lr
+    if "--max_lr" not in argv:  # --help shows the default the optimizer gives
+        with pytest.raises(SystemExit):
+            load_train_config([*argv, "--help"])
+        assert re.search(rf"--max_lr +float +default: {max_lr!r}\n", capsys.readouterr().out)
+
+
+def test_optimizer_table_builds_each_optimizer():
+    config = load_train_config([])
+    model = training.Transformer(training.TrainConfig().model)
+    built = {
+        name: type(training._build_optimizer(model, replace(config, optimizer=name), None))
+        for name in OPTIMIZERS
+    }
+    assert built == {"adamw": AdamW, "sgd": SGDDecay, "muon": Muon}
+
+
+def tokenizer_of(path: Path, merges: int) -> Path:
+    """A byte-level tokenizer of 256 + merges tokens."""
+    pairs = [(bytes([k]), bytes([(k + 1) % 256])) for k in range(merges)]
+    vocab = {i: bytes([i]) for i in range(256)} | {256 + i: a + b for i, (a, b) in enumerate(pairs)}
+    BpeTokenizer(vocab, pairs).save(path)
+    return path
+
+
+def test_vocab_size_follows_the_tokenizer_unless_given(tmp_path):
+    tok = str(tokenizer_of(tmp_path / "tok", 44))
+    assert load_train_config(["--tokenizer_dir", tok]).model.vocab_size == 300
+    # A preset's vocab_size is not a setting of the user's: the tokenizer's wins.
+    preset = load_train_config(["--model_preset", "tinystories-17m", "--tokenizer_dir", tok])
+    assert preset.model.vocab_size == 300 and preset.model.d_model == 512
+    assert (
+        load_train_config(["--tokenizer_dir", tok, "--model.vocab_size", "300"]).model.vocab_size
+        == 300
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^model.vocab_size=512 differs from the tokenizer in .*tok, which has 300",
+    ):
+        load_train_config(["--tokenizer_dir", tok, "--model.vocab_size", "512"])
+
+
+def test_resume_of_a_run_that_does_not_exist_names_it(tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match=r"^no run to resume at .*x: the directory does not exist; start it without --resume$",
+    ):
+        load_train_config(["--run_dir", str(tmp_path / "x"), "--resume"])
+    (tmp_path / "x").mkdir()
+    with pytest.raises(ConfigError, match=r"^no run to resume at .*x: no config.json; start"):
+        load_train_config(["--run_dir", str(tmp_path / "x"), "--resume"])
+
+
+def test_a_missing_data_file_fails_before_the_config_is_printed(token_data_dir, tmp_path, capsys):
+    argv = ["--train_data", str(token_data_dir / "train.npy"), "--run_dir", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as exit_info:
+        training.main([*argv, "--valid_data", str(tmp_path / "missing.npy"), "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 1 and "missing.npy does not exist" in err and out == ""
+
+
+def test_help_describes_the_schedules_optimizers_plots_and_sinks(capsys):
+    with pytest.raises(SystemExit):
+        load_train_config(["--help"])
+    text = capsys.readouterr().out
+    for word in [
+        "wsd",
+        "cosine",
+        "Muon",
+        "SGD",
+        "AdamW",
+        "bits_per_byte.png",
+        "tensorboard",
+        "wandb",
+    ]:
+        assert word in text, word
