@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import os
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import train_config
+from conftest import SMALL, train_config
 
 from llm import plots, training
 from llm.bpe_tokenizer import BpeTokenizer
@@ -108,13 +109,66 @@ def test_resume_after_interrupt_is_bit_exact(token_data_dir, tmp_path, monkeypat
     assert torch.equal(a["rng"]["data"], b["rng"]["data"])
 
 
-def test_resuming_a_finished_run_repeats_only_its_final_evaluation(token_data_dir, tmp_path):
+def test_resuming_a_finished_run_says_so_and_changes_nothing(
+    token_data_dir, tmp_path, monkeypatch, capsys
+):
     run = tmp_path / "run"
     first = train(train_config(token_data_dir, run))
-    before = metrics(run)
+    before = tree(run)
+    monkeypatch.setattr(training, "evaluate_exact", None)  # no second whole-split evaluation
     again = train(load_train_config(["--run_dir", str(run), "--resume"]))
     assert again["step"] == first["step"] == 12 and again["val_loss"] == first["val_loss"]
-    assert metrics(run) == before  # one final evaluation, not two
+    assert tree(run) == before
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(f"{run} finished at step 12; nothing to do: pass a larger --max_iters")
+
+
+def test_extending_a_finished_run_says_where_the_lr_jumps(token_data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(train_config(token_data_dir, run, valid_data="", final_eval="none"))
+    config = load_train_config(["--run_dir", str(run), "--resume", "--max_iters", "16"])
+    train(config)
+    old = train_config(token_data_dir, run)
+    expected = f"jumps from {schedule(12, old):.3g} to {schedule(12, config):.3g}"
+    assert schedule(12, old) == old.min_lr and schedule(12, config) > 2 * old.min_lr
+    out = capsys.readouterr().out
+    assert (
+        f"the cosine schedule now ends at step 16 (it ended at 12): the lr at step 12 {expected}"
+        in out
+    )
+    assert [r["step"] for r in read_metrics(run) if r["type"] == "train"][-2:] == [14, 16]
+
+
+def test_init_from_says_what_it_loaded_and_warns(token_data_dir, tmp_path, capsys):
+    source = tmp_path / "source"
+    train(train_config(token_data_dir, source, max_iters=2, valid_data="", final_eval="none"))
+    weights = read_checkpoint(source)["model"]
+    count = sum(v.numel() for k, v in weights.items() if "rope" not in k)
+    capsys.readouterr()
+    config = train_config(
+        token_data_dir, tmp_path / "tuned", init_from=str(source), max_iters=2, warmup_iters=5,
+        valid_data="",
+    )  # fmt: skip
+    train(config)
+    out, err = capsys.readouterr()
+    assert f"loaded {count:,} parameters from {source}" in out
+    assert "warning: warmup_iters=5 >= max_iters=2" in err and "warning: no valid_data" in err
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_the_parameter_count_counts_a_tied_matrix_once(tie):
+    model = Transformer(dataclasses.replace(SMALL, tie_embeddings=tie))
+    unique = {id(p): p.numel() for p in model.parameters()}
+    total, embedding = sum(unique.values()), SMALL.vocab_size * SMALL.d_model
+    assert total == sum(p.numel() for p in model.state_dict().values()) - (embedding if tie else 0)
+    if tie:
+        expected = (
+            f"{total:,} parameters ({embedding:,} in the embedding, shared with the output layer, "
+            f"{total - embedding:,} in the rest)"
+        )
+    else:
+        expected = f"{total:,} parameters ({total - embedding:,} without the input embedding)"
+    assert training._parameter_count(model) == expected
 
 
 def test_sigterm_stops_after_the_step_saves_and_restores_the_handler(
@@ -435,6 +489,24 @@ def test_resuming_a_run_stopped_by_its_time_limit_carries_its_training_time(
         load_train_config(["--run_dir", str(run), "--resume", "--max_train_seconds", "2"])
     )
     assert again["step"] == 8 and again["train_seconds"] == pytest.approx(2.0)
+
+
+def test_a_time_limited_run_shows_the_time_left_and_how_to_train_longer(
+    token_data_dir, tmp_path, monkeypatch, capsys
+):
+    StepClock(monkeypatch, seconds=0.25)
+    bars, make_bar = [], training._progress_bar
+    monkeypatch.setattr(
+        training, "_progress_bar", lambda run: bars.append(make_bar(run)) or bars[-1]
+    )
+    run = tmp_path / "run"
+    train(train_config(token_data_dir, run, max_train_seconds=1.0, final_eval="none"))
+    (bar,) = bars
+    assert (bar.total, bar.n, bar.unit, bar.desc) == (1.0, 1.0, "s", "step 4")  # not 4/12 steps
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(f"done at step 4: checkpoint {run / 'checkpoint.pt'}, metrics ")
+    resume = f"uv run -m llm.training --run_dir {run} --resume"
+    assert f"; train longer with: {resume} --max_train_seconds 2;" in last
 
 
 def test_periodic_evaluation_counts_the_bytes_of_the_tokenizers_tokens(token_data_dir, tmp_path):
