@@ -9,6 +9,7 @@ matrices, gathers each one (see _muon_update).
 import math
 import sys
 from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -328,3 +329,38 @@ def muon_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": other_matrices, "muon": False, "weight_decay": weight_decay},
         {"params": [p for p in params if p.ndim < 2], "muon": False, "weight_decay": 0.0},
     ]
+
+
+class OptimizerChoice(NamedTuple):
+    """An optimizer as training chooses it by name: how to build it, and its default peak lr."""
+
+    build: Callable[[nn.Module, Any, torch.dtype | None], torch.optim.Optimizer]
+    max_lr: float
+
+
+def _build_adamw(model: nn.Module, config: Any, dtype: torch.dtype | None) -> AdamW:
+    groups = param_groups(model, config.weight_decay)
+    return AdamW(groups, lr=config.max_lr, betas=config.betas, eps=config.eps)
+
+
+def _build_sgd(model: nn.Module, config: Any, dtype: torch.dtype | None) -> SGDDecay:
+    return SGDDecay(param_groups(model, config.weight_decay), lr=config.max_lr)
+
+
+def _build_muon(model: nn.Module, config: Any, dtype: torch.dtype | None) -> Muon:
+    """Muon orthogonalises in the autocast dtype when there is one."""
+    return Muon(
+        muon_param_groups(model, config.weight_decay), lr=config.max_lr,
+        momentum=config.momentum, nesterov=config.nesterov, ns_steps=config.ns_steps,
+        adam_lr=config.adam_lr, betas=config.betas, eps=config.eps, ns_dtype=dtype,
+    )  # fmt: skip
+
+
+# name -> OptimizerChoice; `build(model, config, autocast dtype)` reads the fields of
+# llm.training.TrainConfig. Muon's 0.02 is Jordan et al.'s default (orthogonalised updates have
+# a fixed size: a larger lr than AdamW's); SGD keeps AdamW's, being untuned.
+OPTIMIZERS = {
+    "adamw": OptimizerChoice(_build_adamw, max_lr=1e-3),
+    "sgd": OptimizerChoice(_build_sgd, max_lr=1e-3),
+    "muon": OptimizerChoice(_build_muon, max_lr=0.02),
+}

@@ -1,6 +1,6 @@
 """A training run's directory and the metrics log in it (llm/plots.py draws from the log):
 
-    config.json      the effective config          metrics.jsonl  one JSON record per log/eval
+    config.json      the effective config          metrics.jsonl  one JSON record per event
     checkpoint.pt    the latest checkpoint         img/           the plots
                      (checkpoint.dcp/ when sharded)
 
@@ -37,9 +37,7 @@ def check_run_dir(run_dir: str | Path, resume: bool, sharded: bool = False) -> N
         )
 
 
-def start_run_dir(
-    run_dir: str | Path, config: dict, resume_step: int | None, finished: bool
-) -> None:
+def start_run_dir(run_dir: str | Path, config: dict, resume_step: int | None) -> None:
     """Make the run directory ready for a run that is about to start: remove the temp files of
     killed writers, start the metrics log afresh (or, resuming at resume_step, drop what was
     logged after it) and write config.json."""
@@ -50,7 +48,7 @@ def start_run_dir(
     if resume_step is None:
         write_text(metrics, "")  # empty: a run that died before its first checkpoint left one
     else:
-        truncate_metrics(metrics, resume_step, finished)
+        truncate_metrics(metrics, resume_step)
     write_text(run_dir / CONFIG_NAME, json.dumps(config, indent=2))
 
 
@@ -78,19 +76,16 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
-def truncate_metrics(path: Path, step: int, finished: bool) -> None:
-    """Drop the records logged after the checkpoint we resume from, at `step`. A finished run's
-    final evaluation is logged at `step` too, after the checkpoint: resuming repeats it, so it
-    goes as well."""
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the records logged after the checkpoint we resume from, at `step`. (A finished run
+    is not resumed: a final evaluation at `step` stays, as a true record of the run so far.)"""
     if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if _keep(line, step, finished)]
+        kept = [line for line in path.read_text().splitlines() if _keep(line, step)]
         write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _keep(line: str, step: int, finished: bool) -> bool:
+def _keep(line: str, step: int) -> bool:
     try:
-        record = json.loads(line)
-        final_eval = finished and record["type"] == "eval" and record["step"] == step
-        return record["step"] <= step and not final_eval
+        return json.loads(line)["step"] <= step
     except (json.JSONDecodeError, KeyError, TypeError):
         return False  # a torn line

@@ -5,13 +5,22 @@
     uv run -m llm.training --run_dir runs/x --resume # continue a stopped run exactly
     uv run -m llm.training --init_from hf_model/ --train_data mine.npy  # fine-tune given weights
 
-Each optimizer step: learning rate from the cosine schedule, forward/backward on batch_size
-random windows (split into grad_accum_steps micro-batches, and across processes under DDP),
-gradient clipping, AdamW. Every eval_interval steps the validation loss on fixed windows; at
-the end the exact loss on the whole validation split. The run directory gets:
+Each optimizer step: the learning rate of the schedule (linear warm-up, then cosine decay to
+min_lr at max_iters, or with --schedule wsd a stable phase then a linear decay over the last
+decay_fraction of the steps), forward/backward on batch_size random windows (split into
+grad_accum_steps micro-batches, and across processes under DDP), gradient clipping, then the
+optimizer: AdamW, SGD with lr / sqrt(t + 1) decay, or Muon (with AdamW at adam_lr for the
+embeddings and gains). max_lr defaults to the optimizer's (llm/optim.py, OPTIMIZERS: 1e-3,
+Muon 0.02), and model.vocab_size to the tokenizer's. Every eval_interval steps the validation
+loss on fixed windows and a short greedy sample of text (eval_sample_tokens); at the end the
+exact loss on the whole validation split. The run directory gets:
 
     config.json      the effective config          metrics.jsonl  one JSON record per log/eval
-    checkpoint.pt    the latest checkpoint         img/loss.png, img/lr.png
+    checkpoint.pt    the latest checkpoint         img/loss.png, img/lr.png, img/bits_per_byte.png
+    tensorboard/     with --log_to tensorboard     wandb/         with --log_to wandb
+
+--log_to adds TensorBoard or Weights & Biases (offline) to metrics.jsonl, which is always
+written (llm/metric_sinks.py); each needs its extra: `uv sync --extra tensorboard`.
 
 --init_from starts a new run (fresh optimizer, step 0) from the weights of any model
 llm/loading.py reads (a run, a checkpoint file, a Hugging Face Llama directory, a GGUF file, a
@@ -42,11 +51,12 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -87,21 +97,21 @@ from llm.device import (
 )
 from llm.evaluation import evaluate_exact, evaluate_windows, load_token_bytes
 from llm.loading import load, read_config
+from llm.metric_sinks import TENSORBOARD_DIR, MetricSinks, check_sinks
 from llm.optim import (
-    AdamW,
-    Muon,
-    SGDDecay,
+    OPTIMIZERS,
     cos_lr_scheduler,
     gradient_clip,
-    muon_param_groups,
-    param_groups,
     skip_dynamo_import,
     wsd_lr_scheduler,
 )
-from llm.run_dir import METRICS_NAME, append_metrics, check_run_dir, start_run_dir
+from llm.run_dir import CONFIG_NAME, METRICS_NAME, check_run_dir, read_metrics, start_run_dir
 from llm.sharding import nonfinite_parameter, shard_model
 from llm.stop_signals import StopSignals
 from llm.transformer import MODEL_PRESETS, ModelConfig, Transformer, cross_entropy
+
+if TYPE_CHECKING:
+    from llm.bpe_tokenizer import BpeTokenizer
 
 
 @dataclass
@@ -117,7 +127,7 @@ class TrainConfig:
     resume: bool = False  # continue the run in run_dir from its checkpoint
     init_from: str = ""  # start from this model's weights: run, checkpoint, HF, GGUF or pretrained
     optimizer: str = "adamw"  # "adamw", "sgd" (SGD, lr / sqrt(t + 1) decay) or "muon" (see adam_lr)
-    max_lr: float = 1e-3  # peak learning rate, reached after warmup_iters
+    max_lr: float = 1e-3  # peak learning rate, after warmup_iters (default: the optimizer's)
     min_lr: float = 1e-4  # learning rate at the end of the decay (step max_iters)
     warmup_iters: int = 100  # steps of linear warm-up from 0
     schedule: str = "cosine"  # after warm-up: "cosine" decay, or "wsd" (stable, then linear decay)
@@ -140,6 +150,8 @@ class TrainConfig:
     eval_windows: int = 64  # validation windows in each periodic evaluation
     eval_batch_size: int = 32  # sequences per forward pass during evaluation
     final_eval: str = "exact"  # at the end: "exact" (whole split), "sampled" or "none"
+    eval_sample_tokens: int = 32  # greedy tokens after "Once upon a time" at each eval (0 = none)
+    log_to: list[str] = field(default_factory=lambda: ["jsonl"])  # + tensorboard, wandb
     checkpoint_interval: int = 1000  # steps between checkpoints (also at the end and on Ctrl-C)
     device: str = "auto"  # "auto" (cuda > mps > cpu), or "cpu", "cuda", "cuda:1", "mps"
     dtype: str = "auto"  # "auto" (bfloat16 autocast on CUDA, else float32), "float32", "bfloat16"
@@ -166,18 +178,63 @@ def load_train_config(argv: list[str] | None = None) -> TrainConfig:
 
 
 def _base_config(values: dict) -> TrainConfig:
-    """The defaults the given values override: a resumed run's saved config, else the model
-    preset's."""
+    """The defaults the given values override: a resumed run's saved config; else the model
+    preset's (or --init_from's model), with the optimizer's max_lr and the tokenizer's
+    vocab_size unless those are given."""
     if str(values.get("resume", "false")).lower() in ("true", "1", "yes", "on"):
-        saved = Path(values.get("run_dir", TrainConfig.run_dir)) / "config.json"
-        if saved.is_file():
-            return config_from_dict(TrainConfig, json.loads(saved.read_text()))
+        return _saved_config(Path(values.get("run_dir", TrainConfig.run_dir)))
+    model_values = values.get("model", {})
     if values.get("init_from"):
-        return _init_from_base(values["init_from"], values.get("model", {}))
-    preset = values.get("model_preset", TrainConfig.model_preset)
-    if preset not in MODEL_PRESETS:
-        raise ConfigError(f"unknown model_preset {preset!r}; presets: {', '.join(MODEL_PRESETS)}")
-    return TrainConfig(model_preset=preset, model=dataclasses.replace(MODEL_PRESETS[preset]))
+        base = _init_from_base(values["init_from"], model_values)
+    else:
+        preset = values.get("model_preset", TrainConfig.model_preset)
+        if preset not in MODEL_PRESETS:
+            presets = ", ".join(MODEL_PRESETS)
+            raise ConfigError(f"unknown model_preset {preset!r}; presets: {presets}")
+        base = TrainConfig(model_preset=preset, model=dataclasses.replace(MODEL_PRESETS[preset]))
+    optimizer = values.get("optimizer", base.optimizer)
+    if "max_lr" not in values and optimizer in OPTIMIZERS:  # an unknown one: check_config says
+        base.max_lr = OPTIMIZERS[optimizer].max_lr
+    tokenizer_dir = values.get("tokenizer_dir", base.tokenizer_dir)
+    if tokenizer_dir and Path(tokenizer_dir).is_dir():  # a missing one: named with the data
+        _follow_tokenizer(base, tokenizer_dir, model_values)
+    return base
+
+
+def _saved_config(run_dir: Path) -> TrainConfig:
+    """The config a run to resume was saved with."""
+    saved = run_dir / CONFIG_NAME
+    if not saved.is_file():
+        missing = "the directory does not exist" if not run_dir.is_dir() else f"no {CONFIG_NAME}"
+        raise ConfigError(f"no run to resume at {run_dir}: {missing}; start it without --resume")
+    return config_from_dict(TrainConfig, json.loads(saved.read_text()))
+
+
+def _follow_tokenizer(base: TrainConfig, tokenizer_dir: str, model_values: dict) -> None:
+    """Set base.model.vocab_size to the tokenizer's, unless [model] gives one: then it must be
+    the tokenizer's. A model from --init_from keeps its own, which must hold every token id."""
+    from llm.bpe_tokenizer import BpeTokenizer  # only when there is a tokenizer
+
+    try:
+        size = BpeTokenizer.load(tokenizer_dir).vocab_size
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"tokenizer_dir {tokenizer_dir}: {e}") from None
+    given = isinstance(model_values, dict) and "vocab_size" in model_values
+    if base.init_from and not given:
+        if base.model.vocab_size < size:
+            raise ConfigError(
+                f"the model of {base.init_from} has vocab_size {base.model.vocab_size}, fewer "
+                f"ids than the tokenizer in {tokenizer_dir} ({size}): use the model's tokenizer"
+            )
+    elif not given:
+        base.model = dataclasses.replace(base.model, vocab_size=size)
+    else:
+        wanted = config_from_dict(ModelConfig, model_values, base.model).vocab_size
+        if wanted != size:
+            raise ConfigError(
+                f"model.vocab_size={wanted} differs from the tokenizer in {tokenizer_dir}, "
+                f"which has {size} tokens: drop --model.vocab_size (it follows the tokenizer)"
+            )
 
 
 # What --init_from lets a run change: no weight depends on the window length, the attention
@@ -212,6 +269,7 @@ class _Data:
     valid: np.ndarray | None = None  # token ids of the validation split (None = no validation)
     valid_starts: np.ndarray | None = None  # the fixed windows of the periodic evaluations
     token_bytes: np.ndarray | None = None  # bytes per token id, for bits/byte
+    tokenizer: "BpeTokenizer | None" = None  # to write the samples (None = no samples)
 
 
 @dataclass
@@ -236,6 +294,9 @@ class _Run:
     last_train: dict = field(default_factory=dict)  # the latest train record
     last_eval: dict = field(default_factory=dict)  # the latest eval record
     stopping: bool = False  # a stop was requested (Ctrl-C, SIGTERM)
+    out_of_time: bool = False  # stopped by max_train_seconds
+    finished_before: bool = False  # --resume found the run already at max_iters: nothing to do
+    sinks: MetricSinks | None = None  # where records go (rank 0 only)
     tokens_per_step: int = field(init=False)
     flops_per_step: float = field(init=False)  # training FLOPs of one step, for MFU
     device_peak_flops: float | None = field(init=False)  # peak FLOP/s (None = unknown)
@@ -268,6 +329,11 @@ class _Run:
     def metrics_path(self) -> Path:
         return self.run_dir / METRICS_NAME
 
+    def log(self, record: dict) -> None:
+        """Send a record to every metric sink (metrics.jsonl and those of --log_to): rank 0."""
+        if self.sinks is not None:
+            self.sinks.log(record)
+
 
 class _Due(NamedTuple):
     """What the end of a step does besides counting it."""
@@ -284,11 +350,6 @@ def train(config: TrainConfig) -> dict:
     world = setup_distributed(config.device, always=config.parallel == "fsdp")
     try:
         return _train(config, world)
-    except TrainingDiverged as e:
-        if world.is_main:  # the log says how the run ended, for llm.sweep and the plots
-            record = {"type": "diverged", "step": e.step, "message": str(e)}
-            append_metrics(Path(config.run_dir) / METRICS_NAME, record)
-        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -296,10 +357,21 @@ def train(config: TrainConfig) -> dict:
 
 def _train(config: TrainConfig, world: Distributed) -> dict:
     run = _start_run(config, world)
-    _train_loop(run)
-    final_eval = run.data.valid is not None and config.final_eval != "none" and not run.stopping
-    if (run.is_main or run.sharded) and final_eval:
-        run.last_eval = _evaluate(run, exact=config.final_eval == "exact")
+    if run.finished_before:
+        if run.is_main:
+            print(_closing_line(run))
+        return _summary(run)
+    try:
+        _train_loop(run)
+        final_eval = run.data.valid is not None and config.final_eval != "none"
+        if (run.is_main or run.sharded) and final_eval and not run.stopping:
+            run.last_eval = _evaluate(run, exact=config.final_eval == "exact")
+    except TrainingDiverged as e:  # the log says how the run ended, for llm.sweep and the plots
+        run.log({"type": "diverged", "step": e.step, "message": str(e)})
+        raise
+    finally:
+        if run.sinks is not None:
+            run.sinks.close()
     if run.is_main:
         from llm.plots import plot_run  # matplotlib takes a second and more to import: not before
 
@@ -315,11 +387,16 @@ def _start_run(config: TrainConfig, world: Distributed) -> _Run:
     _setup_torch(config)
     if world.is_main:
         check_run_dir(config.run_dir, config.resume, config.parallel == "fsdp")
+    data = _load_data(config)  # bad data files fail here, before the config is printed
+    if world.is_main:
         print(format_config(config))
-    data = _load_data(config)
+        if not config.resume:  # (a resumed run was warned when it started)
+            _warn_about_settings(config)
     model = Transformer(config.model).to(world.device)
     if config.init_from and not config.resume:  # the source's weights, a fresh optimizer
         model.load_state_dict(load(config.init_from, tokenizer=False).model.state_dict())
+        if world.is_main:
+            print(f"loaded {model.num_parameters():,} parameters from {config.init_from}")
     model.activation_checkpointing = config.activation_checkpointing
     dtype = autocast_dtype(config.dtype, world.device)
     if config.parallel == "fsdp":
@@ -327,9 +404,6 @@ def _start_run(config: TrainConfig, world: Distributed) -> _Run:
     optimizer = _build_optimizer(model, config, dtype)
     generator = torch.Generator().manual_seed(config.seed)
     step, saved = _resume(config, world, model, optimizer, generator) if config.resume else (0, {})
-    if world.is_main:
-        resumed_at = step if config.resume else None
-        start_run_dir(config.run_dir, config_to_dict(config), resumed_at, step == config.max_iters)
     loss_model = _loss_model(model, config, world)
     run = _Run(config, world, data, model, loss_model, optimizer, generator, dtype)
     if config.resume:
@@ -337,9 +411,47 @@ def _start_run(config: TrainConfig, world: Distributed) -> _Run:
         run.train_seconds = saved.get("train_seconds", 0.0)
         run.loss_sum.fill_(saved.get("loss_sum", 0.0))
         run.loss_steps = saved.get("loss_steps", 0)
-    if run.is_main:
+    if step >= config.max_iters:  # a finished run, resumed: leave its directory as it is
+        run.finished_before = True
+        if run.is_main:  # what train() returns: the run's last evaluation
+            evals = [r for r in read_metrics(run.run_dir) if r["type"] == "eval"]
+            run.last_eval = evals[-1] if evals else {}
+        return run
+    if world.is_main:
+        if config.resume:
+            _say_how_the_schedule_changed(config, step)
+        resumed_at = step if config.resume else None
+        start_run_dir(config.run_dir, config_to_dict(config), resumed_at)
+        run.sinks = MetricSinks(run.run_dir, config.log_to, config_to_dict(config), resumed_at)
         print(_describe(run))
     return run
+
+
+def _warn_about_settings(config: TrainConfig) -> None:
+    """Settings that can train but are likely mistakes (common when fine-tuning)."""
+    if config.warmup_iters >= config.max_iters:
+        _warn(
+            f"warmup_iters={config.warmup_iters} >= max_iters={config.max_iters}: the learning "
+            "rate never reaches max_lr nor decays"
+        )
+    if not config.valid_data:
+        _warn("no valid_data: no validation loss, nothing tells when the model overfits")
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _say_how_the_schedule_changed(config: TrainConfig, step: int) -> None:
+    """A resumed run whose schedule settings changed (a larger max_iters moves the end of the
+    decay) continues on the new schedule: say where the lr jumps."""
+    saved = _saved_config(Path(config.run_dir))
+    before, after = _lr_at(step, saved), _lr_at(step, config)
+    if not math.isclose(before, after, rel_tol=1e-9):
+        print(
+            f"the {config.schedule} schedule now ends at step {config.max_iters} (it ended at "
+            f"{saved.max_iters}): the lr at step {step} jumps from {before:.3g} to {after:.3g}"
+        )
 
 
 def _setup_torch(config: TrainConfig) -> None:
@@ -359,7 +471,13 @@ def _load_data(config: TrainConfig) -> _Data:
     valid = load_tokens(config.valid_data)
     check_tokens(valid, vocab_size, ctx, "valid_data")
     token_bytes = load_token_bytes(config.tokenizer_dir, vocab_size)
-    return _Data(train, valid, eval_starts(len(valid), ctx, config.eval_windows), token_bytes)
+    tokenizer = None
+    if config.tokenizer_dir and config.eval_sample_tokens:
+        from llm.bpe_tokenizer import BpeTokenizer  # only to write samples
+
+        tokenizer = BpeTokenizer.load(config.tokenizer_dir)
+    starts = eval_starts(len(valid), ctx, config.eval_windows)
+    return _Data(train, valid, starts, token_bytes, tokenizer)
 
 
 def _resume(
@@ -410,10 +528,8 @@ def _loss_model(model: Transformer, config: TrainConfig, world: Distributed) -> 
 
 
 def _describe(run: _Run) -> str:
-    model = run.model
     return (
-        f"model: {model.num_parameters():,} parameters "
-        f"({model.num_parameters(exclude_embeddings=True):,} without embeddings); "
+        f"model: {_parameter_count(run.model)}; "
         f"{run.tokens_per_step:,} tokens per step; device {run.world.device}, "
         f"{'bfloat16 autocast' if run.autocast_dtype else 'float32'}, "
         f"{run.world.world_size} process(es), {run.config.parallel}"
@@ -421,12 +537,23 @@ def _describe(run: _Run) -> str:
     )
 
 
+def _parameter_count(model: Transformer) -> str:
+    """The parameters, tied embeddings counted once, and how many of them the embedding holds."""
+    total, embedding = model.num_parameters(), model.embedding.weight.numel()
+    if model.config.tie_embeddings:
+        shared = "the embedding, shared with the output layer"
+        return (
+            f"{total:,} parameters ({embedding:,} in {shared}, {total - embedding:,} in the rest)"
+        )
+    return f"{total:,} parameters ({total - embedding:,} without the input embedding)"
+
+
 def _train_loop(run: _Run) -> None:
     """Optimizer steps until max_iters, max_train_seconds or a stop request (Ctrl-C, SIGTERM).
     The loss stays on the device until the next sync point, so most steps never wait for it."""
     config = run.config
     run.interval_start, run.interval_first_step = time.perf_counter(), run.step
-    bar = tqdm(total=config.max_iters, initial=run.step, disable=not run.is_main, unit="step")
+    bar = _progress_bar(run)
     stop_request = StopSignals(
         "stopping after this step and saving a checkpoint (Ctrl-C again to abort)"
     )
@@ -440,7 +567,7 @@ def _train_loop(run: _Run) -> None:
             run.loss_sum += loss
             run.loss_steps += 1
             run.step = step + 1
-            bar.update(1)
+            _advance(bar, run)
 
             due = _due(run)
             if run.world.world_size == 1:
@@ -448,6 +575,31 @@ def _train_loop(run: _Run) -> None:
             sync_now = due.log or due.evaluate or due.save or run.stopping
             if sync_now and _sync_point(run, due, lr, grad_norm, stop_request.requested, bar):
                 break
+
+
+def _progress_bar(run: _Run) -> tqdm:
+    """A bar over the steps; or, when max_train_seconds limits the run, over its training
+    seconds, so that it shows the time left rather than steps the run may never reach."""
+    config, off = run.config, not run.is_main
+    if not config.max_train_seconds:
+        return tqdm(total=config.max_iters, initial=run.step, disable=off, unit="step")
+    timed = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s trained, {remaining} left"
+    bar = tqdm(
+        total=config.max_train_seconds, initial=run.train_seconds, disable=off, unit="s",
+        bar_format=timed + "{postfix}",
+    )  # fmt: skip
+    bar.set_description_str(f"step {run.step}", refresh=False)
+    return bar
+
+
+def _advance(bar: tqdm, run: _Run) -> None:
+    """Move the bar on by the step just done, or by the training time it took."""
+    if not run.config.max_train_seconds:
+        bar.update(1)
+        return
+    elapsed = run.train_seconds + time.perf_counter() - run.interval_start
+    bar.set_description_str(f"step {run.step}", refresh=False)
+    bar.update(min(elapsed, bar.total) - bar.n)
 
 
 def _schedule_position(run: _Run, step: int) -> float:
@@ -461,14 +613,18 @@ def _schedule_position(run: _Run, step: int) -> float:
     return max(step, config.max_iters * elapsed / config.max_train_seconds)
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, step: float, config: TrainConfig) -> float:
-    """Set the learning rate of `step` (0-based): linear warm-up, then cosine decay or WSD. A
-    group with an lr_scale gets lr x lr_scale (Muon's AdamW groups: adam_lr / max_lr)."""
+def _lr_at(step: float, config: TrainConfig) -> float:
+    """The learning rate of `step` (0-based): linear warm-up, then cosine decay or WSD."""
     peak, low, warmup, total = config.max_lr, config.min_lr, config.warmup_iters, config.max_iters
     if config.schedule == "wsd":
-        lr = wsd_lr_scheduler(step, peak, low, warmup, _decay_iters(config), total)
-    else:
-        lr = cos_lr_scheduler(step, peak, low, warmup, total)
+        return wsd_lr_scheduler(step, peak, low, warmup, _decay_iters(config), total)
+    return cos_lr_scheduler(step, peak, low, warmup, total)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, step: float, config: TrainConfig) -> float:
+    """Set the learning rate of `step` in every group; one with an lr_scale gets lr x lr_scale
+    (Muon's AdamW groups: adam_lr / max_lr)."""
+    lr = _lr_at(step, config)
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr
@@ -543,6 +699,7 @@ def _sync_point(
             tqdm.write(f"stopped at step {run.step}; checkpoint saved to {run.checkpoint_path}")
         return True
     if due.out_of_time:
+        run.out_of_time = True
         tqdm.write(f"stopped at step {run.step}: max_train_seconds reached")
         return True
     # The next timing interval starts now: evaluation and checkpointing are not training time.
@@ -583,7 +740,7 @@ def _log_train(
     run.loss_sum.zero_()
     run.loss_steps = 0
     if run.is_main:
-        append_metrics(run.metrics_path, run.last_train)
+        run.log(run.last_train)
         bar.set_postfix_str(_progress_text(run.last_train))
 
 
@@ -606,13 +763,40 @@ def _evaluate(run: _Run, exact: bool) -> dict:
     record["train_seconds"] = run.train_seconds
     if not run.is_main:
         return record
-    append_metrics(run.metrics_path, record)
+    run.log(record)
     tqdm.write(
         f"step {run.step}: validation loss {result['loss']:.4f}, perplexity "
         f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits/byte"
         + (" (whole split)" if exact else "")
     )
+    if not exact and run.config.eval_sample_tokens and not run.sharded:
+        _write_sample(run)
     return record
+
+
+SAMPLE_PROMPT = "Once upon a time"
+
+
+def _write_sample(run: _Run) -> None:
+    """A greedy continuation of SAMPLE_PROMPT: printed and logged as a "sample" record (the
+    plots skip it). Needs a tokenizer to write text. A sharded model (FSDP) is left out: each of
+    its forwards needs every rank."""
+    tokenizer = run.data.tokenizer
+    prompt = tokenizer.encode(SAMPLE_PROMPT) if tokenizer is not None else []
+    if not prompt or max(prompt) >= run.config.model.vocab_size:
+        return
+    from llm.generating import SamplingConfig, eos_id_of, generate  # only when sampling
+
+    sampling = SamplingConfig(
+        max_new_tokens=run.config.eval_sample_tokens, temperature=0.0, eos_id=eos_id_of(tokenizer)
+    )
+    run.model.eval()  # no dropout: the greedy text is the model's
+    with autocast(run.world.device, run.autocast_dtype):
+        new_ids = generate(run.model, prompt, sampling)
+    run.model.train()
+    text = SAMPLE_PROMPT + tokenizer.decode(new_ids)
+    run.log({"type": "sample", "step": run.step, "text": text})
+    tqdm.write(f"step {run.step} sample: {' '.join(text.split())}")
 
 
 def _save(run: _Run) -> None:
@@ -681,26 +865,17 @@ class NextTokenLoss(nn.Module):
 def _build_optimizer(
     model: Transformer, config: TrainConfig, dtype: torch.dtype | None
 ) -> torch.optim.Optimizer:
-    """The configured optimizer; Muon orthogonalises in the autocast dtype when there is one."""
+    """The configured optimizer (llm/optim.py, OPTIMIZERS); dtype: the autocast dtype, in
+    which Muon orthogonalises."""
     if not config.compile:
         skip_dynamo_import()
-    if config.optimizer == "muon":
-        groups = muon_param_groups(model, config.weight_decay)
-        return Muon(
-            groups, lr=config.max_lr, momentum=config.momentum, nesterov=config.nesterov,
-            ns_steps=config.ns_steps, adam_lr=config.adam_lr, betas=config.betas, eps=config.eps,
-            ns_dtype=dtype,
-        )  # fmt: skip
-    groups = param_groups(model, config.weight_decay)
-    if config.optimizer == "sgd":
-        return SGDDecay(groups, lr=config.max_lr)
-    return AdamW(groups, lr=config.max_lr, betas=config.betas, eps=config.eps)
+    return OPTIMIZERS[config.optimizer].build(model, config, dtype)
 
 
 def check_config(config: TrainConfig, world_size: int = 1) -> None:
     """Raise a ConfigError naming the first setting that cannot train (before any work)."""
     choices = {
-        "optimizer": ("adamw", "sgd", "muon"),
+        "optimizer": tuple(OPTIMIZERS),
         "dtype": ("auto", "float32", "bfloat16"),
         "final_eval": ("exact", "sampled", "none"),
         "schedule": ("cosine", "wsd"),
@@ -711,6 +886,11 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
             raise ConfigError(f"{key} must be one of {allowed}, not {getattr(config, key)!r}")
     positive = ["max_iters", "batch_size", "grad_accum_steps", "log_interval", "eval_interval"]
     positive += ["eval_windows", "eval_batch_size", "checkpoint_interval"]
+    if config.eval_sample_tokens < 0:
+        raise ConfigError(
+            f"eval_sample_tokens must be >= 0 (0 = no samples), not {config.eval_sample_tokens}"
+        )
+    check_sinks(config.log_to)
     for key in positive:
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be at least 1, not {getattr(config, key)}")
@@ -771,17 +951,31 @@ def _seed_everything(seed: int) -> None:
 
 def _closing_line(run: _Run) -> str:
     """Where the results are and what to do next."""
+    resume = f"uv run -m llm.training --run_dir {run.run_dir} --resume"
+    if run.finished_before:
+        return (
+            f"{run.run_dir} finished at step {run.step}; nothing to do: pass a larger --max_iters "
+            f"to continue it ({resume} --max_iters {2 * run.step})"
+        )
     if run.stopping:
-        return f"continue this run with: uv run -m llm.training --run_dir {run.run_dir} --resume"
+        return f"continue this run with: {resume}"
+    written = f"checkpoint {run.checkpoint_path}, metrics {run.metrics_path}"
+    if "tensorboard" in run.config.log_to:
+        written += f" and {run.run_dir / TENSORBOARD_DIR}"
+    if "wandb" in run.config.log_to:
+        written += f" and {run.run_dir / 'wandb'}"
+    written += f", plots in {run.run_dir / 'img'}"
+    if run.out_of_time:
+        more = run.config.max_train_seconds * 2
+        written += f"; train longer with: {resume} --max_train_seconds {more:g}"
     if run.sharded:
         return (
-            f"done: checkpoint {run.checkpoint_path}, plots in {run.run_dir / 'img'}; make one "
-            f"file of it for generation with: uv run -m llm.checkpoint consolidate {run.run_dir} "
-            f"{run.run_dir / CHECKPOINT_NAME}"
+            f"done at step {run.step}: {written}; make one file of it for generation with: "
+            f"uv run -m llm.checkpoint consolidate {run.run_dir} {run.run_dir / CHECKPOINT_NAME}"
         )
     return (
-        f"done: checkpoint {run.checkpoint_path}, plots in {run.run_dir / 'img'}; generate text "
-        f"with: uv run -m llm.generating --checkpoint {run.run_dir} --prompt 'Once upon a time'"
+        f"done at step {run.step}: {written}; generate text with: uv run -m llm.generating "
+        f"--checkpoint {run.run_dir} --prompt '{SAMPLE_PROMPT}'"
     )
 
 

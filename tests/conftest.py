@@ -44,6 +44,28 @@ def markov_tokens(n: int, vocab: int = 512, seed: int = 0) -> np.ndarray:
     return out
 
 
+def train_config(token_data_dir: Path, run_dir: Path, **overrides):
+    """A TrainConfig of a few seconds on CPU: the "tiny" model on token_data_dir's data."""
+    from llm.config import config_from_dict
+    from llm.training import TrainConfig
+
+    values = {
+        "train_data": str(token_data_dir / "train.npy"),
+        "valid_data": str(token_data_dir / "valid.npy"),
+        "run_dir": str(run_dir),
+        "max_iters": 12,
+        "warmup_iters": 2,
+        "batch_size": 8,
+        "log_interval": 2,
+        "eval_interval": 4,
+        "eval_windows": 8,
+        "checkpoint_interval": 100,
+        "device": "cpu",
+        **overrides,
+    }
+    return config_from_dict(TrainConfig, values)
+
+
 @pytest.fixture(scope="session")
 def token_data_dir(tmp_path_factory):
     """train.npy (20,000 ids) and valid.npy (4,000 ids) of a learnable sequence, vocab 512."""

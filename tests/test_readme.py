@@ -21,7 +21,8 @@ TINY_MODEL = ["--model.d_model", "32", "--model.num_layers", "1", "--model.num_h
 TINY_TRAINING = ["--max_iters", "4", "--max_train_seconds", "0", "--schedule_on_time", "false",
                  "--batch_size", "2", "--warmup_iters", "1", "--log_interval", "1",
                  "--eval_interval", "2", "--eval_windows", "2", "--eval_batch_size", "2",
-                 "--checkpoint_interval", "2", "--final_eval", "sampled", "--device", "cpu"]  # fmt: skip
+                 "--checkpoint_interval", "2", "--final_eval", "sampled",
+                 "--device", "cpu"]  # fmt: skip
 TINY = {
     "llm": ["--train-mb", "0.1", "--max-iters", "4", "--vocab-size", "300", "--device", "cpu"],
     "llm.bpe_tokenizer train": ["--vocab-size", "300", "--workers", "1"],

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import os
@@ -11,43 +12,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SMALL
+from conftest import SMALL, train_config
 
 from llm import plots, training
 from llm.bpe_tokenizer import BpeTokenizer
 from llm.checkpoint import read_checkpoint
-from llm.config import ConfigError, config_from_dict, config_from_toml, format_config
+from llm.config import ConfigError
 from llm.data import DataError, eval_starts
-from llm.evaluation import (
-    evaluate_exact,
-    evaluate_windows,
-    load_token_bytes,
-    token_byte_lengths,
-)
 from llm.run_dir import read_metrics
 from llm.training import TrainConfig, TrainingDiverged, load_train_config, train
-from llm.transformer import MODEL_PRESETS, ModelConfig, Transformer
+from llm.transformer import MODEL_PRESETS, Transformer
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"tokens_per_s", "train_seconds", "mfu"}
-
-
-def small_config(token_data_dir: Path, run_dir: Path, **overrides) -> TrainConfig:
-    values = {
-        "train_data": str(token_data_dir / "train.npy"),
-        "valid_data": str(token_data_dir / "valid.npy"),
-        "run_dir": str(run_dir),
-        "max_iters": 12,
-        "warmup_iters": 2,
-        "batch_size": 8,
-        "log_interval": 2,
-        "eval_interval": 4,
-        "eval_windows": 8,
-        "checkpoint_interval": 100,
-        "device": "cpu",
-        **overrides,
-    }
-    return config_from_dict(TrainConfig, values)
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -55,160 +32,12 @@ def metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
-# --- configuration ---------------------------------------------------------------------------
-
-
-def test_toml_then_flags_override(tmp_path):
-    toml = tmp_path / "run.toml"
-    toml.write_text(
-        'model_preset = "tiny"\nmax_iters = 50\nmax_lr = 3e-3\n'
-        "[model]\nd_model = 32\nnum_heads = 2\n"
-    )
-    argv = [str(toml), "--max_iters", "7", "--model.num_layers=3", "--betas", "0.8,0.9"]
-    config = load_train_config(argv + ["--compile", "--seed", "1e3"])
-    assert config.max_iters == 7 and config.max_lr == 3e-3 and config.seed == 1000
-    assert config.model.d_model == 32 and config.model.num_heads == 2
-    assert config.model.num_layers == 3 and config.model.vocab_size == 512  # rest from "tiny"
-    assert config.betas == (0.8, 0.9) and config.compile is True
-    assert load_train_config(["--config", str(toml)]).max_iters == 50
-    assert "model.d_model = 32" in format_config(config)
-
-
-def test_model_preset_chooses_the_defaults():
-    config = load_train_config(["--model_preset", "cs336-small", "--model.num_layers", "2"])
-    assert (config.model.d_model, config.model.num_layers) == (768, 2)
-    with pytest.raises(ConfigError, match="unknown model_preset 'huge'; presets: tinystories-17m"):
-        load_train_config(["--model_preset", "huge"])
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--max_lrr", "1"], r"unknown config key 'max_lrr'; valid keys are: model_preset, model"),
-        (
-            ["--model.d_modle", "8"],
-            r"unknown config key 'model.d_modle'; valid keys are: .*model.d_model",
-        ),
-        (["--max_iters", "abc"], "max_iters must be int, got 'abc'"),
-        (["--max_iters", "1.5"], "max_iters must be int"),
-        (["--compile", "maybe"], "compile must be bool"),
-        (["--betas", "0.9"], "betas must have 2 items"),
-        (["--model.num_heads", "5"], "num_heads=5 heads"),
-        (["stray"], "unexpected argument 'stray'"),
-    ],
-)
-def test_bad_config_values_are_named(argv, message):
-    with pytest.raises(ConfigError, match=message):
-        load_train_config(argv)
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (dict(schedule="step"), r"^schedule must be one of \('cosine', 'wsd'\), not 'step'$"),
-        (dict(decay_fraction=0.0), r"^decay_fraction must be in \(0, 1\], not 0.0$"),
-        (dict(schedule_on_time=True), "^schedule_on_time needs max_train_seconds, the time"),
-        (
-            dict(schedule="wsd", max_iters=100, warmup_iters=90),
-            "^warmup_iters=90 runs into the decay, which starts at step 80: lower",
-        ),
-    ],
-)
-def test_bad_schedules_are_named_before_any_work(token_data_dir, tmp_path, overrides, message):
-    with pytest.raises(ConfigError, match=message):
-        train(small_config(token_data_dir, tmp_path / "run", **overrides))
-    assert not (tmp_path / "run").exists()
-
-
-def test_unknown_key_in_toml_is_rejected(tmp_path):
-    toml = tmp_path / "bad.toml"
-    toml.write_text("[model]\nlayers = 4\n")
-    with pytest.raises(ConfigError, match="unknown config key 'model.layers'"):
-        load_train_config([str(toml)])
-    toml.write_text("max_iters = \n")
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        load_train_config([str(toml)])
-
-
-def test_help_lists_every_key_with_type_and_default(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        load_train_config(["--model_preset", "tinystories-17m", "--help"])
-    assert exit_info.value.code == 0
-    text = capsys.readouterr().out
-    assert "--model.d_model" in text and "default: 512" in text  # the preset's value
-    assert "--max_lr" in text and "float" in text and "peak learning rate" in text
-    assert "--model.d_ff" in text and "int | None" in text
-
-
-def test_model_config_loads_from_toml(tmp_path):
-    toml = tmp_path / "model.toml"
-    toml.write_text("d_model = 128\nnum_heads = 4\nd_ff = 'none'\ntie_embeddings = true\n")
-    config = config_from_toml(ModelConfig, toml)
-    assert config.d_model == 128 and config.tie_embeddings and config.d_ff == 384  # 8/3 * 128
-
-
-@pytest.mark.parametrize("name", ["tinystories-17m", "cpu-small"])
-def test_shipped_configs_load(name):
-    config = load_train_config([str(REPO / "configs" / f"{name}.toml")])
-    training.check_config(config, world_size=1)
-    if name == "tinystories-17m":  # the CS336 recipe: ~327M tokens through the 17M model
-        tokens = config.max_iters * config.batch_size * config.model.context_length
-        assert config.model == ModelConfig() and 3.2e8 < tokens < 3.4e8
-
-
-# --- evaluation ------------------------------------------------------------------------------
-
-
-def test_exact_evaluation_matches_a_window_by_window_reference():
-    torch.manual_seed(0)
-    model = Transformer(SMALL)
-    tokens = np.random.default_rng(0).integers(0, 64, 16 * 5 + 7).astype(np.uint16)
-    token_bytes = np.random.default_rng(1).integers(1, 5, 64)
-    nats = 0.0
-    with torch.no_grad():
-        for start in range(0, len(tokens) - 1, 16):  # non-overlapping; the last one is shorter
-            window = torch.from_numpy(tokens[start : start + 17].astype(np.int64))[None]
-            logits = model(window[:, :-1])[0].double()
-            nats += F.cross_entropy(logits, window[0, 1:], reduction="sum").item()
-    expected_bytes = int(token_bytes[tokens[1:]].sum())
-    for batch_size in (1, 3):
-        result = evaluate_exact(model, tokens, batch_size, "cpu", token_bytes)
-        assert result["tokens"] == len(tokens) - 1 and result["bytes"] == expected_bytes
-        assert result["loss"] == pytest.approx(nats / (len(tokens) - 1), rel=1e-6)
-        assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
-        assert result["bits_per_byte"] == pytest.approx(
-            nats / math.log(2) / expected_bytes, rel=1e-6
-        )
-    no_tokenizer = evaluate_exact(model, tokens, 4, "cpu")
-    assert no_tokenizer["bytes"] == len(tokens) - 1  # 1 byte per id
-
-
-def test_window_evaluation_matches_reference():
-    torch.manual_seed(0)
-    model = Transformer(SMALL)
-    tokens = np.random.default_rng(2).integers(0, 64, 200)
-    starts = eval_starts(len(tokens), 16, 5)
-    with torch.no_grad():
-        windows = torch.from_numpy(np.stack([tokens[s : s + 17] for s in starts]))
-        logits = model(windows[:, :-1]).double()
-        nats = F.cross_entropy(logits.reshape(-1, 64), windows[:, 1:].reshape(-1), reduction="sum")
-    result = evaluate_windows(model, tokens, starts, 2, "cpu")
-    assert result["tokens"] == 5 * 16
-    assert result["loss"] == pytest.approx(nats.item() / 80, rel=1e-6)
-
-
-def test_token_byte_lengths():
-    lengths = token_byte_lengths({0: b"a", 1: b"\xc3\xa9t\xc3\xa9", 2: b"<|endoftext|>"}, 4)
-    assert lengths.tolist() == [1, 5, 13, 0]
-    assert load_token_bytes("", 3).tolist() == [1, 1, 1]
-
-
 # --- the training loop -----------------------------------------------------------------------
 
 
 def test_training_learns_and_writes_its_run_directory(token_data_dir, tmp_path):
     run = tmp_path / "run"
-    config = small_config(token_data_dir, run, max_iters=40, max_lr=1e-2, batch_size=16)
+    config = train_config(token_data_dir, run, max_iters=40, max_lr=1e-2, batch_size=16)
     result = train(config)
     # Unigram entropy of this data is ~ln 512 = 6.2 nats; its true entropy is ln 2 = 0.69.
     assert result["val_exact"] and result["val_loss"] < 4.0 and result["step"] == 40
@@ -247,7 +76,7 @@ def test_training_learns_and_writes_its_run_directory(token_data_dir, tmp_path):
 )
 def test_resume_after_interrupt_is_bit_exact(token_data_dir, tmp_path, monkeypatch, optimizer):
     extra = dict(grad_accum_steps=2, checkpoint_interval=4, **optimizer)
-    full = train(small_config(token_data_dir, tmp_path / "full", **extra))
+    full = train(train_config(token_data_dir, tmp_path / "full", **extra))
 
     schedule = training.cos_lr_scheduler
 
@@ -257,7 +86,7 @@ def test_resume_after_interrupt_is_bit_exact(token_data_dir, tmp_path, monkeypat
         return schedule(t, *args)
 
     monkeypatch.setattr(training, "cos_lr_scheduler", ctrl_c_during_step_4)
-    part = train(small_config(token_data_dir, tmp_path / "split", **extra))
+    part = train(train_config(token_data_dir, tmp_path / "split", **extra))
     monkeypatch.undo()
     assert part["interrupted"] and part["step"] == 5  # mid log interval: 5 is not a multiple of 2
     assert read_checkpoint(tmp_path / "split")["iteration"] == 5
@@ -280,13 +109,66 @@ def test_resume_after_interrupt_is_bit_exact(token_data_dir, tmp_path, monkeypat
     assert torch.equal(a["rng"]["data"], b["rng"]["data"])
 
 
-def test_resuming_a_finished_run_repeats_only_its_final_evaluation(token_data_dir, tmp_path):
+def test_resuming_a_finished_run_says_so_and_changes_nothing(
+    token_data_dir, tmp_path, monkeypatch, capsys
+):
     run = tmp_path / "run"
-    first = train(small_config(token_data_dir, run))
-    before = metrics(run)
+    first = train(train_config(token_data_dir, run))
+    before = tree(run)
+    monkeypatch.setattr(training, "evaluate_exact", None)  # no second whole-split evaluation
     again = train(load_train_config(["--run_dir", str(run), "--resume"]))
     assert again["step"] == first["step"] == 12 and again["val_loss"] == first["val_loss"]
-    assert metrics(run) == before  # one final evaluation, not two
+    assert tree(run) == before
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(f"{run} finished at step 12; nothing to do: pass a larger --max_iters")
+
+
+def test_extending_a_finished_run_says_where_the_lr_jumps(token_data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(train_config(token_data_dir, run, valid_data="", final_eval="none"))
+    config = load_train_config(["--run_dir", str(run), "--resume", "--max_iters", "16"])
+    train(config)
+    old = train_config(token_data_dir, run)
+    expected = f"jumps from {schedule(12, old):.3g} to {schedule(12, config):.3g}"
+    assert schedule(12, old) == old.min_lr and schedule(12, config) > 2 * old.min_lr
+    out = capsys.readouterr().out
+    assert (
+        f"the cosine schedule now ends at step 16 (it ended at 12): the lr at step 12 {expected}"
+        in out
+    )
+    assert [r["step"] for r in read_metrics(run) if r["type"] == "train"][-2:] == [14, 16]
+
+
+def test_init_from_says_what_it_loaded_and_warns(token_data_dir, tmp_path, capsys):
+    source = tmp_path / "source"
+    train(train_config(token_data_dir, source, max_iters=2, valid_data="", final_eval="none"))
+    weights = read_checkpoint(source)["model"]
+    count = sum(v.numel() for k, v in weights.items() if "rope" not in k)
+    capsys.readouterr()
+    config = train_config(
+        token_data_dir, tmp_path / "tuned", init_from=str(source), max_iters=2, warmup_iters=5,
+        valid_data="",
+    )  # fmt: skip
+    train(config)
+    out, err = capsys.readouterr()
+    assert f"loaded {count:,} parameters from {source}" in out
+    assert "warning: warmup_iters=5 >= max_iters=2" in err and "warning: no valid_data" in err
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_the_parameter_count_counts_a_tied_matrix_once(tie):
+    model = Transformer(dataclasses.replace(SMALL, tie_embeddings=tie))
+    unique = {id(p): p.numel() for p in model.parameters()}
+    total, embedding = sum(unique.values()), SMALL.vocab_size * SMALL.d_model
+    assert total == sum(p.numel() for p in model.state_dict().values()) - (embedding if tie else 0)
+    if tie:
+        expected = (
+            f"{total:,} parameters ({embedding:,} in the embedding, shared with the output layer, "
+            f"{total - embedding:,} in the rest)"
+        )
+    else:
+        expected = f"{total:,} parameters ({total - embedding:,} without the input embedding)"
+    assert training._parameter_count(model) == expected
 
 
 def test_sigterm_stops_after_the_step_saves_and_restores_the_handler(
@@ -305,7 +187,7 @@ def test_sigterm_stops_after_the_step_saves_and_restores_the_handler(
     monkeypatch.setattr(training, "cos_lr_scheduler", sigterm_during_step_2)
     previous = signal.signal(signal.SIGTERM, outside_handler)
     try:
-        result = train(small_config(token_data_dir, tmp_path / "run"))
+        result = train(train_config(token_data_dir, tmp_path / "run"))
         assert signal.getsignal(signal.SIGTERM) is outside_handler  # restored afterwards
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -318,7 +200,7 @@ def test_max_train_seconds_ends_the_run_early_with_a_final_evaluation(
 ):
     clock = iter(range(0, 10_000, 10))  # every perf_counter() call advances 10 s
     monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
-    result = train(small_config(token_data_dir, tmp_path / "run", max_train_seconds=35))
+    result = train(train_config(token_data_dir, tmp_path / "run", max_train_seconds=35))
     assert 1 < result["step"] < 12 and result["val_exact"] and not result["interrupted"]
     assert read_checkpoint(tmp_path / "run")["iteration"] == result["step"]
 
@@ -334,7 +216,7 @@ def test_the_schedule_on_time_ends_its_decay_when_the_time_runs_out(
 
     monkeypatch.setattr(training, "_train_step", ten_seconds_each)
     monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
-    config = small_config(
+    config = train_config(
         token_data_dir, tmp_path / "run", max_iters=1000, warmup_iters=50, max_train_seconds=100,
         schedule_on_time=True, log_interval=1, final_eval="none",
     )  # fmt: skip
@@ -350,7 +232,7 @@ def test_the_schedule_on_time_ends_its_decay_when_the_time_runs_out(
 def test_gradient_accumulation_gives_the_same_step(token_data_dir, tmp_path):
     weights = []
     for accum in (1, 4):
-        config = small_config(
+        config = train_config(
             token_data_dir,
             tmp_path / str(accum),
             max_iters=3,
@@ -375,7 +257,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(token_data_dir, tmp_p
     monkeypatch.setattr(training, "cross_entropy", diverging)
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="loss is nan at step 6") as error:
-        train(small_config(token_data_dir, run, checkpoint_interval=4))
+        train(train_config(token_data_dir, run, checkpoint_interval=4))
     assert f"last good checkpoint, step 4, is {run / 'checkpoint.pt'}" in str(error.value)
     checkpoint = read_checkpoint(run)
     assert checkpoint["iteration"] == 4
@@ -388,23 +270,23 @@ def test_bad_inputs_fail_before_training(token_data_dir, tmp_path):
     wide = tmp_path / "wide.npy"
     np.save(wide, np.array([1, 2, 600, 3] * 100, dtype=np.uint16))
     with pytest.raises(DataError, match="token id 600, outside the model's vocabulary"):
-        train(small_config(token_data_dir, tmp_path / "a", train_data=str(wide)))
+        train(train_config(token_data_dir, tmp_path / "a", train_data=str(wide)))
     short = tmp_path / "short.npy"
     np.save(short, np.arange(10, dtype=np.uint16))
     with pytest.raises(DataError, match="valid_data has 10 tokens"):
-        train(small_config(token_data_dir, tmp_path / "b", valid_data=str(short)))
+        train(train_config(token_data_dir, tmp_path / "b", valid_data=str(short)))
     with pytest.raises(ConfigError, match="multiple of grad_accum_steps x processes = 3 x 1"):
-        train(small_config(token_data_dir, tmp_path / "c", grad_accum_steps=3))
+        train(train_config(token_data_dir, tmp_path / "c", grad_accum_steps=3))
     with pytest.raises(ConfigError, match="no checkpoint to resume"):
-        train(small_config(token_data_dir, tmp_path / "d", resume=True))
+        train(train_config(token_data_dir, tmp_path / "d", resume=True))
 
 
 def test_a_finished_run_is_not_overwritten(token_data_dir, tmp_path):
     run = tmp_path / "run"
-    train(small_config(token_data_dir, run, max_iters=2, valid_data=""))
+    train(train_config(token_data_dir, run, max_iters=2, valid_data=""))
     before = (run / "checkpoint.pt").read_bytes()
     with pytest.raises(ConfigError, match="already holds a run"):
-        train(small_config(token_data_dir, run, max_iters=2, valid_data=""))
+        train(train_config(token_data_dir, run, max_iters=2, valid_data=""))
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
@@ -493,7 +375,7 @@ def test_training_steps_equal_a_plain_pytorch_reference(
 
     monkeypatch.setattr(training, "Transformer", spy_model)
     monkeypatch.setattr(training, "sample_starts", spy_starts)
-    config = small_config(
+    config = train_config(
         token_data_dir, tmp_path / "run", max_iters=4, warmup_iters=1, min_lr=1e-4,
         betas=(0.8, 0.9), grad_accum_steps=2, log_interval=1, valid_data="", **overrides,
     )  # fmt: skip
@@ -523,7 +405,7 @@ def test_training_steps_equal_a_plain_pytorch_reference(
 def test_logged_loss_is_the_mean_over_the_log_interval(token_data_dir, tmp_path):
     losses = {}
     for interval in (1, 3):
-        config = small_config(
+        config = train_config(
             token_data_dir,
             tmp_path / str(interval),
             max_iters=7,
@@ -545,7 +427,7 @@ def test_logged_loss_is_the_mean_over_the_log_interval(token_data_dir, tmp_path)
 def test_final_evaluation_modes(token_data_dir, tmp_path, final_eval):
     run = tmp_path / "run"
     result = train(
-        small_config(token_data_dir, run, max_iters=6, eval_interval=4, final_eval=final_eval)
+        train_config(token_data_dir, run, max_iters=6, eval_interval=4, final_eval=final_eval)
     )
     evals = [(r["step"], r["exact"]) for r in read_metrics(run) if r["type"] == "eval"]
     if final_eval == "sampled":  # the fixed windows again, at the last step
@@ -556,38 +438,10 @@ def test_final_evaluation_modes(token_data_dir, tmp_path, final_eval):
     assert result["val_loss"] == last["loss"]
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (
-            dict(optimizer="adam"),
-            r"optimizer must be one of \('adamw', 'sgd', 'muon'\), not 'adam'",
-        ),
-        (dict(dtype="float16"), "dtype must be one of"),
-        (dict(final_eval="all"), "final_eval must be one of"),
-        (dict(max_iters=0), "max_iters must be at least 1, not 0"),
-        (dict(batch_size=0), "batch_size must be at least 1"),
-        (dict(log_interval=0), "log_interval must be at least 1"),
-        (dict(eval_batch_size=0), "eval_batch_size must be at least 1"),
-        (dict(checkpoint_interval=0), "checkpoint_interval must be at least 1"),
-        (dict(train_data=""), "train_data is not set"),
-        (dict(warmup_iters=-1), "warmup_iters must be >= 0"),
-        (dict(grad_clip=-1.0), "grad_clip must be >= 0"),
-        (dict(max_train_seconds=-5.0), "max_train_seconds must be >= 0"),
-    ],
-)
-def test_bad_settings_are_named_before_anything_is_written(
-    token_data_dir, tmp_path, overrides, message
-):
-    with pytest.raises(ConfigError, match=message):
-        train(small_config(token_data_dir, tmp_path / "run", **overrides))
-    assert not (tmp_path / "run").exists()
-
-
 # --- what the logs promise: speed, MFU, bits per byte, time limits, finite weights ------------
 
 
-SMALL_TRAIN_MODEL = TrainConfig().model  # the "tiny" preset that small_config trains
+SMALL_TRAIN_MODEL = TrainConfig().model  # the "tiny" preset that train_config trains
 
 
 class StepClock:
@@ -610,7 +464,7 @@ def test_tokens_per_second_and_mfu_follow_from_the_clock_and_the_peak(
 ):
     StepClock(monkeypatch, seconds=0.25)
     monkeypatch.setattr(training, "peak_flops", lambda device, dtype: 1e9)
-    train(small_config(token_data_dir, tmp_path / "run", valid_data=""))
+    train(train_config(token_data_dir, tmp_path / "run", valid_data=""))
     c = SMALL_TRAIN_MODEL
     # PaLM's count, written out: 6 x matmul weights + 12 x layers x d_model x context.
     matmul_weights = c.num_layers * (4 * c.d_model**2 + 3 * c.d_model * c.d_ff)
@@ -628,13 +482,31 @@ def test_resuming_a_run_stopped_by_its_time_limit_carries_its_training_time(
 ):
     StepClock(monkeypatch, seconds=0.25)
     run = tmp_path / "run"
-    first = train(small_config(token_data_dir, run, max_train_seconds=1.0, final_eval="none"))
+    first = train(train_config(token_data_dir, run, max_train_seconds=1.0, final_eval="none"))
     assert first["step"] == 4 and first["train_seconds"] == pytest.approx(1.0)
     # One more second: 4 more steps, not the 8 a clock starting again from 0 would allow.
     again = train(
         load_train_config(["--run_dir", str(run), "--resume", "--max_train_seconds", "2"])
     )
     assert again["step"] == 8 and again["train_seconds"] == pytest.approx(2.0)
+
+
+def test_a_time_limited_run_shows_the_time_left_and_how_to_train_longer(
+    token_data_dir, tmp_path, monkeypatch, capsys
+):
+    StepClock(monkeypatch, seconds=0.25)
+    bars, make_bar = [], training._progress_bar
+    monkeypatch.setattr(
+        training, "_progress_bar", lambda run: bars.append(make_bar(run)) or bars[-1]
+    )
+    run = tmp_path / "run"
+    train(train_config(token_data_dir, run, max_train_seconds=1.0, final_eval="none"))
+    (bar,) = bars
+    assert (bar.total, bar.n, bar.unit, bar.desc) == (1.0, 1.0, "s", "step 4")  # not 4/12 steps
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(f"done at step 4: checkpoint {run / 'checkpoint.pt'}, metrics ")
+    resume = f"uv run -m llm.training --run_dir {run} --resume"
+    assert f"; train longer with: {resume} --max_train_seconds 2;" in last
 
 
 def test_periodic_evaluation_counts_the_bytes_of_the_tokenizers_tokens(token_data_dir, tmp_path):
@@ -645,7 +517,7 @@ def test_periodic_evaluation_counts_the_bytes_of_the_tokenizers_tokens(token_dat
     tokenizer_dir = tmp_path / "tokenizer"
     BpeTokenizer(vocab, merges).save(tokenizer_dir)
     run = tmp_path / "run"
-    train(small_config(token_data_dir, run, tokenizer_dir=str(tokenizer_dir), final_eval="none"))
+    train(train_config(token_data_dir, run, tokenizer_dir=str(tokenizer_dir), final_eval="none"))
     valid = np.load(token_data_dir / "valid.npy")
     ctx = SMALL_TRAIN_MODEL.context_length
     predicted = [valid[s + 1 : s + 1 + ctx] for s in eval_starts(len(valid), ctx, 8)]
@@ -672,7 +544,7 @@ def test_a_weight_that_is_not_finite_stops_the_run_before_it_is_saved(
 
     monkeypatch.setattr(training, "_train_step", step_that_breaks_a_weight)
     run = tmp_path / "run"
-    config = small_config(token_data_dir, run, checkpoint_interval=2, log_interval=100)
+    config = train_config(token_data_dir, run, checkpoint_interval=2, log_interval=100)
     with pytest.raises(TrainingDiverged, match="final_norm.weight is not finite after step 4"):
         train(config)
     saved = read_checkpoint(run)
@@ -704,7 +576,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
         (["--run_dir", "{tmp}/afile/run"], 2, "afile/run: .*afile is a file, not a directory"),
         (["--train_data", "{tmp}/missing.npy"], 1, "token file .*missing.npy does not exist"),
         (["--train_data", "{tmp}/afile"], 1, "afile is not a .npy array of token ids \\(a text"),
-        (["--resume"], 2, "--resume: there is no checkpoint to resume"),
+        (["--resume"], 2, "no run to resume at .*r: the directory does not exist; start it wi"),
         (["--batch_size", "0"], 2, "batch_size must be at least 1"),
         (["--model.num_heads", "0"], 2, "num_heads must be at least 1, not 0"),
         (["--model.context_length", "-8"], 2, "context_length must be at least 1, not -8"),
@@ -727,7 +599,7 @@ def test_resume_with_another_shape_fails_and_keeps_the_run_as_it_was(
     token_data_dir, tmp_path, capsys
 ):
     run = tmp_path / "run"
-    train(small_config(token_data_dir, run, max_iters=2, valid_data="", final_eval="none"))
+    train(train_config(token_data_dir, run, max_iters=2, valid_data="", final_eval="none"))
     before = tree(run)
     capsys.readouterr()
     code, err = run_main(["--run_dir", str(run), "--resume", "--model.d_model", "128"], capsys)
@@ -738,7 +610,7 @@ def test_resume_with_another_shape_fails_and_keeps_the_run_as_it_was(
 
 def test_a_start_removes_the_temp_files_of_a_killed_save(token_data_dir, tmp_path):
     run = tmp_path / "run"
-    train(small_config(token_data_dir, run, max_iters=2, valid_data="", final_eval="none"))
+    train(train_config(token_data_dir, run, max_iters=2, valid_data="", final_eval="none"))
     dead_pid = 2**22 + 1  # above Linux's pid_max: no process has it
     stale = run / f".checkpoint.pt.{dead_pid}.abcd1234.tmp"
     stale.write_bytes(b"half a checkpoint")
