@@ -96,7 +96,7 @@ from llm.device import (
     setup_distributed,
 )
 from llm.evaluation import evaluate_exact, evaluate_windows, load_token_bytes
-from llm.loading import load, read_config
+from llm.loading import load, load_tokenizer, read_config
 from llm.metric_sinks import TENSORBOARD_DIR, MetricSinks, check_sinks
 from llm.optim import (
     OPTIMIZERS,
@@ -196,7 +196,7 @@ def _base_config(values: dict) -> TrainConfig:
     if "max_lr" not in values and optimizer in OPTIMIZERS:  # an unknown one: check_config says
         base.max_lr = OPTIMIZERS[optimizer].max_lr
     tokenizer_dir = values.get("tokenizer_dir", base.tokenizer_dir)
-    if tokenizer_dir and Path(tokenizer_dir).is_dir():  # a missing one: named with the data
+    if tokenizer_dir and Path(tokenizer_dir).exists():  # a missing one: named with the data
         _follow_tokenizer(base, tokenizer_dir, model_values)
     return base
 
@@ -213,10 +213,8 @@ def _saved_config(run_dir: Path) -> TrainConfig:
 def _follow_tokenizer(base: TrainConfig, tokenizer_dir: str, model_values: dict) -> None:
     """Set base.model.vocab_size to the tokenizer's, unless [model] gives one: then it must be
     the tokenizer's. A model from --init_from keeps its own, which must hold every token id."""
-    from llm.bpe_tokenizer import BpeTokenizer  # only when there is a tokenizer
-
     try:
-        size = BpeTokenizer.load(tokenizer_dir).vocab_size
+        size = load_tokenizer(tokenizer_dir).vocab_size
     except (OSError, ValueError) as e:
         raise ConfigError(f"tokenizer_dir {tokenizer_dir}: {e}") from None
     given = isinstance(model_values, dict) and "vocab_size" in model_values
@@ -473,9 +471,7 @@ def _load_data(config: TrainConfig) -> _Data:
     token_bytes = load_token_bytes(config.tokenizer_dir, vocab_size)
     tokenizer = None
     if config.tokenizer_dir and config.eval_sample_tokens:
-        from llm.bpe_tokenizer import BpeTokenizer  # only to write samples
-
-        tokenizer = BpeTokenizer.load(config.tokenizer_dir)
+        tokenizer = load_tokenizer(config.tokenizer_dir)
     starts = eval_starts(len(valid), ctx, config.eval_windows)
     return _Data(train, valid, starts, token_bytes, tokenizer)
 

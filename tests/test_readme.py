@@ -2,12 +2,12 @@
 the README's order, in a fresh copy of the repository, with tiny settings appended (each command
 as written, but a few steps of a small model). The Chinese README has the same commands."""
 
-import importlib
 import re
 import runpy
 import shlex
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -69,14 +69,14 @@ def run(words: list[str]) -> None:
     tiny = TINY[name]
     if name == "llm.training" and not {"--init_from", "--resume"} & set(args):
         tiny = tiny + TINY_MODEL  # a resumed or initialised run keeps its model
-    argv = [*args, *tiny]
+    sys.argv = [name.split()[0], *args, *tiny]
     try:
         if name.endswith(".py"):
-            sys.argv = [name, *argv]
             runpy.run_path(name, run_name="__main__")
-        else:
-            module = name.split()[0]
-            importlib.import_module(module if module != "llm" else "llm.__main__").main(argv)
+        else:  # as `python -m`: the module runs again as __main__ (its imports stay loaded)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "'llm.* found in sys.modules", RuntimeWarning)
+                runpy.run_module(name.split()[0], run_name="__main__", alter_sys=True)
     except SystemExit as e:
         assert e.code in (0, None), f"{shlex.join(words)} exited with {e.code}"
 

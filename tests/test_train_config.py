@@ -43,10 +43,10 @@ def test_model_preset_chooses_the_defaults():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--max_lrr", "1"], r"unknown config key 'max_lrr'; valid keys are: model_preset, model"),
+        (["--max_lrr", "1"], r"unknown option --max_lrr; did you mean --max_lr\?"),
         (
             ["--model.d_modle", "8"],
-            r"unknown config key 'model.d_modle'; valid keys are: .*model.d_model",
+            r"unknown option --model.d_modle; did you mean --model.d_model\?",
         ),
         (["--max_iters", "abc"], "max_iters must be int, got 'abc'"),
         (["--max_iters", "1.5"], "max_iters must be int"),
