@@ -5,8 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import SMALL
-from test_training import small_config
+from conftest import SMALL, train_config
 
 from llm import training
 from llm.config import ConfigError
@@ -237,7 +236,7 @@ def test_the_schedule_scales_the_adamw_groups_by_adam_lr_over_max_lr():
 
 
 def test_training_with_muon_lowers_the_loss(token_data_dir, tmp_path):
-    config = small_config(token_data_dir, tmp_path / "run", max_iters=30, batch_size=16, **MUON)
+    config = train_config(token_data_dir, tmp_path / "run", max_iters=30, batch_size=16, **MUON)
     result = train(config)
     train_records = [r for r in read_metrics(tmp_path / "run") if r["type"] == "train"]
     assert train_records[-1]["loss"] < train_records[0]["loss"] - 1.0
@@ -257,5 +256,5 @@ def test_training_with_muon_lowers_the_loss(token_data_dir, tmp_path):
 )
 def test_bad_muon_settings_are_named(token_data_dir, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        train(small_config(token_data_dir, tmp_path / "run", optimizer="muon", **overrides))
+        train(train_config(token_data_dir, tmp_path / "run", optimizer="muon", **overrides))
     assert not (tmp_path / "run").exists()
