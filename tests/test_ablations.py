@@ -323,7 +323,7 @@ def test_odd_head_size_is_fine_without_rope():
     [{"norm_position": "post"}, {"position_encoding": "none"}, {"ffn": "silu"}, {"qk_norm": True}],
 )
 def test_the_hf_reference_refuses_what_llama_cannot_express(switch):
-    from kernel.hf_llama import to_hf_llama
+    from hf_llama import to_hf_llama
 
     model = Transformer(dataclasses.replace(SMALL, **switch))
     with pytest.raises(ValueError, match=f"{next(iter(switch))}=.* has no Llama equivalent"):

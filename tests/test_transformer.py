@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernel.hf_llama import to_hf_llama
 from llm.transformer import (
     FFN,
     MODEL_PRESETS,
@@ -29,6 +28,8 @@ from llm.transformer import (
     silu,
     softmax,
 )
+
+from hf_llama import to_hf_llama
 
 SMALL = ModelConfig(
     vocab_size=97, context_length=24, d_model=32, num_layers=2, num_heads=4, d_ff=48
