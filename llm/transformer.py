@@ -340,8 +340,9 @@ class NoPE(nn.Module):
 def alibi_slopes(num_heads: int) -> Tensor:
     """ALiBi's head slopes (Press et al., 2022, section 3): for n heads, n a power of 2, the
     geometric sequence m_h = 2^(-8h/n), h = 1 .. n (1/2, 1/4, ..., 1/256 for 8 heads). For other
-    n, the paper's rule (footnote, and the official code): the slopes of the power of 2 below n,
-    then every other slope of the power of 2 above it, as many as are missing."""
+    n, the rule of the authors' code (github.com/ofirpress/attention_with_linear_biases): the
+    slopes of the power of 2 below n, then every other slope of the power of 2 above it, as many
+    as are missing (6 heads: 1/4, 1/16, 1/64, 1/256, then 1/2, 1/8)."""
     below = 2 ** math.floor(math.log2(num_heads))
 
     def geometric(n: int) -> list[float]:
@@ -355,7 +356,7 @@ class ALiBi(NoPE):
     queries and keys are not rotated (as with NoPE); instead head h adds to the score of query i
     on key j a penalty linear in their distance, with a fixed slope m_h (alibi_slopes):
 
-        score_h(i, j) = q_i . k_j / sqrt(d_head) - m_h (i - j)                       (eq. 1)
+        score_h(i, j) = q_i . k_j / sqrt(d_head) - m_h (i - j)            (section 3, j <= i)
 
     No table depends on the context length, so the model runs on longer inputs than it was
     trained on. The slopes are a buffer, not parameters, and not saved in checkpoints."""
@@ -648,8 +649,8 @@ class Transformer(nn.Module):
         c = config
         self.embedding = Embedding(c.vocab_size, c.d_model, device, dtype)
         self.embedding_dropout = Dropout(c.dropout)
-        # Every layer rotates by the same angles: one RoPE table serves them all (126 MB saved
-        # for a model of 30 layers and 8192 positions).
+        # Every layer encodes positions alike: one RoPE table (or ALiBi's slopes) serves them all
+        # (126 MB saved for a model of 30 layers and 8192 positions).
         position = POSITION_ENCODINGS[c.position_encoding](c, device)
         self.blocks = nn.ModuleList(
             TransformerBlock(c, device, dtype, position) for _ in range(c.num_layers)
