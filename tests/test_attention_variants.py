@@ -152,13 +152,17 @@ def test_qk_norm_bounds_the_attention_logits():
 # --- ALiBi and the sliding window ------------------------------------------------------------
 
 
+# ALiBi's slopes for SMALL's 6 heads: those of 4 heads, then every other one of 8 heads' (1/2, 1/8).
+SLOPES_OF_6_HEADS = [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3]
+
+
 def test_alibi_slopes_are_the_papers():
     """Press et al. 2022, section 3: 2^(-8h/n) for n a power of 2; for 6 and 12 heads the
     official code's interleaving (the slopes of 4 or 8 heads, then every other slope of 8 or 16
     heads), here written out by hand."""
     expected = {
         8: [2**-1, 2**-2, 2**-3, 2**-4, 2**-5, 2**-6, 2**-7, 2**-8],
-        6: [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3],
+        6: SLOPES_OF_6_HEADS,
         12: [2**-1, 2**-2, 2**-3, 2**-4, 2**-5, 2**-6, 2**-7, 2**-8,
              2**-0.5, 2**-1.5, 2**-2.5, 2**-3.5],
         1: [2**-8],
@@ -166,7 +170,9 @@ def test_alibi_slopes_are_the_papers():
     for heads, slopes in expected.items():
         torch.testing.assert_close(alibi_slopes(heads), torch.tensor(slopes))
     model = Transformer(config_with(position_encoding="alibi"))  # 6 heads
-    torch.testing.assert_close(model.blocks[1].attn.position.slopes, torch.tensor(expected[6]))
+    torch.testing.assert_close(
+        model.blocks[1].attn.position.slopes, torch.tensor(SLOPES_OF_6_HEADS)
+    )
     assert not any("slopes" in name for name in model.state_dict())  # a buffer, not saved
     assert not any("slopes" in name for name, _ in model.named_parameters())  # nor learned
 
@@ -201,16 +207,6 @@ def attention_from_the_equations(mha, x, slopes=None, window=None, theta=None):
                     w * v[j] for w, j in zip(weights, keys, strict=True)
                 )
     return out @ mha.out_proj.weight.T
-
-
-SLOPES_OF_6_HEADS = [
-    2**-2,
-    2**-4,
-    2**-6,
-    2**-8,
-    2**-1,
-    2**-3,
-]  # see test_alibi_slopes_are_the_papers
 
 
 @pytest.mark.parametrize("attention", ["ours", "fused"])
