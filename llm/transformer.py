@@ -482,7 +482,7 @@ class MultiHeadAttention(nn.Module):
         q, k = qk.split([heads, kv_heads], dim=1)  # (batch, heads or kv_heads, seq, d_head)
         if kv_cache is not None:
             k, v = kv_cache.append(layer, k, v)  # (batch, kv_heads, start + seq, d_head)
-        is_causal, mask = self._mask(seq, start, q.dtype, x.device, kv_cache)
+        is_causal, mask = self._mask(seq, start, x.device, kv_cache)
         if self.attention == "fused":
             if self.repeat_kv:  # (batch, heads, keys, d_head)
                 k, v = k.repeat_interleave(self.group, 1), v.repeat_interleave(self.group, 1)
@@ -500,7 +500,7 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(out)
 
     def _mask(
-        self, seq: int, start: int, dtype: torch.dtype, device, kv_cache: KVCache | None
+        self, seq: int, start: int, device, kv_cache: KVCache | None
     ) -> tuple[bool, Tensor | None]:
         """(is_causal, mask): what the new queries may see of the keys so far. The mask is bool,
         (seq, keys) or (batch, 1, seq, keys), or with ALiBi its bias, -inf where masked,
@@ -524,7 +524,7 @@ class MultiHeadAttention(nn.Module):
             )
             mask = mask & (key_mask[:, None, None, : start + seq] | is_self)
         if isinstance(self.position, ALiBi):
-            bias = self.position.bias(seq, start, device).to(dtype)  # (heads, seq, start + seq)
+            bias = self.position.bias(seq, start, device)  # (heads, seq, start + seq)
             return False, torch.where(mask, bias, float("-inf"))
         return False, mask
 

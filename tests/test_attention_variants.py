@@ -335,8 +335,12 @@ def test_zero_init_still_trains_every_parameter(ffn):
         optimizer.step()
 
 
-def test_bfloat16_autocast_stays_close_to_float32():
-    model = small_model(num_kv_heads=2, qk_norm=True).eval()
+@pytest.mark.parametrize("attention", ["ours", "fused"])
+@pytest.mark.parametrize("alibi_window", [False, True])
+def test_bfloat16_autocast_stays_close_to_float32(alibi_window, attention):
+    """Also with ALiBi's bias, which must follow the queries into bfloat16."""
+    options = {"position_encoding": "alibi", "sliding_window": 5} if alibi_window else {}
+    model = small_model(num_kv_heads=2, qk_norm=True, attention=attention, **options).eval()
     ids = torch.randint(0, SMALL.vocab_size, (2, 20))
     with torch.no_grad():
         expected = model(ids)
