@@ -95,18 +95,15 @@ def test_left_padded_batch_decodes_each_sequence_as_if_alone(variant, attention)
     prefill, then one token per step. RoPE, ALiBi and the window depend on distances only, so
     the padded sequence's logits equal its own, although its positions are shifted by 3."""
     model = small_model(**variant, attention=attention).eval()
-    short, long = (
-        torch.randint(0, SMALL.vocab_size, (10,)),
-        torch.randint(0, SMALL.vocab_size, (13,)),
-    )
+    short = torch.randint(0, SMALL.vocab_size, (10,))
+    long = torch.randint(0, SMALL.vocab_size, (13,))
     batch = torch.stack([torch.cat([torch.zeros(3, dtype=torch.long), short]), long])
     cache = model.new_kv_cache(batch_size=2)
     cache.key_mask = torch.ones(2, SMALL.context_length, dtype=torch.bool)
     cache.key_mask[0, :3] = False
     with torch.no_grad():
-        steps = [model(batch[:, :8], cache)] + [
-            model(batch[:, i : i + 1], cache) for i in range(8, 13)
-        ]
+        steps = [model(batch[:, :8], cache)]  # prefill
+        steps += [model(batch[:, i : i + 1], cache) for i in range(8, 13)]  # one token per step
         out = torch.cat(steps, dim=1)
         expected = [model(short[None]), model(long[None])]
     assert torch.isfinite(out).all()
