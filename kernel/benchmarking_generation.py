@@ -21,9 +21,11 @@ Results for this project are in docs/benchmarks.md.
 
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -31,7 +33,8 @@ from llm.cli import parse, run_main
 from llm.generating import SamplingConfig, generate
 from llm.transformer import MODEL_PRESETS, Transformer
 
-from hf_llama import to_hf_llama  # kernel/hf_llama.py, beside this script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from hf_llama import to_hf_llama  # noqa: E402  (tests/hf_llama.py, the tests' reference)
 
 
 @torch.inference_mode()

@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import socket
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -137,7 +138,8 @@ def main() -> None:
     model = Transformer(config).to(device)
     models = {"ours": model}
     if args.compare_hf:
-        from hf_llama import to_hf_llama  # kernel/hf_llama.py, beside this script
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from hf_llama import to_hf_llama  # tests/hf_llama.py, the tests' reference
 
         models["hf-llama"] = to_hf_llama(model).train()
     if args.compile:

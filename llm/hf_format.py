@@ -13,8 +13,8 @@ attention), so each weight maps to one of Llama's. Two differences of layout:
   x[i + d_head/2]). Reordering the output rows of the query and key projections, within each
   head the even rows first and the odd rows second, turns one into the other; the scores q.k
   do not change, since queries and keys are reordered alike.
-The ablation switches (post-norm, no norm, NoPE, SiLU FFN) and QK-norm have no Llama
-equivalent; exporting such a model is an error naming the option.
+The ablation switches (post-norm, no norm, NoPE, ALiBi, SiLU FFN), QK-norm and a sliding window
+have no Llama equivalent; exporting such a model is an error naming the option.
 """
 
 import json
@@ -43,7 +43,7 @@ EXPORT_FILES = (
 )
 # The ModelConfig values Llama's architecture has (the defaults).
 LLAMA_OPTIONS = {"norm_position": "pre", "position_encoding": "rope", "ffn": "swiglu",
-                 "qk_norm": False}  # fmt: skip
+                 "qk_norm": False, "sliding_window": None}  # fmt: skip
 
 
 class HfFormatError(ValueError):

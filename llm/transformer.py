@@ -8,15 +8,16 @@ The architecture is the one used by Llama and most modern LMs:
 with RMSNorm (Zhang & Sennrich, 2019), SwiGLU feed-forward layers (Shazeer, 2020) and rotary
 position embeddings, RoPE (Su et al., 2021), applied to queries and keys.
 
-Three switches of ModelConfig turn parts of it off or back to older designs, for ablations:
-norm_position ("pre", "post" or "none"), position_encoding ("rope" or "none") and ffn ("swiglu"
-or "silu"). Three options add newer ingredients: grouped-query attention (num_kv_heads), QK-norm
-(qk_norm) and zero-initialised output projections (zero_init_residual); dropout regularises
-small data. The defaults are the model above.
+Three switches of ModelConfig swap a part for another design, for ablations: norm_position
+("pre", "post" or "none"), position_encoding ("rope", "none" or "alibi") and ffn ("swiglu" or
+"silu"); their values are the keys of the tables NORMS, POSITION_ENCODINGS and FFNS. Four
+options add other ingredients: grouped-query attention (num_kv_heads), QK-norm (qk_norm),
+sliding-window attention (sliding_window) and zero-initialised output projections
+(zero_init_residual); dropout regularises small data. The defaults are the model above.
 """
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -45,13 +46,14 @@ class ModelConfig:
     tie_embeddings: bool = False
     attention: str = "fused"  # "fused": F.scaled_dot_product_attention; "ours": from scratch
     norm_position: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x)); "none": no norms
-    position_encoding: str = "rope"  # "rope", or "none" (NoPE: only the causal mask)
+    position_encoding: str = "rope"  # "rope"; "none" (NoPE: only the causal mask); "alibi"
     ffn: str = "swiglu"  # "swiglu": W2 (SiLU(W1 x) * W3 x); "silu": W2 SiLU(W1 x)
     num_kv_heads: int | None = None  # GQA: K/V heads, each shared by a query group; None: num_heads
     qk_norm: bool = False  # RMSNorm on each head's queries and keys, before RoPE
     zero_init_residual: bool = False  # attention's out_proj and the FFN's W2 start at zero
     dropout: float = 0.0  # in training, drop this share of the embeddings and branch outputs
     norm_eps: float = 1e-5  # the eps of every RMSNorm (Llama 2 and 3 use 1e-5, Llama 1 1e-6)
+    sliding_window: int | None = None  # each query sees only the last this many keys; None: all
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
@@ -83,6 +85,11 @@ class ModelConfig:
                 f"num_kv_heads must divide num_heads={self.num_heads} (or be None for "
                 f"num_heads), not {self.num_kv_heads}"
             )
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(
+                f"sliding_window must be at least 1 (or None for full attention), "
+                f"not {self.sliding_window}"
+            )
         if self.position_encoding == "rope" and self.d_head % 2:
             raise ValueError(
                 f"d_model={self.d_model} must split into num_heads={self.num_heads} heads "
@@ -100,15 +107,6 @@ class ModelConfig:
         return self.num_kv_heads or self.num_heads
 
 
-# The allowed values of ModelConfig's string options, the default first.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "attention": ("fused", "ours"),
-    "norm_position": ("pre", "post", "none"),
-    "position_encoding": ("rope", "none"),
-    "ffn": ("swiglu", "silu"),
-}
-
-
 def default_d_ff(d_model: int, ffn: str = "swiglu") -> int:
     """The FFN's hidden size when none is given: 4 d_model for the two-matrix SiLU FFN (8 d_model^2
     weights), 8/3 d_model rounded up to a multiple of 64 for the three-matrix SwiGLU, so that both
@@ -116,23 +114,6 @@ def default_d_ff(d_model: int, ffn: str = "swiglu") -> int:
     if ffn == "silu":
         return 4 * d_model
     return 64 * math.ceil(8 * d_model / 3 / 64)
-
-
-MODEL_PRESETS: dict[str, ModelConfig] = {
-    # CS336 assignment 1 recipe for TinyStories (about 17M non-embedding parameters).
-    "tinystories-17m": ModelConfig(),
-    # Small enough to train in seconds on a laptop CPU; used by the tests.
-    "tiny": ModelConfig(
-        vocab_size=512, context_length=64, d_model=64, num_layers=2, num_heads=4, d_ff=None
-    ),
-    "cpu-small": ModelConfig(d_model=256, num_heads=8, d_ff=688),
-    # CS336 assignment 2 model sizes (vocab 10000, context 256 unless told otherwise).
-    "cs336-small": ModelConfig(d_model=768, d_ff=3072, num_layers=12, num_heads=12),
-    "cs336-medium": ModelConfig(d_model=1024, d_ff=4096, num_layers=24, num_heads=16),
-    "cs336-large": ModelConfig(d_model=1280, d_ff=5120, num_layers=36, num_heads=20),
-    "cs336-xl": ModelConfig(d_model=1600, d_ff=6400, num_layers=48, num_heads=25),
-    "cs336-2.7b": ModelConfig(d_model=2560, d_ff=10240, num_layers=32, num_heads=32),
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,15 +248,6 @@ def softmax(x: Tensor, dim: int) -> Tensor:
     return exp / exp.sum(dim=dim, keepdim=True)
 
 
-class Softmax(nn.Module):
-    def __init__(self, dim: int = -1) -> None:
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        return softmax(x, self.dim)
-
-
 # ---------------------------------------------------------------------------------------------
 # Attention
 # ---------------------------------------------------------------------------------------------
@@ -284,20 +256,18 @@ class Softmax(nn.Module):
 def scaled_dot_product_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None
 ) -> Tensor:
-    """softmax(Q K^T / sqrt(d_k)) V  (Vaswani et al., 2017).
+    """softmax(Q K^T / sqrt(d_k) + B) V  (Vaswani et al., 2017), B a mask or a bias.
 
     q: (..., queries, d_k), k: (..., keys, d_k), v: (..., keys, d_v) -> (..., queries, d_v).
-    mask: bool, broadcastable to (..., queries, keys); True where a query may attend to a key.
+    mask: broadcastable to (..., queries, keys), as for F.scaled_dot_product_attention: bool,
+    True where a query may attend to a key, or float, added to the scores (-inf: not attended).
     """
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., queries, keys)
-    if mask is not None:
+    if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask
     return softmax(scores, dim=-1) @ v
-
-
-class ScaledDotProductAttention(nn.Module):
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-        return scaled_dot_product_attention(q, k, v, mask)
 
 
 def grouped_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -305,12 +275,15 @@ def grouped_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
     group of consecutive query heads (query head h reads K/V head h // group).
 
     q: (batch, heads, seq, d_head); k, v: (batch, kv_heads, keys, d_head) -> like q.
-    mask: (seq, keys) or (batch, 1, seq, keys), as for scaled_dot_product_attention.
+    mask: (seq, keys), (batch, 1, seq, keys), or per query head (heads, seq, keys) or
+    (batch, heads, seq, keys), as for scaled_dot_product_attention.
     The queries are split into groups and K, V broadcast over them, so K and V are never copied.
     """
     heads, kv_heads = q.shape[1], k.shape[1]
     q = q.unflatten(1, (kv_heads, heads // kv_heads))  # (batch, kv_heads, group, seq, d_head)
-    if mask is not None and mask.ndim == 4:
+    if mask is not None and mask.ndim >= 3 and mask.shape[-3] == heads:
+        mask = mask.unflatten(-3, (kv_heads, -1))  # (..., kv_heads, group, seq, keys)
+    elif mask is not None and mask.ndim == 4:
         mask = mask.unsqueeze(2)  # (batch, 1, 1, seq, keys)
     out = scaled_dot_product_attention(q, k.unsqueeze(2), v.unsqueeze(2), mask)
     return out.flatten(1, 2)  # (batch, heads, seq, d_head)
@@ -364,6 +337,42 @@ class NoPE(nn.Module):
         return x
 
 
+def alibi_slopes(num_heads: int) -> Tensor:
+    """ALiBi's head slopes (Press et al., 2022, section 3): for n heads, n a power of 2, the
+    geometric sequence m_h = 2^(-8h/n), h = 1 .. n (1/2, 1/4, ..., 1/256 for 8 heads). For other
+    n, the rule of the authors' code (github.com/ofirpress/attention_with_linear_biases): the
+    slopes of the power of 2 below n, then every other slope of the power of 2 above it, as many
+    as are missing (6 heads: 1/4, 1/16, 1/64, 1/256, then 1/2, 1/8)."""
+    below = 2 ** math.floor(math.log2(num_heads))
+
+    def geometric(n: int) -> list[float]:
+        return [2 ** (-8 * h / n) for h in range(1, n + 1)]
+
+    return torch.tensor(geometric(below) + geometric(2 * below)[0::2][: num_heads - below])
+
+
+class ALiBi(NoPE):
+    """Attention with linear biases, ALiBi (Press et al., 2022, "Train Short, Test Long"):
+    queries and keys are not rotated (as with NoPE); instead head h adds to the score of query i
+    on key j a penalty linear in their distance, with a fixed slope m_h (alibi_slopes):
+
+        score_h(i, j) = q_i . k_j / sqrt(d_head) - m_h (i - j)            (section 3, j <= i)
+
+    No table depends on the context length, so the model runs on longer inputs than it was
+    trained on. The slopes are a buffer, not parameters, and not saved in checkpoints."""
+
+    def __init__(self, num_heads: int, device=None) -> None:
+        super().__init__()
+        self.register_buffer("slopes", alibi_slopes(num_heads).to(device), persistent=False)
+
+    def bias(self, seq: int, start: int, device) -> Tensor:  # (heads, seq, start + seq)
+        """-m_h (i - j) for the queries at positions start .. start + seq - 1 and the keys at
+        0 .. start + seq - 1 (the scores of future keys are masked out by the caller)."""
+        query_pos = torch.arange(start, start + seq, device=device)[:, None]
+        key_pos = torch.arange(start + seq, device=device)[None, :]
+        return -self.slopes[:, None, None] * (query_pos - key_pos)
+
+
 @dataclass
 class KVCache:
     """Keys and values of the tokens seen so far, for every layer, so that decoding one more token
@@ -407,26 +416,32 @@ class KVCache:
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal multi-head self-attention with RoPE (or NoPE) on queries and keys, and an optional
-    KV cache.
+    """Causal multi-head self-attention with a position encoding (RoPE, NoPE or ALiBi) and an
+    optional KV cache.
 
     config.num_kv_heads < num_heads gives grouped-query attention (Ainslie et al., 2023): K and V
     have num_kv_heads heads, each shared by num_heads / num_kv_heads query heads, so the K/V
     projection and the KV cache shrink by that factor. config.qk_norm applies RMSNorm to each
     head's queries and keys after the projection, before RoPE (Dehghani et al., 2023; OLMo 2;
     Gemma 3): one learned gain of size d_head for queries and one for keys, shared by all heads.
+    config.sliding_window limits each query to the last sliding_window keys (causal_mask).
+
+    Positions are a token's index in the sequence, the cached tokens included; token_positions,
+    when given, replace them for RoPE only (the masks and ALiBi's bias use the index).
     """
 
     def __init__(
-        self, config: ModelConfig, device=None, dtype=None, rope: nn.Module | None = None
+        self, config: ModelConfig, device=None, dtype=None, position: nn.Module | None = None
     ) -> None:
-        """rope: a RoPE table shared with other layers (the Transformer's); None builds one."""
+        """position: the position encoding shared with other layers (the Transformer's); None
+        builds one (POSITION_ENCODINGS)."""
         super().__init__()
         d_model = config.d_model
         self.num_heads = config.num_heads
         self.num_kv_heads = config.kv_heads
         self.d_head = config.d_head
         self.attention = config.attention
+        self.window = config.sliding_window
         qkv_size = (self.num_heads + 2 * self.num_kv_heads) * self.d_head
         self.qkv_proj = Linear(d_model, qkv_size, device, dtype)  # Q, K and V in one matmul
         self.out_proj = Linear(d_model, d_model, device, dtype)
@@ -434,7 +449,9 @@ class MultiHeadAttention(nn.Module):
         if self.qk_norm:
             self.q_norm = RmsNorm(self.d_head, config.norm_eps, device, dtype)
             self.k_norm = RmsNorm(self.d_head, config.norm_eps, device, dtype)
-        self.rope = rope if rope is not None else rope_of(config, device)
+        if position is None:
+            position = POSITION_ENCODINGS[config.position_encoding](config, device)
+        self.position = position
         # Query heads per K/V head. The fused kernel shares K/V heads itself when it can
         # (enable_gqa); on older PyTorch, K and V are repeated per group.
         self.group = self.num_heads // self.num_kv_heads
@@ -461,14 +478,11 @@ class MultiHeadAttention(nn.Module):
         if self.qk_norm:
             q, k = qk.split([heads, kv_heads], dim=1)
             qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=1)  # each with its gain
-        qk = self.rope(qk, token_positions)  # rotate queries and keys in one call
+        qk = self.position(qk, token_positions)  # rotate queries and keys in one call (RoPE)
         q, k = qk.split([heads, kv_heads], dim=1)  # (batch, heads or kv_heads, seq, d_head)
         if kv_cache is not None:
             k, v = kv_cache.append(layer, k, v)  # (batch, kv_heads, start + seq, d_head)
-        if kv_cache is None or (start == 0 and kv_cache.key_mask is None):
-            is_causal, mask = True, None  # a fresh sequence: the fused kernel builds the mask
-        else:
-            is_causal, mask = False, self._mask(seq, start, x.device, kv_cache)
+        is_causal, mask = self._mask(seq, start, x.device, kv_cache)
         if self.attention == "fused":
             if self.repeat_kv:  # (batch, heads, keys, d_head)
                 k, v = k.repeat_interleave(self.group, 1), v.repeat_interleave(self.group, 1)
@@ -485,35 +499,86 @@ class MultiHeadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(batch, seq, d_model)  # concatenate the heads
         return self.out_proj(out)
 
-    @staticmethod
-    def _mask(seq: int, start: int, device, kv_cache: KVCache) -> Tensor | None:
-        """Which cached keys each new query may see; None when it may see them all."""
-        if seq == 1 and kv_cache.key_mask is None:
-            return None  # decoding one token: the newest query sees every earlier key
-        mask = causal_mask(seq, start, device)  # (seq, start + seq)
-        if kv_cache.key_mask is not None:
+    def _mask(
+        self, seq: int, start: int, device, kv_cache: KVCache | None
+    ) -> tuple[bool, Tensor | None]:
+        """(is_causal, mask): what the new queries may see of the keys so far. The mask is bool,
+        (seq, keys) or (batch, 1, seq, keys), or with ALiBi its bias, -inf where masked,
+        (heads, seq, keys) or (batch, heads, seq, keys); None when the causal mask is all there
+        is to it: on a fresh sequence (is_causal: the fused kernel builds it) or for one new
+        token, which sees every earlier key."""
+        key_mask = kv_cache.key_mask if kv_cache is not None else None
+        if self.window is None and not isinstance(self.position, ALiBi) and key_mask is None:
+            if start == 0:
+                return True, None
+            if seq == 1:
+                return False, None
+        # The cache keeps every key, also those that slid out of the window: the mask hides them.
+        mask = causal_mask(seq, start, device, self.window)  # (seq, start + seq)
+        if key_mask is not None:
             # Padding keys are hidden from every query; a padding query still sees itself, so
             # its softmax row is never empty (an empty row gives NaN, which would then leak).
             is_self = (
                 torch.arange(start + seq, device=device)
                 == torch.arange(start, start + seq, device=device)[:, None]
             )
-            mask = mask & (kv_cache.key_mask[:, None, None, : start + seq] | is_self)
-        return mask  # (seq, keys) or (batch, 1, seq, keys)
+            mask = mask & (key_mask[:, None, None, : start + seq] | is_self)
+        if isinstance(self.position, ALiBi):
+            bias = self.position.bias(seq, start, device)  # (heads, seq, start + seq)
+            return False, torch.where(mask, bias, float("-inf"))
+        return False, mask
 
 
-def rope_of(config: ModelConfig, device=None) -> nn.Module:
-    """The position encoding of config: a RoPE table, or NoPE."""
-    if config.position_encoding == "rope":
-        return RoPE(config.rope_theta, config.d_head, config.context_length, device)
-    return NoPE()
-
-
-def causal_mask(seq: int, start: int, device) -> Tensor:
-    """(seq, start + seq) bool: query i (at position start + i) sees keys 0 .. start + i."""
+def causal_mask(seq: int, start: int, device, window: int | None = None) -> Tensor:
+    """(seq, start + seq) bool: query i, at position p = start + i, sees the keys at positions
+    0 .. p; with a sliding window (Mistral 7B, Jiang et al., 2023) only the last `window` of them,
+    p - window < j <= p."""
     query_pos = torch.arange(start, start + seq, device=device)[:, None]
     key_pos = torch.arange(start + seq, device=device)[None, :]
-    return key_pos <= query_pos
+    mask = key_pos <= query_pos
+    if window is not None:
+        mask = mask & (key_pos > query_pos - window)
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# The choices of ModelConfig's switches, and the presets
+# ---------------------------------------------------------------------------------------------
+
+# Each switch's values, by name: what builds the part (ModelConfig allows exactly these names).
+# A position encoding is applied to queries and keys, one module shared by all layers.
+POSITION_ENCODINGS: dict[str, Callable[[ModelConfig, torch.device | None], nn.Module]] = {
+    "rope": lambda c, device: RoPE(c.rope_theta, c.d_head, c.context_length, device),
+    "none": lambda c, device: NoPE(),
+    "alibi": lambda c, device: ALiBi(c.num_heads, device),
+}
+# The norm around each sublayer, by norm_position (nn.Identity ignores the sizes it is given).
+NORMS: dict[str, type[nn.Module]] = {"pre": RmsNorm, "post": RmsNorm, "none": nn.Identity}
+FFNS: dict[str, type[nn.Module]] = {"swiglu": FFN, "silu": SiluFFN}
+
+# The allowed values of ModelConfig's string options, the default first.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "attention": ("fused", "ours"),
+    "norm_position": tuple(NORMS),
+    "position_encoding": tuple(POSITION_ENCODINGS),
+    "ffn": tuple(FFNS),
+}
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # CS336 assignment 1 recipe for TinyStories (about 17M non-embedding parameters).
+    "tinystories-17m": ModelConfig(),
+    # Small enough to train in seconds on a laptop CPU; used by the tests.
+    "tiny": ModelConfig(
+        vocab_size=512, context_length=64, d_model=64, num_layers=2, num_heads=4, d_ff=None
+    ),
+    "cpu-small": ModelConfig(d_model=256, num_heads=8, d_ff=688),
+    # CS336 assignment 2 model sizes (vocab 10000, context 256 unless told otherwise).
+    "cs336-small": ModelConfig(d_model=768, d_ff=3072, num_layers=12, num_heads=12),
+    "cs336-medium": ModelConfig(d_model=1024, d_ff=4096, num_layers=24, num_heads=16),
+    "cs336-large": ModelConfig(d_model=1280, d_ff=5120, num_layers=36, num_heads=20),
+    "cs336-xl": ModelConfig(d_model=1600, d_ff=6400, num_layers=48, num_heads=25),
+    "cs336-2.7b": ModelConfig(d_model=2560, d_ff=10240, num_layers=32, num_heads=32),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,22 +598,19 @@ class TransformerBlock(nn.Module):
     warm-up; post-norm normalises the residual stream itself (Xiong et al., 2020)."""
 
     def __init__(
-        self, config: ModelConfig, device=None, dtype=None, rope: nn.Module | None = None
+        self, config: ModelConfig, device=None, dtype=None, position: nn.Module | None = None
     ) -> None:
         super().__init__()
         d_model = config.d_model
 
         def norm() -> nn.Module:
-            if config.norm_position == "none":
-                return nn.Identity()
-            return RmsNorm(d_model, config.norm_eps, device, dtype)
+            return NORMS[config.norm_position](d_model, config.norm_eps, device, dtype)
 
         self.post_norm = config.norm_position == "post"
         self.attn_norm = norm()
-        self.attn = MultiHeadAttention(config, device, dtype, rope)
+        self.attn = MultiHeadAttention(config, device, dtype, position)
         self.ffn_norm = norm()
-        ffn = FFN if config.ffn == "swiglu" else SiluFFN
-        self.ffn = ffn(d_model, config.d_ff, device, dtype)
+        self.ffn = FFNS[config.ffn](d_model, config.d_ff, device, dtype)
         self.dropout = Dropout(config.dropout)  # on each branch's output, before the sum
         if config.zero_init_residual:
             # Both branches add nothing at first, so a pre-norm block starts as the identity
@@ -587,11 +649,11 @@ class Transformer(nn.Module):
         c = config
         self.embedding = Embedding(c.vocab_size, c.d_model, device, dtype)
         self.embedding_dropout = Dropout(c.dropout)
-        # Every layer rotates by the same angles: one RoPE table serves them all (126 MB saved
-        # for a model of 30 layers and 8192 positions).
-        rope = rope_of(c, device)
+        # Every layer encodes positions alike: one RoPE table (or ALiBi's slopes) serves them all
+        # (126 MB saved for a model of 30 layers and 8192 positions).
+        position = POSITION_ENCODINGS[c.position_encoding](c, device)
         self.blocks = nn.ModuleList(
-            TransformerBlock(c, device, dtype, rope) for _ in range(c.num_layers)
+            TransformerBlock(c, device, dtype, position) for _ in range(c.num_layers)
         )
         if c.norm_position == "pre":
             self.final_norm = RmsNorm(c.d_model, c.norm_eps, device, dtype)
@@ -671,7 +733,10 @@ class Transformer(nn.Module):
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs (forward + backward) per token: 6 N for the matmuls (N = matmul
         parameters, the embedding lookup excluded) plus 12 L d T for attention scores and
-        values (PaLM, Chowdhery et al. 2022, appendix B). Used for MFU."""
+        values (PaLM, Chowdhery et al. 2022, appendix B). Used for MFU. Like PaLM's, the count
+        is of the scores computed, every key for every query: the causal mask and a sliding
+        window hide scores but do not skip them, and ALiBi's bias is an addition per score, not
+        a matmul."""
         c = self.config
         seq_len = seq_len or c.context_length
         ffn_matrices = 3 if c.ffn == "swiglu" else 2
@@ -715,8 +780,3 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     logits: (..., vocab) float, targets: (...) int64 -> scalar (float32 or wider).
     """
     return _CrossEntropy.apply(logits, targets)
-
-
-class CrossEntropyLoss(nn.Module):
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return cross_entropy(logits, targets)

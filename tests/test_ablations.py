@@ -1,28 +1,28 @@
 """The model switches of ModelConfig (norm_position, position_encoding, ffn), each checked
-against the papers' equations written out in plain PyTorch, and through the KV cache, both
-attention paths, checkpoints and the parameter and FLOP counts."""
+against the papers' equations written out in plain PyTorch, on both attention paths. The KV
+cache, the fused kernel, checkpoints and the counts are checked for every variant in
+test_model_variants.py."""
 
 import dataclasses
 import itertools
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from llm.checkpoint import load_model, save_checkpoint
 from llm.config import ConfigError, config_from_dict
 from llm.training import load_train_config
 from llm.transformer import (
     FFN,
+    ALiBi,
     ModelConfig,
     MultiHeadAttention,
     NoPE,
     RmsNorm,
+    RoPE,
     SiluFFN,
     Transformer,
-    cross_entropy,
     default_d_ff,
 )
 
@@ -31,7 +31,7 @@ SMALL = ModelConfig(
 )
 SWITCHES = {
     "norm_position": ("pre", "post", "none"),
-    "position_encoding": ("rope", "none"),
+    "position_encoding": ("rope", "none", "alibi"),
     "ffn": ("swiglu", "silu"),
 }
 VARIANTS = [
@@ -76,15 +76,20 @@ def rotate(x, theta):
     return torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)).flatten(-2)
 
 
-def attention(x, mha, num_heads, theta=None):
-    """softmax(Q K^T / sqrt(d_head) + causal mask) V per head, with Q, K rotated by RoPE when
-    theta is given and left as they are (NoPE) when it is None."""
+def attention(x, mha, num_heads, position_encoding="none", theta=10_000.0):
+    """softmax(Q K^T / sqrt(d_head) + causal mask) V per head, with Q, K rotated by RoPE, or
+    left as they are (NoPE), or with ALiBi's bias -m_h (i - j) added to the scores, m_h =
+    2^(-8h/n) for n heads, n a power of 2 (Press et al., 2022)."""
     seq, d = x.shape[-2:]
     q, k, v = F.linear(x, mha.qkv_proj.weight).chunk(3, dim=-1)
     q, k, v = (t.unflatten(-1, (num_heads, d // num_heads)).transpose(-3, -2) for t in (q, k, v))
-    if theta is not None:
+    if position_encoding == "rope":
         q, k = rotate(q, theta).to(x.dtype), rotate(k, theta).to(x.dtype)
     scores = q @ k.transpose(-2, -1) / math.sqrt(d // num_heads)  # (batch, heads, seq, seq)
+    if position_encoding == "alibi":
+        slopes = torch.tensor([2 ** (-8 * h / num_heads) for h in range(1, num_heads + 1)])
+        distance = torch.arange(seq)[:, None] - torch.arange(seq)[None, :]  # i - j
+        scores = scores - slopes[:, None, None] * distance  # (heads, seq, seq) bias
     future = torch.ones(seq, seq, dtype=torch.bool).triu(1)
     out = torch.softmax(scores.masked_fill(future, -math.inf), dim=-1) @ v
     return F.linear(out.transpose(-3, -2).flatten(-2), mha.out_proj.weight)
@@ -101,18 +106,21 @@ def feed_forward(x, ffn, kind):
 def reference_logits(model, ids):
     """The whole model, each block from its norm placement's equation."""
     c = model.config
-    theta = c.rope_theta if c.position_encoding == "rope" else None
     x = model.embedding.weight[ids]
+
+    def attend(x, block):
+        return attention(x, block.attn, c.num_heads, c.position_encoding, c.rope_theta)
+
     for block in model.blocks:
         g1, g2 = getattr(block.attn_norm, "weight", None), getattr(block.ffn_norm, "weight", None)
         if c.norm_position == "pre":  # x + f(norm(x))
-            x = x + attention(rms_norm(x, g1), block.attn, c.num_heads, theta)
+            x = x + attend(rms_norm(x, g1), block)
             x = x + feed_forward(rms_norm(x, g2), block.ffn, c.ffn)
         elif c.norm_position == "post":  # norm(x + f(x)), Vaswani et al. (2017)
-            x = rms_norm(x + attention(x, block.attn, c.num_heads, theta), g1)
+            x = rms_norm(x + attend(x, block), g1)
             x = rms_norm(x + feed_forward(x, block.ffn, c.ffn), g2)
         else:  # x + f(x)
-            x = x + attention(x, block.attn, c.num_heads, theta)
+            x = x + attend(x, block)
             x = x + feed_forward(x, block.ffn, c.ffn)
     if c.norm_position == "pre":  # post-norm blocks end in a norm; "none" has none
         x = rms_norm(x, model.final_norm.weight)
@@ -140,7 +148,11 @@ def test_layers_follow_the_switches():
     post = small_model(norm_position="post", position_encoding="none", ffn="silu")
     block = post.blocks[0]
     assert isinstance(block.attn_norm, RmsNorm) and isinstance(block.ffn_norm, RmsNorm)
-    assert isinstance(block.attn.rope, NoPE) and isinstance(block.ffn, SiluFFN)
+    assert type(block.attn.position) is NoPE and isinstance(block.ffn, SiluFFN)
+    alibi = small_model(position_encoding="alibi")
+    assert isinstance(alibi.blocks[0].attn.position, ALiBi)
+    assert alibi.blocks[1].attn.position is alibi.blocks[0].attn.position  # one for all layers
+    assert isinstance(small_model().blocks[0].attn.position, RoPE)
     assert "final_norm.weight" not in post.state_dict()
     assert not any("norm" in name for name in small_model(norm_position="none").state_dict())
     assert isinstance(small_model().blocks[0].ffn, FFN)
@@ -154,7 +166,7 @@ def test_nope_attention_is_causal_softmax_without_rotation(attention_path):
     config = dataclasses.replace(SMALL, position_encoding="none", attention=attention_path)
     mha = MultiHeadAttention(config)
     x = torch.randn(3, 10, 32)
-    expected = attention(x, mha, SMALL.num_heads)
+    expected = attention(x, mha, SMALL.num_heads, "none")
     torch.testing.assert_close(mha(x), expected, atol=1e-5, rtol=1e-5)
     positions = torch.randint(0, SMALL.context_length, (3, 10))  # given positions are ignored
     torch.testing.assert_close(mha(x, positions), expected, atol=1e-5, rtol=1e-5)
@@ -164,11 +176,11 @@ def test_nope_attention_is_causal_softmax_without_rotation(attention_path):
 def test_without_positions_the_last_token_cannot_see_the_order_of_the_others(norm_position):
     """The last query attends to every key; without positions attention is a weighted sum
     over a set, so permuting the earlier tokens leaves the first layer's last output (and a
-    1-layer model's last logits) unchanged. With RoPE it changes."""
+    1-layer model's last logits) unchanged. With RoPE or ALiBi it changes."""
     ids = torch.randint(0, SMALL.vocab_size, (2, 12))
     shuffled = torch.cat([ids[:, torch.randperm(11)], ids[:, 11:]], dim=1)
     assert not torch.equal(ids, shuffled)
-    for position_encoding in ("none", "rope"):
+    for position_encoding in ("none", "rope", "alibi"):
         model = small_model(norm_position=norm_position, position_encoding=position_encoding)
         one_layer = small_model(
             norm_position=norm_position, position_encoding=position_encoding, num_layers=1
@@ -182,92 +194,6 @@ def test_without_positions_the_last_token_cannot_see_the_order_of_the_others(nor
                 torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
             else:
                 assert (a - b).abs().max() > 1e-3
-
-
-# --- every variant through the cache, both attention paths, checkpoints, counts -------------
-
-
-@pytest.mark.parametrize("attention_path", ["ours", "fused"])
-@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
-def test_kv_cache_decoding_equals_full_recompute(variant, attention_path):
-    model = small_model(**variant, attention=attention_path).eval()
-    ids = torch.randint(0, SMALL.vocab_size, (2, 24))
-    cache = model.new_kv_cache(batch_size=2)
-    with torch.no_grad():
-        full = model(ids)
-        pieces, start = [], 0
-        for n in (5, 1, 1, 17):
-            pieces.append(model(ids[:, start : start + n], kv_cache=cache))
-            start += n
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
-def test_fused_attention_equals_ours_outputs_and_gradients(variant):
-    ours = small_model(**variant, attention="ours")
-    fused = small_model(**variant, attention="fused")
-    fused.load_state_dict(ours.state_dict())
-    ids = torch.randint(0, SMALL.vocab_size, (2, 20))
-    targets = torch.randint(0, SMALL.vocab_size, (2, 20))
-    losses = []
-    for model in (ours, fused):
-        loss = cross_entropy(model(ids), targets)
-        loss.backward()
-        losses.append(loss)
-    torch.testing.assert_close(losses[0], losses[1])
-    for (name, a), b in zip(ours.named_parameters(), fused.parameters(), strict=True):
-        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4, msg=name)
-
-
-@pytest.mark.parametrize(
-    "variant",
-    [
-        {"norm_position": "post", "position_encoding": "none", "ffn": "silu"},
-        {"norm_position": "none", "position_encoding": "rope", "ffn": "swiglu"},
-    ],
-    ids=variant_id,
-)
-def test_checkpoint_rebuilds_the_variant(variant, tmp_path):
-    model = small_model(**variant)
-    path = save_checkpoint(model, None, 7, tmp_path / "checkpoint.pt")
-    loaded, checkpoint = load_model(path)
-    assert checkpoint["model_config"] == dataclasses.asdict(model.config)
-    assert loaded.config == model.config
-    assert loaded.state_dict().keys() == model.state_dict().keys()
-    assert [type(m) for m in loaded.modules()] == [type(m) for m in model.modules()]
-    ids = torch.randint(0, SMALL.vocab_size, (2, 16))
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids), model.eval()(ids))
-
-
-def test_legacy_checkpoint_loads_with_the_default_switches():
-    path = Path(__file__).parent / "fixtures" / "legacy-checkpoint-b112436.ckpt"
-    model, checkpoint = load_model(path)
-    assert "norm_position" not in checkpoint["model_config"]  # written before the switches
-    c = model.config
-    assert (c.norm_position, c.position_encoding, c.ffn) == ("pre", "rope", "swiglu")
-    assert isinstance(model.final_norm, RmsNorm) and isinstance(model.blocks[0].ffn, FFN)
-
-
-@pytest.mark.parametrize("tie", [False, True])
-@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
-def test_parameter_count_and_flops(variant, tie):
-    config = ModelConfig(
-        vocab_size=1000, context_length=128, d_model=96, num_layers=3, num_heads=6, d_ff=None,
-        tie_embeddings=tie, **variant,
-    )  # fmt: skip
-    model = Transformer(config, device="meta")
-    v, t, d, layers = 1000, 128, 96, 3
-    d_ff = 256 if variant["ffn"] == "swiglu" else 384  # 8/3 * 96 = 256; 4 * 96 = 384
-    ffn = (3 if variant["ffn"] == "swiglu" else 2) * d * d_ff
-    gains = {"pre": 2 * d, "post": 2 * d, "none": 0}[variant["norm_position"]]
-    final_gain = d if variant["norm_position"] == "pre" else 0
-    embeddings = v * d if tie else 2 * v * d
-    expected = layers * (4 * d * d + ffn + gains) + embeddings + final_gain
-    assert model.num_parameters() == expected
-    assert model.num_parameters(exclude_embeddings=True) == expected - (0 if tie else v * d)
-    matmuls = layers * (4 * d * d + ffn) + v * d  # output layer; the embedding is a lookup
-    assert model.flops_per_token() == 6 * matmuls + 12 * layers * d * t
 
 
 def test_default_d_ff_keeps_the_ffn_parameters_about_equal():
@@ -287,7 +213,7 @@ def test_default_d_ff_keeps_the_ffn_parameters_about_equal():
     ("key", "allowed"),
     [
         ("norm_position", "'pre', 'post', 'none'"),
-        ("position_encoding", "'rope', 'none'"),
+        ("position_encoding", "'rope', 'none', 'alibi'"),
         ("ffn", "'swiglu', 'silu'"),
         ("attention", "'fused', 'ours'"),
     ],
@@ -320,10 +246,17 @@ def test_odd_head_size_is_fine_without_rope():
 
 @pytest.mark.parametrize(
     "switch",
-    [{"norm_position": "post"}, {"position_encoding": "none"}, {"ffn": "silu"}, {"qk_norm": True}],
+    [
+        {"norm_position": "post"},
+        {"position_encoding": "none"},
+        {"ffn": "silu"},
+        {"qk_norm": True},
+        {"position_encoding": "alibi"},
+        {"sliding_window": 8},
+    ],  # fmt: skip
 )
 def test_the_hf_reference_refuses_what_llama_cannot_express(switch):
-    from kernel.hf_llama import to_hf_llama
+    from hf_llama import to_hf_llama
 
     model = Transformer(dataclasses.replace(SMALL, **switch))
     with pytest.raises(ValueError, match=f"{next(iter(switch))}=.* has no Llama equivalent"):

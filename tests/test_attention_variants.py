@@ -1,9 +1,9 @@
-"""The model options of ModelConfig beyond the ablation switches: grouped-query attention
-(num_kv_heads), QK-norm (qk_norm), zero-initialised output projections (zero_init_residual) and
-dropout.
-Each is checked against its definition written out in plain PyTorch, and through the KV cache,
-both attention paths, the ablation switches, checkpoints, flags and the parameter and FLOP
-counts."""
+"""The attention options of ModelConfig: grouped-query attention (num_kv_heads), QK-norm
+(qk_norm), ALiBi (position_encoding="alibi") and sliding-window attention (sliding_window); and
+zero-initialised output projections (zero_init_residual) and dropout.
+Each is checked against its definition written out in plain PyTorch, on both attention paths,
+and as flags. The KV cache, the fused kernel, checkpoints and the parameter and FLOP counts are
+checked for every variant in test_model_variants.py."""
 
 import dataclasses
 import math
@@ -14,26 +14,20 @@ import torch
 import torch.nn.functional as F
 
 import llm.transformer
-from llm.checkpoint import load_model, save_checkpoint
 from llm.config import ConfigError, config_from_dict
 from llm.training import load_train_config
-from llm.transformer import ModelConfig, MultiHeadAttention, Transformer, cross_entropy
+from llm.transformer import (
+    ModelConfig,
+    MultiHeadAttention,
+    Transformer,
+    alibi_slopes,
+    cross_entropy,
+)
 
 # 6 heads of size 8: K/V heads can be 6 (plain multi-head), 3, 2 or 1 (multi-query).
 SMALL = ModelConfig(
     vocab_size=53, context_length=24, d_model=48, num_layers=2, num_heads=6, d_ff=40
 )
-VARIANTS = [
-    {"num_kv_heads": 2},
-    {"num_kv_heads": 1, "qk_norm": True},
-    {"num_kv_heads": 3, "qk_norm": True, "position_encoding": "none"},
-    {"qk_norm": True, "norm_position": "post", "ffn": "silu"},
-    {"num_kv_heads": 2, "zero_init_residual": True, "norm_position": "none"},
-]
-
-
-def variant_id(variant: dict) -> str:
-    return "-".join(f"{key}={value}" for key, value in variant.items())
 
 
 @pytest.fixture(autouse=True)
@@ -155,6 +149,94 @@ def test_qk_norm_bounds_the_attention_logits():
         )
 
 
+# --- ALiBi and the sliding window ------------------------------------------------------------
+
+
+# ALiBi's slopes for SMALL's 6 heads: those of 4 heads, then every other one of 8 heads' (1/2, 1/8).
+SLOPES_OF_6_HEADS = [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3]
+
+
+def test_alibi_slopes_are_the_papers():
+    """Press et al. 2022, section 3: 2^(-8h/n) for n a power of 2; for 6 and 12 heads the
+    official code's interleaving (the slopes of 4 or 8 heads, then every other slope of 8 or 16
+    heads), here written out by hand."""
+    expected = {
+        8: [2**-1, 2**-2, 2**-3, 2**-4, 2**-5, 2**-6, 2**-7, 2**-8],
+        6: SLOPES_OF_6_HEADS,
+        12: [2**-1, 2**-2, 2**-3, 2**-4, 2**-5, 2**-6, 2**-7, 2**-8,
+             2**-0.5, 2**-1.5, 2**-2.5, 2**-3.5],
+        1: [2**-8],
+    }  # fmt: skip
+    for heads, slopes in expected.items():
+        torch.testing.assert_close(alibi_slopes(heads), torch.tensor(slopes))
+    model = Transformer(config_with(position_encoding="alibi"))  # 6 heads
+    torch.testing.assert_close(
+        model.blocks[1].attn.position.slopes, torch.tensor(SLOPES_OF_6_HEADS)
+    )
+    assert not any("slopes" in name for name in model.state_dict())  # a buffer, not saved
+    assert not any("slopes" in name for name, _ in model.named_parameters())  # nor learned
+
+
+def attention_from_the_equations(mha, x, slopes=None, window=None, theta=None):
+    """Causal attention one query and one key at a time, from the papers' equations:
+
+        score_h(i, j) = q_i . k_j / sqrt(d_head) - m_h (i - j)     (ALiBi, Press et al. 2022)
+
+    over the keys j with i - window < j <= i (Mistral 7B's sliding window, Jiang et al. 2023;
+    all j <= i without one), then softmax over those j and the sum of their values. Query head
+    h reads K/V head h // (heads / kv_heads). slopes None: no bias; theta: queries and keys
+    rotated by RoPE (rotate), else not (NoPE)."""
+    heads, kv_heads, d = mha.num_heads, mha.num_kv_heads, mha.d_head
+    wq, wk, wv = mha.qkv_proj.weight.split([heads * d, kv_heads * d, kv_heads * d])
+    batch, seq, _ = x.shape
+    out = torch.zeros(batch, seq, heads * d, dtype=x.dtype)
+    for b in range(batch):
+        for h in range(heads):
+            kv = h // (heads // kv_heads)
+            q = x[b] @ wq[h * d : (h + 1) * d].T  # (seq, d)
+            k, v = x[b] @ wk[kv * d : (kv + 1) * d].T, x[b] @ wv[kv * d : (kv + 1) * d].T
+            if theta is not None:
+                q, k = rotate(q, torch.arange(seq), theta), rotate(k, torch.arange(seq), theta)
+            for i in range(seq):
+                keys = [j for j in range(i + 1) if window is None or j > i - window]
+                scores = torch.stack([q[i] @ k[j] / math.sqrt(d) for j in keys])
+                if slopes is not None:
+                    scores = scores - torch.tensor([slopes[h] * (i - j) for j in keys])
+                weights = torch.softmax(scores, dim=0)
+                out[b, i, h * d : (h + 1) * d] = sum(
+                    w * v[j] for w, j in zip(weights, keys, strict=True)
+                )
+    return out @ mha.out_proj.weight.T
+
+
+@pytest.mark.parametrize("attention", ["ours", "fused"])
+@pytest.mark.parametrize(
+    "position_encoding, window, num_kv_heads",
+    [
+        ("alibi", None, 6),
+        ("alibi", None, 2),
+        ("alibi", 4, 3),
+        ("none", 4, 6),
+        ("rope", 4, 2),
+        ("rope", 1, 6),
+    ],  # fmt: skip
+)
+def test_alibi_and_sliding_window_match_their_equations_in_float64(
+    position_encoding, window, num_kv_heads, attention
+):
+    config = config_with(
+        position_encoding=position_encoding, sliding_window=window, num_kv_heads=num_kv_heads,
+        attention=attention,
+    )  # fmt: skip
+    mha = MultiHeadAttention(config, dtype=torch.float64)
+    x = torch.randn(2, 10, 48, dtype=torch.float64)
+    slopes = SLOPES_OF_6_HEADS if position_encoding == "alibi" else None
+    theta = config.rope_theta if position_encoding == "rope" else None
+    expected = attention_from_the_equations(mha, x, slopes, window, theta)
+    # Not exact for RoPE: its tables are float32 (rounded once).
+    torch.testing.assert_close(mha(x), expected, atol=1e-6, rtol=0)
+
+
 # --- grouped-query attention ----------------------------------------------------------------
 
 
@@ -182,18 +264,20 @@ def test_num_kv_heads_equal_to_num_heads_is_plain_multi_head_attention():
     torch.testing.assert_close(same(ids), plain(ids))
 
 
+@pytest.mark.parametrize("alibi_window", [False, True])
 @pytest.mark.parametrize("enable_gqa", [True, False])
-def test_fused_path_with_and_without_sdpas_enable_gqa(enable_gqa, monkeypatch):
+def test_fused_path_with_and_without_sdpas_enable_gqa(enable_gqa, alibi_window, monkeypatch):
     """PyTorch >= 2.5 shares the K/V heads inside F.scaled_dot_product_attention
     (enable_gqa=True); older versions get K and V repeated per group first. Both must equal our
-    own attention, with and without the cache."""
+    own attention, with and without the cache, also with a mask per query head (ALiBi's)."""
     monkeypatch.setattr(llm.transformer, "SDPA_HAS_GQA", enable_gqa)
-    fused = small_model(num_kv_heads=2, attention="fused").eval()
+    options = {"position_encoding": "alibi", "sliding_window": 5} if alibi_window else {}
+    fused = small_model(num_kv_heads=2, attention="fused", **options).eval()
     attn = fused.blocks[0].attn
     assert (attn.sdpa_options, attn.repeat_kv) == (
         ({"enable_gqa": True}, False) if enable_gqa else ({}, True)
     )
-    ours = Transformer(config_with(num_kv_heads=2, attention="ours")).eval()
+    ours = Transformer(config_with(num_kv_heads=2, attention="ours", **options)).eval()
     ours.load_state_dict(fused.state_dict())
     ids = torch.randint(0, 53, (2, 24))
     with torch.no_grad():
@@ -251,72 +335,12 @@ def test_zero_init_still_trains_every_parameter(ffn):
         optimizer.step()
 
 
-# --- every option through the cache, both attention paths, checkpoints, counts --------------
-
-
 @pytest.mark.parametrize("attention", ["ours", "fused"])
-@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
-def test_kv_cache_decoding_equals_full_recompute(variant, attention):
-    model = small_model(**variant, attention=attention).eval()
-    ids = torch.randint(0, SMALL.vocab_size, (2, 24))
-    cache = model.new_kv_cache(batch_size=2)
-    with torch.no_grad():
-        full = model(ids)
-        pieces, start = [], 0
-        for n in (5, 1, 1, 17):
-            pieces.append(model(ids[:, start : start + n], kv_cache=cache))
-            start += n
-    assert cache.keys[0].shape[1] == model.config.kv_heads
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("attention", ["ours", "fused"])
-def test_kv_cache_key_mask_ignores_left_padding_with_gqa(attention):
-    """The padding mask is (batch, 1, seq, keys): per sequence, the same for every head group."""
-    model = small_model(num_kv_heads=2, qk_norm=True, attention=attention).eval()
-    ids = torch.randint(0, SMALL.vocab_size, (2, 10))
-    padded = torch.cat([torch.zeros(2, 3, dtype=torch.long), ids], dim=1)
-    cache = model.new_kv_cache(batch_size=2)
-    cache.key_mask = torch.ones(2, SMALL.context_length, dtype=torch.bool)
-    cache.key_mask[0, :3] = False  # only the first sequence is padded
-    with torch.no_grad():
-        out = torch.cat([model(padded[:, :8], cache), model(padded[:, 8:], cache)], dim=1)
-        expected = model(ids[:1])
-    assert torch.isfinite(out).all()
-    torch.testing.assert_close(out[:1, 3:], expected, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
-def test_fused_attention_equals_ours_outputs_and_gradients(variant):
-    ours = small_model(**variant, attention="ours")
-    fused = Transformer(config_with(**variant, attention="fused"))
-    fused.load_state_dict(ours.state_dict())
-    ids = torch.randint(0, SMALL.vocab_size, (2, 20))
-    targets = torch.randint(0, SMALL.vocab_size, (2, 20))
-    losses = []
-    for model in (ours, fused):
-        loss = cross_entropy(model(ids), targets)
-        loss.backward()
-        losses.append(loss)
-    torch.testing.assert_close(losses[0], losses[1])
-    for (name, a), b in zip(ours.named_parameters(), fused.parameters(), strict=True):
-        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4, msg=name)
-
-
-def test_kv_cache_decoding_traces_as_one_graph_for_torch_compile():
-    model = small_model(num_kv_heads=2, qk_norm=True).eval()
-    compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=True)
-    ids = torch.randint(0, SMALL.vocab_size, (1, 12))
-    cache = model.new_kv_cache(batch_size=1)
-    with torch.no_grad():
-        steps = [compiled(ids[:, :8], cache, last_only=True)]
-        steps += [compiled(ids[:, i : i + 1], cache, last_only=True) for i in range(8, 12)]
-        expected = model(ids)[:, 7:]
-    torch.testing.assert_close(torch.cat(steps, dim=1), expected, atol=1e-5, rtol=1e-5)
-
-
-def test_bfloat16_autocast_stays_close_to_float32():
-    model = small_model(num_kv_heads=2, qk_norm=True).eval()
+@pytest.mark.parametrize("alibi_window", [False, True])
+def test_bfloat16_autocast_stays_close_to_float32(alibi_window, attention):
+    """Also with ALiBi's bias, which must follow the queries into bfloat16."""
+    options = {"position_encoding": "alibi", "sliding_window": 5} if alibi_window else {}
+    model = small_model(num_kv_heads=2, qk_norm=True, attention=attention, **options).eval()
     ids = torch.randint(0, SMALL.vocab_size, (2, 20))
     with torch.no_grad():
         expected = model(ids)
@@ -325,41 +349,6 @@ def test_bfloat16_autocast_stays_close_to_float32():
             logits = torch.cat([model(ids[:, :8], cache), model(ids[:, 8:], cache)], dim=1)
     assert logits.dtype == cache.keys[0].dtype == torch.bfloat16
     torch.testing.assert_close(logits.float(), expected, atol=5e-2, rtol=2e-2)
-
-
-def test_checkpoint_rebuilds_every_option(tmp_path):
-    options = {"num_kv_heads": 3, "qk_norm": True, "zero_init_residual": True}
-    model = small_model(**options)
-    path = save_checkpoint(model, None, 7, tmp_path / "checkpoint.pt")
-    loaded, checkpoint = load_model(path)
-    assert checkpoint["model_config"] == dataclasses.asdict(model.config)
-    assert {key: checkpoint["model_config"][key] for key in options} == options
-    assert loaded.config == model.config
-    assert loaded.state_dict().keys() == model.state_dict().keys()
-    ids = torch.randint(0, SMALL.vocab_size, (2, 16))
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids), model.eval()(ids))
-
-
-@pytest.mark.parametrize("tie", [False, True])
-@pytest.mark.parametrize("num_kv_heads", [None, 3, 1])
-@pytest.mark.parametrize("qk_norm", [False, True])
-def test_parameter_count_and_flops(qk_norm, num_kv_heads, tie):
-    config = ModelConfig(
-        vocab_size=1000, context_length=128, d_model=96, num_layers=3, num_heads=6, d_ff=256,
-        num_kv_heads=num_kv_heads, qk_norm=qk_norm, tie_embeddings=tie,
-    )  # fmt: skip
-    model = Transformer(config, device="meta")
-    v, t, d, layers, d_head = 1000, 128, 96, 3, 16
-    kv = num_kv_heads or 6
-    attention = d * (6 + 2 * kv) * d_head + d * d  # qkv_proj, out_proj
-    gains = 2 * d + (2 * d_head if qk_norm else 0)
-    embeddings = v * d if tie else 2 * v * d
-    expected = layers * (attention + 3 * d * 256 + gains) + embeddings + d
-    assert model.num_parameters() == expected
-    matmuls = layers * (attention + 3 * d * 256) + v * d  # the embedding is a lookup
-    # Attention scores and values: every query head still sees every key.
-    assert model.flops_per_token() == 6 * matmuls + 12 * layers * d * t
 
 
 # --- dropout -----------------------------------------------------------------------------------
@@ -421,17 +410,31 @@ def test_num_kv_heads_must_divide_num_heads(num_kv_heads):
         config_from_dict(ModelConfig, {"num_heads": 6, "d_model": 48, "num_kv_heads": num_kv_heads})
 
 
+@pytest.mark.parametrize("window", [0, -3])
+def test_sliding_window_must_be_at_least_one(window):
+    message = f"sliding_window must be at least 1 (or None for full attention), not {window}"
+    with pytest.raises(ValueError) as error:
+        config_with(sliding_window=window)
+    assert str(error.value) == message
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_from_dict(ModelConfig, {"sliding_window": window})
+
+
 def test_options_are_training_flags():
     config = load_train_config(
         ["--model.num_heads", "8", "--model.num_kv_heads", "2", "--model.qk_norm", "true",
-         "--model.zero_init_residual", "true"]
+         "--model.zero_init_residual", "true", "--model.position_encoding", "alibi",
+         "--model.sliding_window", "64"]
     ).model  # fmt: skip
     assert (config.num_kv_heads, config.qk_norm, config.zero_init_residual) == (2, True, True)
+    assert (config.position_encoding, config.sliding_window) == ("alibi", 64)
     assert config.kv_heads == 2
     assert load_train_config(["--model.num_kv_heads", "none"]).model.num_kv_heads is None
+    assert load_train_config(["--model.sliding_window", "none"]).model.sliding_window is None
     defaults = load_train_config([]).model
     assert (defaults.num_kv_heads, defaults.qk_norm, defaults.zero_init_residual) == (
         None,
         False,
         False,
     )
+    assert defaults.sliding_window is None

@@ -213,7 +213,14 @@ def test_unsupported_hf_configs_are_errors_naming_the_feature(change, message):
 
 @pytest.mark.parametrize(
     "switch",
-    [{"norm_position": "post"}, {"position_encoding": "none"}, {"ffn": "silu"}, {"qk_norm": True}],
+    [
+        {"norm_position": "post"},
+        {"position_encoding": "none"},
+        {"ffn": "silu"},
+        {"qk_norm": True},
+        {"position_encoding": "alibi"},
+        {"sliding_window": 8},
+    ],  # fmt: skip
 )
 def test_export_refuses_what_llama_cannot_express(switch, tokenizer, tmp_path, capsys):
     model = small_model(tokenizer.vocab_size, **switch)

@@ -2,9 +2,9 @@
 SwiGLU, RoPE), so the tests can check our logits against an independent implementation and the
 benchmarks can time both on the same weights. The weights are mapped by llm/hf_format.py (the
 export's own mapping, so these checks test it too). Needs the `transformers` package (a dev
-dependency), so it lives here, outside the `llm` package: the kernel scripts import it as a
-sibling (`from hf_llama import to_hf_llama`), the tests as `from kernel.hf_llama import
-to_hf_llama`.
+dependency), so it lives with the tests, outside the `llm` package. The tests import it as
+`from hf_llama import to_hf_llama` (pytest puts tests/ on the path); the kernel scripts put
+tests/ on the path first.
 """
 
 from llm.hf_format import hf_config, hf_state_dict
@@ -14,7 +14,8 @@ from llm.transformer import Transformer
 def to_hf_llama(model: Transformer, attn_implementation: str = "sdpa"):
     """A LlamaForCausalLM holding a copy of `model`'s weights (same dtype and device). Only the
     Llama architecture maps: grouped-query attention does (num_key_value_heads), the ablation
-    switches (post-norm, no norm, NoPE, SiLU FFN) and QK-norm don't (a ValueError)."""
+    switches (post-norm, no norm, NoPE, ALiBi, SiLU FFN), QK-norm and a sliding window don't (a
+    ValueError)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig.from_dict(hf_config(model.config), attn_implementation=attn_implementation)
