@@ -30,10 +30,11 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
-    )
+    tmp = None  # a signal (Ctrl-C, SIGTERM) may come as soon as mkstemp has made the file
     try:
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
+        )
         text = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
         with os.fdopen(fd, mode + "+", **text) as f:
             yield f
@@ -42,7 +43,8 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private (0o600)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
 
