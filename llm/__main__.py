@@ -297,7 +297,7 @@ def next_training(out: Path) -> str:
             f" --train_data {out / 'data' / 'train.npy'} --valid_data {out / 'data' / 'valid.npy'}"
             f" --tokenizer_dir {out / 'tokenizer'}"
         )
-    return command + "\n      # a 4x bigger model on these stories: 10 minutes, no download"
+    return command + "\n      # a 3x bigger model on these stories: 10 minutes, no download"
 
 
 def run(config: QuickstartConfig) -> dict:
