@@ -10,6 +10,16 @@ tests/ on the path first.
 from llm.hf_format import hf_config, hf_state_dict
 from llm.transformer import Transformer
 
+# Model settings that Llama has no equivalent of: export and to_hf_llama refuse each.
+NOT_LLAMA = [
+    {"norm_position": "post"},
+    {"position_encoding": "none"},
+    {"ffn": "silu"},
+    {"qk_norm": True},
+    {"position_encoding": "alibi"},
+    {"sliding_window": 8},
+]
+
 
 def to_hf_llama(model: Transformer, attn_implementation: str = "sdpa"):
     """A LlamaForCausalLM holding a copy of `model`'s weights (same dtype and device). Only the

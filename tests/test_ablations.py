@@ -26,6 +26,8 @@ from llm.transformer import (
     default_d_ff,
 )
 
+from hf_llama import NOT_LLAMA, to_hf_llama
+
 SMALL = ModelConfig(
     vocab_size=53, context_length=24, d_model=32, num_layers=2, num_heads=4, d_ff=40
 )
@@ -244,20 +246,8 @@ def test_odd_head_size_is_fine_without_rope():
         ModelConfig(d_model=30, num_heads=4, position_encoding="none")
 
 
-@pytest.mark.parametrize(
-    "switch",
-    [
-        {"norm_position": "post"},
-        {"position_encoding": "none"},
-        {"ffn": "silu"},
-        {"qk_norm": True},
-        {"position_encoding": "alibi"},
-        {"sliding_window": 8},
-    ],  # fmt: skip
-)
+@pytest.mark.parametrize("switch", NOT_LLAMA)
 def test_the_hf_reference_refuses_what_llama_cannot_express(switch):
-    from hf_llama import to_hf_llama
-
     model = Transformer(dataclasses.replace(SMALL, **switch))
     with pytest.raises(ValueError, match=f"{next(iter(switch))}=.* has no Llama equivalent"):
         to_hf_llama(model)

@@ -25,6 +25,8 @@ from llm.loading import load
 from llm.transformer import ModelConfig, Transformer
 from tests.conftest import markov_tokens
 
+from hf_llama import NOT_LLAMA
+
 TEXT = (
     "Once upon a time, a little cat named Tom found a big red ball. He said: 'It's mine!'\n"
     "Ünïcödé wörds, 日本語のテキスト, emoji 🙂🙂 and numbers 3.14159 appear too.\n"
@@ -211,17 +213,7 @@ def test_unsupported_hf_configs_are_errors_naming_the_feature(change, message):
     assert model_config_from_hf(LLAMA).rope_theta == 10_000.0  # the unchanged config loads
 
 
-@pytest.mark.parametrize(
-    "switch",
-    [
-        {"norm_position": "post"},
-        {"position_encoding": "none"},
-        {"ffn": "silu"},
-        {"qk_norm": True},
-        {"position_encoding": "alibi"},
-        {"sliding_window": 8},
-    ],  # fmt: skip
-)
+@pytest.mark.parametrize("switch", NOT_LLAMA)
 def test_export_refuses_what_llama_cannot_express(switch, tokenizer, tmp_path, capsys):
     model = small_model(tokenizer.vocab_size, **switch)
     source = run_dir_with(model, tokenizer, tmp_path)
