@@ -28,10 +28,10 @@ def load_tokens(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         problem = "is not a file" if path.exists() else "does not exist"
-        raise DataError(
-            f"token file {path} {problem}; encode a text file to .npy token ids with the "
-            "tokenizer first (see the README)"
-        )
+        how = "uv run -m llm.bpe_tokenizer encode --tokenizer TOK --input TEXT --output FILE.npy"
+        if "tinystories" in str(path):  # the presets' data: downloaded, then encoded
+            how = "uv run -m llm.data download tinystories, then uv run -m llm.bpe_tokenizer"
+        raise DataError(f"token file {path} {problem}; make it first: {how}")
     with path.open("rb") as f:
         magic = f.read(6)
     if magic != b"\x93NUMPY":

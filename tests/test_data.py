@@ -35,8 +35,11 @@ def test_load_tokens_rejects_bad_files(tmp_path, array, message):
 
 
 def test_load_tokens_missing_file_says_what_to_do(tmp_path):
-    with pytest.raises(DataError, match="does not exist; encode"):
+    with pytest.raises(DataError, match="does not exist; make it first: uv run -m llm.bpe_token"):
         load_tokens(tmp_path / "nope.npy")
+    preset = tmp_path / "data" / "tinystories-bpe-10k" / "train.npy"  # the presets' data
+    with pytest.raises(DataError, match="uv run -m llm.data download tinystories, then"):
+        load_tokens(preset)
 
 
 def test_get_batch_shapes_ranges_and_shift(arange_file):
