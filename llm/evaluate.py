@@ -244,6 +244,31 @@ def evaluate_task(
     return metrics, samples
 
 
+def task_specs(specs: list[str]) -> list[tuple[str, int | None]]:
+    """Training's eval_tasks, "name" or "name:N" (its first N examples), as (name, N); a
+    ValueError for an unknown task or a bad N, an ImportError when the task's data is missing."""
+    parsed = []
+    for spec in specs:
+        name, _, count = spec.partition(":")
+        if count and not (count.isdigit() and int(count) >= 1):
+            raise ValueError(f"eval_tasks: {spec!r}: N in NAME:N must be a whole number >= 1")
+        examples(name, 1)  # the task exists and its data is there
+        parsed.append((name, int(count) if count else None))
+    return parsed
+
+
+def task_scores(
+    model: Transformer, tokenizer: BpeTokenizer, specs: list[tuple[str, int | None]]
+) -> dict[str, float]:
+    """{"TASK/acc": ..., "TASK/acc_norm": ...} of the model on each task's examples: what a
+    training run logs at each evaluation (a "tasks" record)."""
+    scores = {}
+    for name, limit in specs:
+        metrics, _ = evaluate_task(model, tokenizer, name, limit)
+        scores |= {f"{name}/{key}": metrics[key] for key in ("acc", "acc_norm")}
+    return {key: value for key, value in scores.items() if value is not None}
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from llm.run_dir import METRICS_NAME, read_metrics
 
 
 def plot_run(run_dir: str | Path, references: dict[str, float] | None = None) -> list[Path]:
-    """Draw img/loss.png, img/lr.png and img/bits_per_byte.png; returns their paths. A run
+    """Draw img/loss.png, img/lr.png, img/bits_per_byte.png and, when the run scored eval_tasks,
+    img/tasks.png; returns their paths. A run
     stopped before its first log record has no metrics log yet: nothing is drawn."""
     if not (Path(run_dir) / METRICS_NAME).is_file():
         return []
@@ -64,7 +65,24 @@ def plot_run(run_dir: str | Path, references: dict[str, float] | None = None) ->
     ax.grid(alpha=0.3)
     lr_png = img / "lr.png"
     _save(fig, lr_png)
-    return [loss_png, lr_png, _plot_bits_per_byte(evals, img, references or {})]
+    paths = [loss_png, lr_png, _plot_bits_per_byte(evals, img, references or {})]
+    tasks = [r for r in records if r["type"] == "tasks"]
+    return paths + ([_plot_tasks(tasks, img)] if tasks else [])
+
+
+def _plot_tasks(tasks: list[dict], img: Path) -> Path:
+    """img/tasks.png: each benchmark task's accuracy (training's eval_tasks) against steps."""
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for key in sorted({k for r in tasks for k in r if "/" in k}):
+        points = [r for r in tasks if key in r]
+        ax.plot([r["step"] for r in points], [r[key] for r in points], "o-", ms=3, label=key)
+    ax.set(xlabel="optimizer step", ylabel="accuracy", title="benchmark tasks (eval_tasks)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    path = img / "tasks.png"
+    _save(fig, path)
+    return path
 
 
 def _plot_bits_per_byte(evals: list[dict], img: Path, references: dict[str, float]) -> Path:

@@ -481,6 +481,7 @@ def _row(run: dict, records: list[dict], result: dict) -> dict:
     diverged = [r for r in records if r["type"] == "diverged"]
     last, final = (train or [{}])[-1], _final_eval(records)
     status = result.get("status", "unfinished" if records else "not started")
+    tasks = [r for r in records if r["type"] == "tasks"]
     return {
         "name": run["name"],
         "values": run["values"],
@@ -493,6 +494,7 @@ def _row(run: dict, records: list[dict], result: dict) -> dict:
         "tokens": last.get("tokens"),
         "train_seconds": last.get("train_seconds"),
         "wall_seconds": result.get("wall_seconds"),
+        "tasks": {k: v for k, v in tasks[-1].items() if "/" in k} if tasks else {},  # the last
     }
 
 
@@ -512,7 +514,9 @@ def _kind(evaluation: dict) -> str:
 def _markdown(out: Path, keys: list[str], rows: list[dict]) -> str:
     scored = [row for row in rows if row["val_bits_per_byte"] is not None]
     best = min(scored, key=lambda row: row["val_bits_per_byte"]) if scored else None
-    numbers = ["val loss", "val bits/byte", "eval", "tokens/s", "tokens", "train time", "wall time"]
+    tasks = sorted({task for row in rows for task in row.get("tasks", {})})  # eval_tasks' scores
+    numbers = ["val loss", "val bits/byte", "eval", *tasks]
+    numbers += ["tokens/s", "tokens", "train time", "wall time"]
     head = [*keys, "status", *numbers]
     align = " --- |" * (len(keys) + 1) + " ---: |" * len(numbers)  # numbers to the right
     lines = [f"# Sweep {out}", "", "| " + " | ".join(head) + " |", "|" + align]
@@ -523,7 +527,8 @@ def _markdown(out: Path, keys: list[str], rows: list[dict]) -> str:
         bits = _cell(row["val_bits_per_byte"], ".4f")
         cells = [_cell(row["values"].get(key)) for key in keys] + [
             status, _cell(row["val_loss"], ".4f"), f"**{bits}**" if row is best else bits,
-            _cell(row["val_eval"]), _cell(row["tokens_per_s"], ",.0f"), _cell(row["tokens"], ","),
+            _cell(row["val_eval"]), *(_cell(row.get("tasks", {}).get(t), ".3f") for t in tasks),
+            _cell(row["tokens_per_s"], ",.0f"), _cell(row["tokens"], ","),
             _minutes(row["train_seconds"]), _minutes(row["wall_seconds"]),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -533,7 +538,8 @@ def _markdown(out: Path, keys: list[str], rows: list[dict]) -> str:
     lines += [
         "",
         "Validation loss (nats/token) and bits/byte: the run's final evaluation, exact on the "
-        "whole validation split or sampled on its fixed windows, as the eval column says. "
+        "whole validation split or sampled on its fixed windows, as the eval column says; "
+        "TASK/acc columns: the last scores of the runs' eval_tasks. "
         "tokens/s: tokens / train time, which excludes evaluation; wall time: the run's "
         "processes from start to end. Runs are in "
         f"{out}/NAME; compare.png plots their validation curves.",

@@ -151,6 +151,7 @@ class TrainConfig:
     eval_batch_size: int = 32  # sequences per forward pass during evaluation
     final_eval: str = "exact"  # at the end: "exact" (whole split), "sampled" or "none"
     eval_sample_tokens: int = 32  # greedy tokens after "Once upon a time" at each eval (0 = none)
+    eval_tasks: list[str] = field(default_factory=list)  # benchmarks at each eval: "name[:N]"
     log_to: list[str] = field(default_factory=lambda: ["jsonl"])  # + tensorboard, wandb
     checkpoint_interval: int = 1000  # steps between checkpoints (also at the end and on Ctrl-C)
     device: str = "auto"  # "auto" (cuda > mps > cpu), or "cpu", "cuda", "cuda:1", "mps"
@@ -267,7 +268,8 @@ class _Data:
     valid: np.ndarray | None = None  # token ids of the validation split (None = no validation)
     valid_starts: np.ndarray | None = None  # the fixed windows of the periodic evaluations
     token_bytes: np.ndarray | None = None  # bytes per token id, for bits/byte
-    tokenizer: "BpeTokenizer | None" = None  # to write the samples (None = no samples)
+    tokenizer: "BpeTokenizer | None" = None  # to write samples and score tasks (None = neither)
+    tasks: list[tuple[str, int | None]] = field(default_factory=list)  # eval_tasks: (name, N)
 
 
 @dataclass
@@ -470,10 +472,11 @@ def _load_data(config: TrainConfig) -> _Data:
     check_tokens(valid, vocab_size, ctx, "valid_data")
     token_bytes = load_token_bytes(config.tokenizer_dir, vocab_size)
     tokenizer = None
-    if config.tokenizer_dir and config.eval_sample_tokens:
-        tokenizer = load_tokenizer(config.tokenizer_dir)
+    if (config.tokenizer_dir and config.eval_sample_tokens) or config.eval_tasks:
+        tokenizer = load_tokenizer(config.tokenizer_dir)  # "": ids are bytes
     starts = eval_starts(len(valid), ctx, config.eval_windows)
-    return _Data(train, valid, starts, token_bytes, tokenizer)
+    tasks = _task_specs(config.eval_tasks)
+    return _Data(train, valid, starts, token_bytes, tokenizer, tasks)
 
 
 def _resume(
@@ -767,7 +770,34 @@ def _evaluate(run: _Run, exact: bool) -> dict:
     )
     if not exact and run.config.eval_sample_tokens and not run.sharded:
         _write_sample(run)
+    if run.data.tasks and not run.sharded:
+        _evaluate_tasks(run)
     return record
+
+
+def _task_specs(specs: list[str]) -> list[tuple[str, int | None]]:
+    """eval_tasks as (name, N), checked (llm/evaluate.py); imported only when there are any."""
+    if not specs:
+        return []
+    from llm.evaluate import task_specs
+
+    try:
+        return task_specs(specs)
+    except (ValueError, ImportError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def _evaluate_tasks(run: _Run) -> None:
+    """The benchmark tasks of eval_tasks (llm/eval_tasks.py), scored like `llm.evaluate`: logged
+    as a "tasks" record and printed. A sharded model is left out, as for the samples."""
+    from llm.evaluate import task_scores
+
+    run.model.eval()
+    with autocast(run.world.device, run.autocast_dtype):
+        scores = task_scores(run.model, run.data.tokenizer, run.data.tasks)
+    run.model.train()
+    run.log({"type": "tasks", "step": run.step, **scores})
+    tqdm.write(f"step {run.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 
 
 SAMPLE_PROMPT = "Once upon a time"
@@ -887,6 +917,8 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
             f"eval_sample_tokens must be >= 0 (0 = no samples), not {config.eval_sample_tokens}"
         )
     check_sinks(config.log_to)
+    if config.eval_tasks and not config.valid_data:
+        raise ConfigError("eval_tasks are scored at each evaluation, which needs valid_data")
     for key in positive:
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be at least 1, not {getattr(config, key)}")
