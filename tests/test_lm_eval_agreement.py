@@ -16,7 +16,7 @@ from llm.bpe_tokenizer import EOT, BpeTokenizer
 from llm.bpe_training import train_bpe
 from llm.checkpoint import save_checkpoint
 from llm.eval_tasks import examples
-from llm.evaluate import evaluate_task, predictions
+from llm.evaluate import evaluate_task, loglikelihoods, predictions
 from llm.generating import SamplingConfig, eos_id_of, generate
 from llm.transformer import ModelConfig, Transformer
 
@@ -135,12 +135,40 @@ def check_agreement(results: dict, our_samples: dict, tokenizer: BpeTokenizer) -
         assert metrics["acc_stderr"] == pytest.approx(reported["acc_stderr,none"])
 
 
-def test_harness_hf_backend_agrees_with_our_evaluation(ours, tokenizer, our_samples, offline,
-                                                       tmp_path):  # fmt: skip
+@pytest.fixture(scope="module")
+def exported(ours, tmp_path_factory) -> Path:
+    """Our model exported to a Hugging Face directory."""
     _, run = ours
-    exported = export.export(run, tmp_path / "hf")
+    return export.export(run, tmp_path_factory.mktemp("export") / "hf")
+
+
+def test_harness_hf_backend_agrees_with_our_evaluation(exported, tokenizer, our_samples, offline):
     results = harness(offline, model="hf", model_args=f"pretrained={exported},dtype=float32")
     check_agreement(results, our_samples, tokenizer)
+
+
+# Requests the tasks' first rows never make: a context ending in spaces (they move to the
+# continuation), an empty context (the end-of-text token stands for it), characters of several
+# bytes, and a context longer than the model's (its oldest tokens go).
+REQUESTS = [
+    ("Question: What cuts paper?\nAnswer: ", "scissors"),
+    ("The dog  ", " can't find its ball."),
+    ("", "A man is sitting on a roof."),
+    ("Ünïcödé wörds, 日本語", " emoji 🙂 too"),
+    (TEXT * 20, " He climbs down the ladder."),
+]
+
+
+def test_harness_hf_backend_agrees_on_unusual_requests(exported, ours, tokenizer, offline):
+    from lm_eval.models.huggingface import HFLM
+
+    model, _ = ours
+    hf = HFLM(pretrained=str(exported), dtype="float32", device="cpu", batch_size=2)
+    theirs = hf.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(REQUESTS)])
+    with pytest.warns(UserWarning, match="lose their oldest tokens"):
+        mine = loglikelihoods(model, tokenizer, REQUESTS)
+    assert [ll for ll, _ in mine] == pytest.approx([ll for ll, _ in theirs], rel=1e-6, abs=1e-4)
+    assert [greedy for _, greedy in mine] == [greedy for _, greedy in theirs]
 
 
 def test_our_plugin_in_the_harness_agrees_with_our_evaluation(ours, tokenizer, our_samples,
@@ -188,7 +216,7 @@ def test_rolling_loglikelihood_equals_a_direct_computation(short, tokenizer, wor
 
 def test_generate_until_is_greedy_generation_cut_at_the_first_stop(short, tokenizer):
     model, lm = short
-    prompt = "A man is sitting"
+    prompt = TEXT  # longer than the 16 - 8 tokens left for it
     sampling = SamplingConfig(max_new_tokens=8, temperature=0, eos_id=eos_id_of(tokenizer))
     full = tokenizer.decode(generate(model, tokenizer.encode(prompt)[-8:], sampling))
     stop = full[3:5]
