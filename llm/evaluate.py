@@ -290,7 +290,8 @@ def run(config: EvaluateConfig) -> dict:
         metrics, task_samples = evaluate_task(
             loaded.model, loaded.tokenizer, name, config.limit, config.batch_size, progress=True
         )
-        results["tasks"][name], samples = metrics, samples + task_samples
+        results["tasks"][name] = metrics
+        samples += task_samples
     print(table(results["tasks"]))
     written = []
     if config.output:

@@ -114,8 +114,9 @@ def test_is_greedy_is_true_exactly_for_the_greedy_continuation(model64):
         for _ in range(3):
             greedy.append(int(model64(torch.tensor([context + greedy]))[0, -1].argmax()))
     other = greedy[:2] + [(greedy[2] + 1) % CONFIG.vocab_size]
-    (_, is_greedy), (_, is_other) = score_batch(model64, [context], [greedy, other], [0, 0])
-    assert is_greedy and not is_other
+    continuations = [greedy, other, greedy[:2], other[:1] + [greedy[0]]]
+    scores = score_batch(model64, [context], continuations, [0] * len(continuations))
+    assert [is_greedy for _, is_greedy in scores] == [True, False, True, False]
 
 
 def test_the_harness_tokenization():
@@ -222,6 +223,9 @@ def test_acc_norm_divides_by_the_answer_length_and_can_flip_the_answer():
     # Per character (the delimiter not counted): -2 / 1 = -2 < -5 / 10 = -0.5.
     assert predictions(example, [-2.0, -5.0]) == (0, 1)
     assert predictions(example, [-2.0, -25.0]) == (0, 0)  # -2.5 per character: no flip
+    # The delimiter " " is not counted: -3 / 2 < -12 / 10 (counted: -3 / 3 > -12 / 11).
+    example = Example(0, [("q", " ab"), ("q", " abcdefghij")], 1, ["ab", "abcdefghij"])
+    assert predictions(example, [-3.0, -12.0]) == (0, 1)
 
 
 def test_stderr_is_the_sample_std_over_sqrt_n():
