@@ -8,8 +8,8 @@ never give it away: only whether it follows from what happened does.
 
 The ending is the last two sentences of the story's last paragraph, or the last one when the
 paragraph has only two, so that a sentence of it stays in the context. The cut is at a sentence
-break, the space after ".", "!" or "?" (and a closing quote), outside quotes: each ending starts
-with " ", the harness's target delimiter, and context + true ending is the whole story.
+break, the space after ".", "!" or "?" (and a closing quote), outside quotes, and that space is
+the harness's target delimiter: context + " " + true ending is the whole story.
 
 The stories come from their own random stream, "{seed}/cloze", which `write_corpus` never uses
 (it uses "{seed}/train" and "{seed}/valid"). The generator's space is large: different streams
@@ -39,13 +39,13 @@ _BREAK = re.compile(r'[.!?]"? (?=["A-Z])')
 @dataclass(frozen=True)
 class ClozeExample:
     context: str  # the story up to its ending
-    endings: list[str]  # NUM_CHOICES candidate endings, each starting with " "
+    endings: list[str]  # NUM_CHOICES candidate endings (each follows the context after " ")
     target: int  # the index of the true ending
 
 
 def split_ending(story: str) -> tuple[str, str]:
-    """(context, ending): the ending is the last two sentences of the last paragraph, or the last
-    one when it has two. Raises ValueError for a last paragraph of one sentence."""
+    """(context, ending), story == context + " " + ending: the ending is the last two sentences of
+    the last paragraph, or the last one when it has two. ValueError for a one-sentence paragraph."""
     last = story.rfind("\n") + 1
     breaks = [
         m.end() - 1
@@ -55,7 +55,7 @@ def split_ending(story: str) -> tuple[str, str]:
     if not breaks:
         raise ValueError(f"the last paragraph is a single sentence: {story[last:]!r}")
     cut = breaks[-2] if len(breaks) > 1 else breaks[-1]
-    return story[:cut], story[cut:]
+    return story[:cut], story[cut + 1 :]
 
 
 def _fits(needs: str, scene: Writer) -> bool:
