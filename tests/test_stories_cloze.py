@@ -44,10 +44,12 @@ def test_same_seed_same_examples_other_seed_differs(examples):
     assert cloze_examples(50, seed=1) != examples[:50]
 
 
-def test_stories_come_from_a_stream_the_corpus_never_uses():
+def test_stories_come_from_a_stream_the_corpus_never_uses(examples):
     assert CLOZE_STREAM not in ("train", "valid")
-    stories = [make_example(random.Random(f"0/{CLOZE_STREAM}"))[0]]
-    assert stories[0] != next(generate_stories(num_stories=1, seed=0, stream="train"))
+    corpus = [*generate_stories(num_stories=100, seed=0),
+              *generate_stories(num_stories=100, seed=0, stream="valid")]  # fmt: skip
+    stories = {e.context + " " + e.endings[e.target] for e in examples[:100]}
+    assert not stories & set(corpus)
 
 
 def test_true_ending_is_the_story_s_own_ending():
@@ -82,6 +84,7 @@ def test_choices_are_distinct_and_targets_spread(examples):
     for example in examples:
         assert len(example.endings) == NUM_CHOICES
         assert len(set(example.endings)) == NUM_CHOICES
+    assert len({example.context for example in examples}) == len(examples)  # distinct stories
     counts = Counter(example.target for example in examples)
     assert sorted(counts) == list(range(NUM_CHOICES))
     assert min(counts.values()) > 0.2 * len(examples)
