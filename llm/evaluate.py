@@ -308,7 +308,8 @@ def run(config: EvaluateConfig) -> dict:
         device = resolve_device(config.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    require_data()  # a missing eval extra fails before the model loads
+    if any(task_of(name).generate is None for name in config.task_names()):
+        require_data()  # a missing eval extra fails before the model loads
     loaded = load(config.model, device, DTYPES[config.dtype])
     results, samples = {"model": config.model, "tasks": {}}, []
     for name in config.task_names():

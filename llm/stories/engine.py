@@ -6,7 +6,7 @@ describes the stories and the modules this one uses.
 import hashlib
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,12 +130,17 @@ Once upon a time, there was {a_hero} named {name}.
 """
 
 
-def write_story(rng: random.Random) -> str:
-    """One story: the opening paragraph, then the paragraphs of a plot."""
+def start_story(rng: random.Random) -> tuple[Writer, Callable[[Writer], str], str]:
+    """Picks a plot and sets the scene: returns the writer, the plot and the opening paragraph."""
     w = Writer(rng)
     plot, needs = w.pick(PLOTS)
     _set_scene(w, set(needs.split()))
-    opening = " ".join(w.render(OPENING))
+    return w, plot, " ".join(w.render(OPENING))
+
+
+def write_story(rng: random.Random) -> str:
+    """One story: the opening paragraph, then the paragraphs of a plot."""
+    w, plot, opening = start_story(rng)
     return "\n".join([opening, *w.render(plot(w))])
 
 
