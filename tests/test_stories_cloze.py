@@ -31,7 +31,7 @@ from llm.transformer import Transformer
 SMALL_MODEL = dataclasses.replace(
     QUICKSTART_MODEL, vocab_size=512, context_length=128, num_layers=2
 )
-MAX_ITERS = 300
+MAX_ITERS = 200
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +120,8 @@ def trained(tmp_path_factory) -> tuple[Transformer, BpeTokenizer]:
         tokenizer.encode_file(split, split.with_suffix(".npy"), num_workers=1, progress=False)
     config = TrainConfig(model=SMALL_MODEL, train_data=str(out / "train.npy"),
                          valid_data=str(out / "valid.npy"), run_dir=str(out / "model"),
-                         max_iters=MAX_ITERS, batch_size=16, max_lr=3e-3, min_lr=3e-4,
-                         warmup_iters=30, log_interval=100, eval_interval=1000,
+                         max_iters=MAX_ITERS, batch_size=16, optimizer="muon", max_lr=0.02,
+                         adam_lr=3e-3, min_lr=0.0, warmup_iters=10, log_interval=100, eval_interval=1000,
                          final_eval="none", eval_sample_tokens=0, device="cpu")  # fmt: skip
     train(config)
     return load_model(out / "model")[0], tokenizer
@@ -129,7 +129,8 @@ def trained(tmp_path_factory) -> tuple[Transformer, BpeTokenizer]:
 
 def test_trained_model_scores_well_above_chance(trained):
     metrics, _ = evaluate_task(*trained, "stories_cloze", limit=200)
-    assert metrics["acc"] > 0.4, metrics  # chance: 0.25
+    # Chance is 0.25; 3 standard errors above it is about 0.36. (Measured: 0.44 and 0.60.)
+    assert metrics["acc"] > 0.36 and metrics["acc_norm"] > 0.45, metrics
 
 
 def test_untrained_model_scores_chance(trained):
