@@ -121,8 +121,9 @@ def trained(tmp_path_factory) -> tuple[Transformer, BpeTokenizer]:
     config = TrainConfig(model=SMALL_MODEL, train_data=str(out / "train.npy"),
                          valid_data=str(out / "valid.npy"), run_dir=str(out / "model"),
                          max_iters=MAX_ITERS, batch_size=16, optimizer="muon", max_lr=0.02,
-                         adam_lr=3e-3, min_lr=0.0, warmup_iters=10, log_interval=100, eval_interval=1000,
-                         final_eval="none", eval_sample_tokens=0, device="cpu")  # fmt: skip
+                         adam_lr=3e-3, min_lr=0.0, warmup_iters=10, log_interval=100,
+                         eval_interval=1000, final_eval="none", eval_sample_tokens=0,
+                         device="cpu")  # fmt: skip
     train(config)
     return load_model(out / "model")[0], tokenizer
 
