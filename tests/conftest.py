@@ -66,6 +66,17 @@ def train_config(token_data_dir: Path, run_dir: Path, **overrides):
     return config_from_dict(TrainConfig, values)
 
 
+def tiny_tokenizer():
+    """Bytes, a few merges (one with a leading space), and <|endoftext|>."""
+    from llm.bpe_tokenizer import EOT, BpeTokenizer
+
+    vocab = {i: bytes([i]) for i in range(256)}
+    merges = [(b"t", b"h"), (b"th", b"e"), (b" ", b"the"), (b"c", b"a"), (b"ca", b"t")]
+    for a, b in merges:
+        vocab[len(vocab)] = a + b
+    return BpeTokenizer(vocab, merges, [EOT])
+
+
 @pytest.fixture(scope="session")
 def token_data_dir(tmp_path_factory):
     """train.npy (20,000 ids) and valid.npy (4,000 ids) of a learnable sequence, vocab 512."""

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_tokenizer
 from lm_eval.api.metrics import mean_stderr as harness_mean_stderr
 from lm_eval.tasks.hellaswag.utils import preprocess as harness_preprocess
 from lm_eval.tasks.winogrande import preprocess_winogrande as harness_winogrande
 
 from llm import eval_tasks, evaluate
-from llm.bpe_tokenizer import EOT, BpeTokenizer
+from llm.bpe_tokenizer import EOT
 from llm.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from llm.eval_tasks import TASKS, Example, examples, preprocess, read_split
 from llm.evaluate import (
@@ -27,16 +28,6 @@ from llm.evaluate import (
     score_batch,
 )
 from llm.transformer import MODEL_PRESETS, Transformer
-
-
-def tiny_tokenizer() -> BpeTokenizer:
-    """Bytes, a few merges (one with a leading space), and <|endoftext|>."""
-    vocab = {i: bytes([i]) for i in range(256)}
-    merges = [(b"t", b"h"), (b"th", b"e"), (b" ", b"the"), (b"c", b"a"), (b"ca", b"t")]
-    for a, b in merges:
-        vocab[len(vocab)] = a + b
-    return BpeTokenizer(vocab, merges, [EOT])
-
 
 TOKENIZER = tiny_tokenizer()
 CONFIG = replace(MODEL_PRESETS["tiny"], vocab_size=TOKENIZER.vocab_size, context_length=32)

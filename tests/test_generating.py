@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_tokenizer
 
 from llm import generating
 from llm.bpe_tokenizer import EOT, BpeTokenizer
@@ -275,15 +276,6 @@ def test_text_stream_replaces_invalid_bytes_like_decode():
 
 
 # ---- command line ---------------------------------------------------------------------------
-
-
-def tiny_tokenizer() -> BpeTokenizer:
-    """Bytes, a few merges, and <|endoftext|>."""
-    vocab = {i: bytes([i]) for i in range(256)}
-    merges = [(b"t", b"h"), (b"th", b"e"), (b" ", b"the"), (b"c", b"a"), (b"ca", b"t")]
-    for a, b in merges:
-        vocab[len(vocab)] = a + b
-    return BpeTokenizer(vocab, merges, [EOT])
 
 
 @pytest.fixture(scope="module")
