@@ -14,7 +14,8 @@ continuation longer than the context is an error.
 
 Speed: the requests that share a context (the answers of one question) share one forward pass
 over it. A batch of distinct contexts is left-padded and run once, filling a KV cache; the cache
-is then repeated once per continuation, and all the continuations run on it in one more pass.
+is then repeated once per continuation, and all the continuations run on it in one more pass;
+only their real positions are scored (a log-softmax over the vocabulary), not the padding.
 The model runs in its own dtype (--dtype bfloat16 halves the work on CPUs that have it).
 """
 
@@ -153,18 +154,25 @@ def score_batch(
         cache.key_mask[:, :width] = is_real.to(device)  # the continuations' keys are all real
     last = model(ids.to(device), cache, last_only=True)  # (batch, 1, vocab): the first token's
     rows_t = torch.tensor(rows, device=device)
-    logits = last[rows_t]  # (n, 1, vocab), n = number of continuations
+    firsts = torch.tensor([c[0] for c in continuations], device=device)
+    sums, greedy = token_scores(last[rows_t, 0], firsts)  # (n,), n = number of continuations
     if longest > 1:  # feed each continuation but its last token, after its context
-        inputs, _ = right_pad([c[:-1] for c in continuations])  # (n, longest - 1)
+        inputs, is_real = right_pad([c[:-1] for c in continuations])  # (n, longest - 1)
+        targets, _ = right_pad([c[1:] for c in continuations])
         rest = model(inputs.to(device), repeat_rows(cache, rows_t))  # (n, longest - 1, vocab)
-        logits = torch.cat([logits, rest], dim=1)  # (n, longest, vocab)
-    targets, is_target = right_pad(continuations)  # (n, longest)
-    targets, is_target = targets.to(device), is_target.to(device)
-    logprobs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
-    picked = logprobs.gather(-1, targets[..., None]).squeeze(-1)  # (n, longest)
-    sums = (picked * is_target).sum(dim=1)  # (n,)
-    greedy = ((logprobs.argmax(dim=-1) == targets) | ~is_target).all(dim=1)  # (n,)
+        is_real = is_real.to(device)  # scored: the real positions only, not the padding
+        scores, hits = token_scores(rest[is_real], targets.to(device)[is_real])
+        owner = is_real.nonzero()[:, 0]  # the continuation of each real position
+        sums = sums.index_add(0, owner, scores)
+        greedy &= torch.zeros_like(sums).index_add(0, owner, (~hits).to(sums.dtype)) == 0
     return list(zip(sums.tolist(), greedy.tolist(), strict=True))
+
+
+def token_scores(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """For logits (k, vocab) and targets (k,): the log-probability of each target (in float32
+    at least) and whether it is the most likely token."""
+    logprobs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+    return logprobs.gather(-1, targets[:, None]).squeeze(-1), logprobs.argmax(dim=-1) == targets
 
 
 def right_pad(sequences: list[list[int]]) -> tuple[Tensor, Tensor]:
