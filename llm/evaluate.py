@@ -14,9 +14,10 @@ continuation longer than the context is an error.
 
 Speed: the requests that share a context (the answers of one question) share one forward pass
 over it. A batch of distinct contexts is left-padded and run once, filling a KV cache; the cache
-is then repeated once per continuation, and all the continuations run on it in one more pass;
-only their real positions are scored (a log-softmax over the vocabulary), not the padding.
-The model runs in its own dtype (--dtype bfloat16 halves the work on CPUs that have it).
+is then repeated once per continuation, and the continuations run on it, 8 at a time, sorted by
+length (one pass over all of them pads half its positions on HellaSwag); only their real
+positions are scored (a log-softmax over the vocabulary), not the padding. The model runs in
+its own dtype (--dtype bfloat16 halves the work on CPUs that have it).
 """
 
 import json
@@ -139,12 +140,17 @@ def batches(
     return out
 
 
+CONTINUATIONS_PER_PASS = 8  # HellaSwag, SmolLM2-135M, 2 CPU threads: 20% faster than 32 at once
+
+
 @torch.inference_mode()
 def score_batch(
     model: Transformer, contexts: list[list[int]], continuations: list[list[int]], rows: list[int]
 ) -> list[tuple[float, bool]]:
     """(log-likelihood, is_greedy) of each continuation after contexts[rows[i]]: one pass over
-    the distinct contexts, then one over all the continuations on copies of their KV cache."""
+    the distinct contexts, then passes over the continuations on copies of their KV cache,
+    CONTINUATIONS_PER_PASS at a time, shortest first (similar lengths together: little
+    padding)."""
     device = model.lm_head.weight.device
     ids, is_real = left_pad(contexts)  # (batch, width): every context ends in the last column
     width, longest = ids.shape[1], max(len(c) for c in continuations)
@@ -156,15 +162,20 @@ def score_batch(
     rows_t = torch.tensor(rows, device=device)
     firsts = torch.tensor([c[0] for c in continuations], device=device)
     sums, greedy = token_scores(last[rows_t, 0], firsts)  # (n,), n = number of continuations
-    if longest > 1:  # feed each continuation but its last token, after its context
-        inputs, is_real = right_pad([c[:-1] for c in continuations])  # (n, longest - 1)
-        targets, _ = right_pad([c[1:] for c in continuations])
-        rest = model(inputs.to(device), repeat_rows(cache, rows_t))  # (n, longest - 1, vocab)
+    by_length = sorted(range(len(continuations)), key=lambda i: len(continuations[i]))
+    parts = [by_length[start : start + CONTINUATIONS_PER_PASS]
+             for start in range(0, len(by_length), CONTINUATIONS_PER_PASS)]  # fmt: skip
+    misses = torch.zeros_like(sums)  # per continuation: its tokens that are not the most likely
+    for part in (torch.tensor(p, device=device) for p in parts if len(continuations[p[-1]]) > 1):
+        inputs, is_real = right_pad([continuations[i][:-1] for i in part.tolist()])
+        targets, _ = right_pad([continuations[i][1:] for i in part.tolist()])
+        rest = model(inputs.to(device), repeat_rows(cache, rows_t[part]))  # (part, width, vocab)
         is_real = is_real.to(device)  # scored: the real positions only, not the padding
         scores, hits = token_scores(rest[is_real], targets.to(device)[is_real])
-        owner = is_real.nonzero()[:, 0]  # the continuation of each real position
+        owner = part[is_real.nonzero()[:, 0]]  # the continuation of each real position
         sums = sums.index_add(0, owner, scores)
-        greedy &= torch.zeros_like(sums).index_add(0, owner, (~hits).to(sums.dtype)) == 0
+        misses = misses.index_add(0, owner, (~hits).to(misses.dtype))
+    greedy &= misses == 0
     return list(zip(sums.tolist(), greedy.tolist(), strict=True))
 
 
