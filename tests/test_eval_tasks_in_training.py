@@ -14,6 +14,7 @@ from llm.sweep import _markdown, _row
 from llm.training import train
 
 
+@pytest.mark.filterwarnings("ignore:inputs longer than the context")  # expected: tested apart
 def test_tasks_are_scored_at_each_evaluation_and_at_the_end(token_data_dir, tmp_path):
     run_dir = tmp_path / "run"
     config = train_config(token_data_dir, run_dir, eval_tasks=["arc_easy:3", "winogrande:2"],
