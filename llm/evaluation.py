@@ -16,13 +16,13 @@ Two ways to evaluate a split:
 """
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from llm.bpe_tokenizer import BpeTokenizer
 from llm.data import read_windows
 from llm.device import autocast
 from llm.transformer import cross_entropy
@@ -37,14 +37,11 @@ def token_byte_lengths(vocab: dict[int, bytes], vocab_size: int) -> np.ndarray:
     return lengths
 
 
-def load_token_bytes(tokenizer_dir: str | Path | None, vocab_size: int) -> np.ndarray:
-    """Byte lengths from the tokenizer in tokenizer_dir (or a GGUF file's, llm/loading.py);
-    without one, ids are bytes (1 each)."""
-    if not tokenizer_dir:
+def token_bytes_of(tokenizer: BpeTokenizer | None, vocab_size: int) -> np.ndarray:
+    """Byte lengths of the tokenizer's token ids; without a tokenizer, ids are bytes (1 each)."""
+    if tokenizer is None:
         return np.ones(vocab_size, dtype=np.int64)
-    from llm.loading import load_tokenizer  # the tokenizer is needed only here
-
-    return token_byte_lengths(load_tokenizer(tokenizer_dir).vocab, vocab_size)
+    return token_byte_lengths(tokenizer.vocab, vocab_size)
 
 
 @torch.no_grad()

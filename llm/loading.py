@@ -108,41 +108,46 @@ FORMATS = [
         is_checkpoint_file,
         _load_checkpoint,
         read_model_config,
-    ),  # fmt: skip
+    ),
     Format(
         "run",
         f"a run directory holding {CHECKPOINT_NAME}",
         lambda p: is_checkpoint_file(p / CHECKPOINT_NAME),
         _load_checkpoint,
         read_model_config,
-    ),  # fmt: skip
+    ),
     Format(
         "sharded",
         "a run directory holding checkpoint.dcp (FSDP)",
         lambda p: sharded_checkpoint(p) is not None,
         _load_sharded,
         read_model_config,
-    ),  # fmt: skip
+    ),
     Format(
         "hf",
         "a Hugging Face Llama directory (config.json, model.safetensors)",
         is_hf_dir,
         _load_hf,
         _hf_config,
-    ),  # fmt: skip
+    ),
 ]
 
 
 def resolve(source: str | Path) -> tuple[Path, Format]:
     """The path a user's `source` names (a pretrained name becomes its installed file) and the
     format that recognises it; a LoadError naming the path and what was expected otherwise."""
-    path = Path(source)
-    if not path.exists() and str(source) in PRETRAINED:
-        path = pretrained_path(str(source))
+    path = _path_of(source)
     for entry in FORMATS:
         if entry.recognise(path):
             return path, entry
     raise LoadError(f"{source}: {_what_it_is(path)}; expected {expected()}")
+
+
+def _path_of(source: str | Path) -> Path:
+    """The path `source` names: a pretrained name (not also a path here) is its installed file."""
+    if not Path(source).exists() and str(source) in PRETRAINED:
+        return pretrained_path(str(source))
+    return Path(source)
 
 
 def expected() -> str:
@@ -194,9 +199,7 @@ def load_tokenizer(source: str | Path | None) -> BpeTokenizer:
     GGUF file or a pretrained model's; None or "": raw bytes."""
     if not source:
         return byte_tokenizer()
-    path = Path(source)
-    if not path.exists() and str(source) in PRETRAINED:
-        path = pretrained_path(str(source))
+    path = _path_of(source)
     if is_gguf_file(path):
         return tokenizer_from_gguf(GgufFile(path))
     return BpeTokenizer.load(path)
@@ -230,10 +233,10 @@ def _tokenizer_path(path: Path, recorded: str) -> Path:
 
 
 def _check_vocab(model: Transformer, tokenizer: BpeTokenizer, info: dict, path: Path) -> None:
-    """The tokenizer must fit the model; a Hugging Face or GGUF model's embedding table may have
-    rows no token uses (padded to a round size)."""
+    """The tokenizer must fit the model; a Hugging Face model's embedding table may have rows no
+    token uses (padded to a round size). (A GGUF file's tokenizer comes with it, unchecked.)"""
     size, rows = tokenizer.vocab_size, model.config.vocab_size
-    padded = size <= rows and (info.get("hf") or info.get("gguf"))
+    padded = size <= rows and info.get("hf")
     if size != rows and not padded:
         raise LoadError(
             f"{path}: the tokenizer has {size} tokens but the model was trained with {rows}: "

@@ -95,8 +95,8 @@ from llm.device import (
     resolve_device,
     setup_distributed,
 )
-from llm.evaluation import evaluate_exact, evaluate_windows, load_token_bytes
-from llm.loading import load, load_tokenizer, read_config
+from llm.evaluation import evaluate_exact, evaluate_windows, token_bytes_of
+from llm.loading import byte_tokenizer, load, load_tokenizer, read_config
 from llm.metric_sinks import TENSORBOARD_DIR, MetricSinks, check_sinks
 from llm.optim import (
     OPTIMIZERS,
@@ -470,10 +470,10 @@ def _load_data(config: TrainConfig) -> _Data:
         return _Data(train)
     valid = load_tokens(config.valid_data)
     check_tokens(valid, vocab_size, ctx, "valid_data")
-    token_bytes = load_token_bytes(config.tokenizer_dir, vocab_size)
-    tokenizer = None
-    if (config.tokenizer_dir and config.eval_sample_tokens) or config.eval_tasks:
-        tokenizer = load_tokenizer(config.tokenizer_dir)  # "": ids are bytes
+    tokenizer = load_tokenizer(config.tokenizer_dir) if config.tokenizer_dir else None
+    token_bytes = token_bytes_of(tokenizer, vocab_size)
+    if tokenizer is None and config.eval_tasks:
+        tokenizer = byte_tokenizer()  # no tokenizer_dir: the ids are bytes
     starts = eval_starts(len(valid), ctx, config.eval_windows)
     tasks = _task_specs(config.eval_tasks)
     return _Data(train, valid, starts, token_bytes, tokenizer, tasks)
@@ -768,7 +768,8 @@ def _evaluate(run: _Run, exact: bool) -> dict:
         f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits/byte"
         + (" (whole split)" if exact else "")
     )
-    if not exact and run.config.eval_sample_tokens and not run.sharded:
+    sample = run.config.eval_sample_tokens and run.config.tokenizer_dir and not run.sharded
+    if sample and not exact:
         _write_sample(run)
     if run.data.tasks and not run.sharded:
         _evaluate_tasks(run)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import SMALL
 
 from llm.data import eval_starts
-from llm.evaluation import evaluate_exact, evaluate_windows, load_token_bytes, token_byte_lengths
+from llm.evaluation import evaluate_exact, evaluate_windows, token_byte_lengths, token_bytes_of
 from llm.transformer import Transformer
 
 
@@ -54,4 +54,4 @@ def test_window_evaluation_matches_reference():
 def test_token_byte_lengths():
     lengths = token_byte_lengths({0: b"a", 1: b"\xc3\xa9t\xc3\xa9", 2: b"<|endoftext|>"}, 4)
     assert lengths.tolist() == [1, 5, 13, 0]
-    assert load_token_bytes("", 3).tolist() == [1, 1, 1]
+    assert token_bytes_of(None, 3).tolist() == [1, 1, 1]
