@@ -22,13 +22,14 @@ import torch.nn.functional as F
 
 from llm.checkpoint import load_model
 from llm.cli import parse, run_main
-from llm.transformer import Transformer
+from llm.transformer import Transformer, no_weight_init
 
 
 def longer(model: Transformer, factor: int) -> Transformer:
     """The same weights in a model with factor x the context length."""
     config = dataclasses.replace(model.config, context_length=factor * model.config.context_length)
-    extended = Transformer(config)
+    with no_weight_init():  # the model's weights replace them
+        extended = Transformer(config)
     extended.load_state_dict(model.state_dict())
     return extended.eval()
 

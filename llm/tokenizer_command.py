@@ -40,9 +40,7 @@ class TrainOptions:
 
 @dataclass
 class EncodeOptions:
-    tokenizer: (
-        str  # directory (vocab.json + merges.txt, or tokenizer.json), GGUF file or model name
-    )
+    tokenizer: str  # tokenizer directory, or a GGUF file or model name whose tokenizer to use
     input: str  # text file (UTF-8)
     output: str  # .npy file of token ids to write
     workers: int = 0  # processes (0 = one per CPU)
@@ -109,6 +107,8 @@ def run_encode(options: EncodeOptions) -> None:
     """The `encode` command."""
     directory, output = Path(options.tokenizer), Path(options.output)
     tokenizer_files = [directory / name for name in (*TOKENIZER_FILES, SETTINGS_FILE)]
+    if not directory.is_dir():  # a GGUF file: it must not be the output either
+        tokenizer_files = [directory]
     check_outputs([output], inputs=[Path(options.input), *tokenizer_files])
     _encode(_tokenizer(options.tokenizer), Path(options.input), output, options.workers)
     print(f"train on it with: uv run -m llm.training --train_data {output} "

@@ -127,7 +127,7 @@ class TrainConfig:
     resume: bool = False  # continue the run in run_dir from its checkpoint
     init_from: str = ""  # start from this model's weights: run, checkpoint, HF, GGUF or pretrained
     optimizer: str = "adamw"  # "adamw", "sgd" (SGD, lr / sqrt(t + 1) decay) or "muon" (see adam_lr)
-    max_lr: float = 1e-3  # peak learning rate, after warmup_iters (default: the optimizer's)
+    max_lr: float = OPTIMIZERS["adamw"].max_lr  # peak lr (flags, TOML: the optimizer's default)
     min_lr: float = 1e-4  # learning rate at the end of the decay (step max_iters)
     warmup_iters: int = 100  # steps of linear warm-up from 0
     schedule: str = "cosine"  # after warm-up: "cosine" decay, or "wsd" (stable, then linear decay)

@@ -36,14 +36,14 @@ class ModelConfig:
     RoPE, FFN) take explicit sizes and can be used on their own.
     """
 
-    vocab_size: int = 10_000
-    context_length: int = 256
-    d_model: int = 512
-    num_layers: int = 4
-    num_heads: int = 16
+    vocab_size: int = 10_000  # token ids 0 .. vocab_size - 1 (training: follows the tokenizer)
+    context_length: int = 256  # the most tokens the model sees at once
+    d_model: int = 512  # the width of the residual stream
+    num_layers: int = 4  # transformer blocks
+    num_heads: int = 16  # attention heads; d_model / num_heads is each head's size
     d_ff: int | None = 1344  # None: 8/3 d_model rounded up to 64 for swiglu, 4 d_model for silu
-    rope_theta: float = 10_000.0
-    tie_embeddings: bool = False
+    rope_theta: float = 10_000.0  # RoPE's base: the slowest rotation's wavelength, about 2 pi theta
+    tie_embeddings: bool = False  # the output layer uses the embedding matrix (one matrix)
     attention: str = "fused"  # "fused": F.scaled_dot_product_attention; "ours": from scratch
     norm_position: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x)); "none": no norms
     position_encoding: str = "rope"  # "rope"; "none" (NoPE: only the causal mask); "alibi"

@@ -6,7 +6,7 @@ import pytest
 
 from llm import generating
 from llm.cli import help_text, parse
-from llm.config import ConfigError, config_from_dict
+from llm.config import ConfigError, config_from_dict, describe_fields
 
 
 @dataclasses.dataclass
@@ -81,3 +81,22 @@ def test_an_unknown_key_with_nothing_near_lists_the_valid_ones():
 def test_known_options_still_parse():
     config = parse(Child, ["--max-iters", "3", "--model.d_model=16", "--lr", "0.5"])
     assert (config.max_iters, config.model.d_model, config.lr) == (3, 16, 0.5)
+
+
+def test_every_option_of_every_command_has_help():
+    """--help describes each option: a field's comment must sit on its own line (a formatter
+    that wraps the annotation would hide it)."""
+    from llm.__main__ import QuickstartConfig
+    from llm.download import DownloadConfig
+    from llm.evaluate import EvaluateConfig
+    from llm.export import ExportConfig
+    from llm.generating import GenerateConfig
+    from llm.plots import PlotsConfig
+    from llm.tokenizer_command import EncodeOptions, PipelineOptions, TrainOptions
+    from llm.training import TrainConfig
+
+    commands = (QuickstartConfig, DownloadConfig, EvaluateConfig, ExportConfig, GenerateConfig,
+                PlotsConfig, EncodeOptions, PipelineOptions, TrainOptions, TrainConfig)  # fmt: skip
+    for cls in commands:
+        missing = [name for name, _, _, help in describe_fields(cls) if not help]
+        assert not missing, f"{cls.__name__}: no help for {missing}"

@@ -170,3 +170,10 @@ def test_the_encode_command_takes_a_gguf_files_tokenizer(sources, tmp_path):
                             "--workers", "1"])  # fmt: skip
     expected = tokenizer_from_gguf(GgufFile(tmp / "tiny.gguf")).encode(text)
     assert np.load(tmp_path / "mine.npy").tolist() == expected
+    gguf = tmp_path / "copy.gguf"
+    gguf.write_bytes((tmp / "tiny.gguf").read_bytes())
+    before = gguf.read_bytes()
+    argv = ["encode", "--tokenizer", str(gguf), "--input", str(tmp_path / "mine.txt")]
+    with pytest.raises(SystemExit) as exit_info:  # the tokenizer's file is never the output
+        tokenizer_command.main([*argv, "--output", str(gguf)])
+    assert exit_info.value.code == 2 and gguf.read_bytes() == before
