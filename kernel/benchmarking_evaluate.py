@@ -89,8 +89,7 @@ def peak_rss_mb() -> float:
 def ours(args: BenchConfig):
     """(load s, evaluate) of ours. evaluate(rows): the per-example (acc, acc_norm,
     log-likelihoods) and the seconds it took."""
-    from llm.eval_tasks import examples
-    from llm.evaluate import evaluate_task, predictions
+    from llm.evaluate import evaluate_task
     from llm.loading import load
 
     dtype = torch.bfloat16 if args.variant.endswith("bf16") else torch.float32
@@ -102,13 +101,8 @@ def ours(args: BenchConfig):
         start = time.perf_counter()
         _, samples = evaluate_task(loaded.model, loaded.tokenizer, TASK, rows, args.batch_size)
         seconds = time.perf_counter() - start
-        out = []
-        for sample, example in zip(samples, examples(TASK, rows), strict=True):
-            pred, pred_norm = predictions(example, sample["loglikelihoods"])
-            target = sample["target"]
-            out.append(
-                (float(pred == target), float(pred_norm == target), sample["loglikelihoods"])
-            )
+        out = [(float(s["pred"] == s["target"]), float(s["pred_norm"] == s["target"]),
+                s["loglikelihoods"]) for s in samples]  # fmt: skip
         return out, seconds
 
     return load_s, evaluate

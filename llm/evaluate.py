@@ -31,13 +31,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from llm.atomic_write import atomic_write
-from llm.bpe_tokenizer import EOT, BpeTokenizer
+from llm.bpe_tokenizer import BpeTokenizer
 from llm.checkpoint import CheckpointError
 from llm.cli import parse, run_main
 from llm.config import ConfigError
 from llm.device import resolve_device
 from llm.eval_tasks import TASKS, Example, examples, require_data, task_of
-from llm.generating import DTYPES, left_pad
+from llm.generating import DTYPES, eos_id_of, left_pad
 from llm.loading import load, models_help
 from llm.transformer import KVCache, Transformer
 
@@ -57,9 +57,9 @@ def encode_request(
     context_ids = tokenizer.encode(context)
     continuation_ids = tokenizer.encode(context + continuation)[len(context_ids) :]
     if not context_ids:  # a document starts after an end-of-text token
-        if EOT not in tokenizer.special_tokens:
+        eot = eos_id_of(tokenizer)
+        if eot is None:
             raise ValueError("an empty context needs the tokenizer's <|endoftext|> token")
-        eot = tokenizer.token_id(EOT)
         if continuation_ids[:1] == [eot]:  # the harness's rule: it becomes the context
             context_ids, continuation_ids = continuation_ids[:1], continuation_ids[1:]
         else:
@@ -240,7 +240,8 @@ def evaluate_task(
 ) -> tuple[dict, list[dict]]:
     """(metrics, samples) of the model on the task's first `limit` rows (all when None).
     metrics: acc, acc_norm (None where the harness does not report it), acc_stderr, n;
-    samples: one dict per example (task, index, pred, target, loglikelihoods)."""
+    samples: one dict per example (task, index, pred, pred_norm: acc_norm's choice, target,
+    loglikelihoods)."""
     reports_norm = task_of(task).acc_norm
     rows = examples(task, limit)
     requests = [r for example in rows for r in example.requests]
@@ -253,7 +254,8 @@ def evaluate_task(
         correct.append(float(pred == example.target))
         correct_norm.append(float(pred_norm == example.target))
         samples.append({"task": task, "index": example.index, "pred": pred,
-                        "target": example.target, "loglikelihoods": lls})  # fmt: skip
+                        "pred_norm": pred_norm, "target": example.target,
+                        "loglikelihoods": lls})  # fmt: skip
     metrics = {
         "acc": sum(correct) / len(rows),
         "acc_norm": sum(correct_norm) / len(rows) if reports_norm else None,
@@ -271,7 +273,8 @@ def task_specs(specs: list[str]) -> list[tuple[str, int | None]]:
         name, _, count = spec.partition(":")
         if count and not (count.isdigit() and int(count) >= 1):
             raise ValueError(f"eval_tasks: {spec!r}: N in NAME:N must be a whole number >= 1")
-        examples(name, 1)  # the task exists and its data is there
+        if task_of(name).generate is None:  # read from the eval extra's data, not generated
+            require_data()
         parsed.append((name, int(count) if count else None))
     return parsed
 

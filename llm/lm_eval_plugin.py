@@ -33,7 +33,6 @@ import sys
 
 import torch
 
-from llm.bpe_tokenizer import EOT
 from llm.device import resolve_device
 from llm.evaluate import loglikelihoods, score_batch
 from llm.generating import DTYPES, SamplingConfig, TextStream, eos_id_of, stream
@@ -87,13 +86,14 @@ class LlmLM(LM):
     def text_loglikelihood(self, text: str) -> float:
         """The sum of the log-probabilities of all of text's tokens, the first one given the
         end-of-text token, in windows of the model's context (the module's docstring)."""
-        if EOT not in self.tokenizer.special_tokens:
+        eot = eos_id_of(self.tokenizer)
+        if eot is None:
             raise ValueError("loglikelihood_rolling needs the tokenizer's <|endoftext|> token")
         windows = [
             make_disjoint_window(window)
             for window in get_rolling_token_windows(
                 token_list=self.tokenizer.encode(text),
-                prefix_token=self.tokenizer.token_id(EOT),
+                prefix_token=eot,
                 max_seq_len=self.model.config.context_length,
                 context_len=1,
             )

@@ -26,6 +26,7 @@ from llm.run_dir import METRICS_NAME, append_metrics
 
 SINKS = ("jsonl", "tensorboard", "wandb")
 TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"  # made by wandb itself under the run directory (wandb.init's dir)
 
 
 def check_sinks(names: list[str]) -> None:

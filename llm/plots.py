@@ -3,6 +3,7 @@
     img/loss.png   training loss and validation loss against optimizer steps
     img/lr.png     the learning-rate schedule
     img/bits_per_byte.png   validation bits per byte against training time (evaluation excluded)
+    img/tasks.png  benchmark task accuracy against steps (a run with eval_tasks)
 
 `uv run -m llm.plots RUN_DIR [--reference NAME=BITS_PER_BYTE ...]` redraws them for any run,
 finished or still going; a reference draws a horizontal line, e.g. another model's result.

@@ -12,11 +12,13 @@ grad_accum_steps micro-batches, and across processes under DDP), gradient clippi
 optimizer: AdamW, SGD with lr / sqrt(t + 1) decay, or Muon (with AdamW at adam_lr for the
 embeddings and gains). max_lr defaults to the optimizer's (llm/optim.py, OPTIMIZERS: 1e-3,
 Muon 0.02), and model.vocab_size to the tokenizer's. Every eval_interval steps the validation
-loss on fixed windows and a short greedy sample of text (eval_sample_tokens); at the end the
-exact loss on the whole validation split. The run directory gets:
+loss on fixed windows, a short greedy sample of text (eval_sample_tokens) and the benchmark
+tasks of eval_tasks (llm/evaluate.py); at the end the exact loss on the whole validation split,
+and the tasks again. The run directory gets:
 
     config.json      the effective config          metrics.jsonl  one JSON record per log/eval
-    checkpoint.pt    the latest checkpoint         img/loss.png, img/lr.png, img/bits_per_byte.png
+    checkpoint.pt    the latest checkpoint         img/loss.png, img/lr.png, img/bits_per_byte.png,
+                                                   img/tasks.png (with eval_tasks)
     tensorboard/     with --log_to tensorboard     wandb/         with --log_to wandb
 
 --log_to adds TensorBoard or Weights & Biases (offline) to metrics.jsonl, which is always
@@ -97,7 +99,7 @@ from llm.device import (
 )
 from llm.evaluation import evaluate_exact, evaluate_windows, token_bytes_of
 from llm.loading import byte_tokenizer, load, load_tokenizer, read_config
-from llm.metric_sinks import TENSORBOARD_DIR, MetricSinks, check_sinks
+from llm.metric_sinks import TENSORBOARD_DIR, WANDB_DIR, MetricSinks, check_sinks
 from llm.optim import (
     OPTIMIZERS,
     cos_lr_scheduler,
@@ -127,7 +129,7 @@ class TrainConfig:
     resume: bool = False  # continue the run in run_dir from its checkpoint
     init_from: str = ""  # start from this model's weights: run, checkpoint, HF, GGUF or pretrained
     optimizer: str = "adamw"  # "adamw", "sgd" (SGD, lr / sqrt(t + 1) decay) or "muon" (see adam_lr)
-    max_lr: float = OPTIMIZERS["adamw"].max_lr  # peak lr (flags, TOML: the optimizer's default)
+    max_lr: float = OPTIMIZERS["adamw"].max_lr  # peak learning rate (default: the optimizer's)
     min_lr: float = 1e-4  # learning rate at the end of the decay (step max_iters)
     warmup_iters: int = 100  # steps of linear warm-up from 0
     schedule: str = "cosine"  # after warm-up: "cosine" decay, or "wsd" (stable, then linear decay)
@@ -421,8 +423,9 @@ def _start_run(config: TrainConfig, world: Distributed) -> _Run:
         if config.resume:
             _say_how_the_schedule_changed(config, step)
         resumed_at = step if config.resume else None
-        start_run_dir(config.run_dir, config_to_dict(config), resumed_at)
-        run.sinks = MetricSinks(run.run_dir, config.log_to, config_to_dict(config), resumed_at)
+        values = config_to_dict(config)
+        start_run_dir(config.run_dir, values, resumed_at)
+        run.sinks = MetricSinks(run.run_dir, config.log_to, values, resumed_at)
         print(_describe(run))
     return run
 
@@ -913,6 +916,9 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
             raise ConfigError(f"{key} must be one of {allowed}, not {getattr(config, key)!r}")
     positive = ["max_iters", "batch_size", "grad_accum_steps", "log_interval", "eval_interval"]
     positive += ["eval_windows", "eval_batch_size", "checkpoint_interval"]
+    for key in positive:
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key} must be at least 1, not {getattr(config, key)}")
     if config.eval_sample_tokens < 0:
         raise ConfigError(
             f"eval_sample_tokens must be >= 0 (0 = no samples), not {config.eval_sample_tokens}"
@@ -920,9 +926,6 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
     check_sinks(config.log_to)
     if config.eval_tasks and not config.valid_data:
         raise ConfigError("eval_tasks are scored at each evaluation, which needs valid_data")
-    for key in positive:
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{key} must be at least 1, not {getattr(config, key)}")
     for key in ["warmup_iters", "grad_clip", "max_train_seconds", "weight_decay", "min_lr"]:
         if not getattr(config, key) >= 0:  # written this way so that NaN fails too
             raise ConfigError(f"{key} must be >= 0 (0 = off), not {getattr(config, key)}")
@@ -992,7 +995,7 @@ def _closing_line(run: _Run) -> str:
     if "tensorboard" in run.config.log_to:
         written += f" and {run.run_dir / TENSORBOARD_DIR}"
     if "wandb" in run.config.log_to:
-        written += f" and {run.run_dir / 'wandb'}"
+        written += f" and {run.run_dir / WANDB_DIR}"
     written += f", plots in {run.run_dir / 'img'}"
     if run.out_of_time:
         more = run.config.max_train_seconds * 2

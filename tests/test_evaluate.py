@@ -66,8 +66,10 @@ REQUESTS = [  # shared contexts, different lengths, a trailing space, an empty c
 # ---- log-likelihoods ------------------------------------------------------------------------
 
 
-def test_loglikelihoods_equal_a_direct_forward_pass(model64):
-    got = loglikelihoods(model64, TOKENIZER, REQUESTS, batch_size=1)
+@pytest.mark.parametrize("per_pass", [1, 2, 8])  # continuations per pass: several passes too
+def test_loglikelihoods_equal_a_direct_forward_pass(model64, monkeypatch, per_pass):
+    monkeypatch.setattr(evaluate, "CONTINUATIONS_PER_PASS", per_pass)
+    got = loglikelihoods(model64, TOKENIZER, REQUESTS, batch_size=1)  # exact: no padding
     for (context, continuation), (ll, greedy) in zip(REQUESTS, got, strict=True):
         want_ll, want_greedy = direct(model64, *encode_request(TOKENIZER, context, continuation))
         assert ll == pytest.approx(want_ll, abs=1e-10)
@@ -94,8 +96,9 @@ def test_each_distinct_context_is_run_once(model64, monkeypatch):
 
     monkeypatch.setattr(Transformer, "forward", counting)
     loglikelihoods(model64, TOKENIZER, REQUESTS, batch_size=100)
-    assert len(calls) == 2  # the 4 distinct contexts together, then the 7 continuations
-    assert calls[0][0] == 4 and calls[1][0] == 7
+    # The 4 distinct contexts together, then the 7 continuations (all their tokens but the
+    # last), CONTINUATIONS_PER_PASS at a time.
+    assert calls[0][0] == 4 and sum(shape[0] for shape in calls[1:]) == 7
 
 
 def test_is_greedy_is_true_exactly_for_the_greedy_continuation(model64):
@@ -235,8 +238,8 @@ def test_evaluate_task_metrics_and_samples(monkeypatch, model64):
     monkeypatch.setattr(evaluate, "loglikelihoods", lambda *args: scores)
     metrics, samples = evaluate_task(model64, TOKENIZER, "arc_easy")
     assert metrics == {"acc": 0.5, "acc_norm": 1.0, "acc_stderr": 0.5, "n": 2}
-    assert samples[0] == {"task": "arc_easy", "index": 4, "pred": 0, "target": 1,
-                          "loglikelihoods": [-2.0, -5.0]}  # fmt: skip
+    assert samples[0] == {"task": "arc_easy", "index": 4, "pred": 0, "pred_norm": 1,
+                          "target": 1, "loglikelihoods": [-2.0, -5.0]}  # fmt: skip
     assert samples[1]["pred"] == 0 and samples[1]["index"] == 5
     metrics, _ = evaluate_task(model64, TOKENIZER, "winogrande")
     assert metrics["acc_norm"] is None  # the harness reports acc only
