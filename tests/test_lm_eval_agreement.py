@@ -5,6 +5,7 @@ and predictions as `llm.evaluate`, whether the harness runs the model exported t
 (its `hf` backend) or through our plugin (llm/lm_eval_plugin.py). And the plugin's rolling
 log-likelihood and generation equal direct computations."""
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -228,6 +229,19 @@ def test_generate_until_is_greedy_generation_cut_at_the_first_stop(short, tokeni
 def test_the_command_runs_the_harness_with_our_model(ours, offline, capsys, monkeypatch):
     _, run = ours
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # main() sets the harness's command line
+    tasks = importlib.import_module("lm_eval.tasks")
+    builtin_piqa = Path(tasks.__file__).parent / "piqa"
+
+    class PiqaOnly(tasks.TaskManager):
+        """The harness's task index of our tasks and its piqa alone: indexing all of its
+        thousands of task files would take most of this test's time."""
+
+        def __init__(self, include_path=None, **kwargs):
+            given = [include_path] if isinstance(include_path, str | Path) else include_path
+            paths = [*(given or []), str(builtin_piqa)]
+            super().__init__(include_path=paths, **{**kwargs, "include_defaults": False})
+
+    monkeypatch.setattr(tasks, "TaskManager", PiqaOnly)
     plugin.main(["--model_args", f"path={run}", "--tasks", "piqa_offline", "--limit", "2",
                  "--include_path", str(TASKS_DIR), "--device", "cpu"])  # fmt: skip
     assert "piqa" in capsys.readouterr().out
