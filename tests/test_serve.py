@@ -248,7 +248,7 @@ def test_a_flood_is_refused(server, http):
 
     statuses = asyncio.run(flood())
     assert set(statuses) == {200, 429}
-    assert statuses.count(200) >= MAX_BATCH + MAX_QUEUE - 1  # admitted: the batch and the queue
+    assert statuses.count(200) >= MAX_QUEUE  # at least a full queue was taken
     assert metric(http, "llm_queue_length") == 0
 
 
