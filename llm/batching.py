@@ -47,11 +47,13 @@ TopLogprobs = list[tuple[int, float]]  # (token id, log-probability), most likel
 @dataclass
 class Token:
     """A generated token, with its log-probability and the most likely alternatives (when the
-    request asked for logprobs)."""
+    request asked for logprobs). The last one may be a stop token (stop=True), which ends the
+    request: sent for its log-probability (as vLLM does), never as text."""
 
     id: int
     logprob: float | None = None
     top: TopLogprobs | None = None
+    stop: bool = False
 
 
 @dataclass
@@ -78,7 +80,7 @@ class Request:
     prompt: list[int]
     sampling: SamplingConfig
     emit: Callable[[Output], None]  # called on the model's thread: must not block
-    stop_ids: frozenset[int] = frozenset()  # generation ends at any of these (not sent)
+    stop_ids: frozenset[int] = frozenset()  # generation ends at any of these (see Token)
     logprobs: int | None = None  # None: no log-probs; k: the chosen token's, and the top k
     prompt_logprobs: bool = False  # send the prompt's Scores before the first token
     cancelled: bool = False  # set by any thread: the request leaves at the next step
@@ -238,13 +240,13 @@ class Scheduler:
                 continue
             token = int(sample_next(row_logits[None], s.temperature, s.top_p, s.top_k,
                                     row.generator))  # fmt: skip
-            if token in row.request.stop_ids:
-                done["stop"].append(row)
-                continue
+            stop = token in row.request.stop_ids
             row.last, row.generated = token, row.generated + 1
-            row.request.emit(_token(token, row_logits, row.request.logprobs))
+            row.request.emit(_token(token, row_logits, row.request.logprobs, stop))
             self.stats.generated_tokens += 1
-            if row.generated == s.max_new_tokens:
+            if stop:
+                done["stop"].append(row)
+            elif row.generated == s.max_new_tokens:
                 done["length"].append(row)
         for reason, leaving in done.items():
             self._leave(leaving, reason)
@@ -320,11 +322,11 @@ def _top(logprobs: Tensor, k: int) -> TopLogprobs:  # logprobs: (vocab,)
     return list(zip(ids.tolist(), values.tolist(), strict=True))
 
 
-def _token(token: int, logits: Tensor, logprobs: int | None) -> Token:
+def _token(token: int, logits: Tensor, logprobs: int | None, stop: bool) -> Token:
     if logprobs is None:
-        return Token(token)
+        return Token(token, stop=stop)
     lp = torch.log_softmax(logits.float(), dim=-1)
-    return Token(token, float(lp[token]), _top(lp, logprobs) if logprobs else [])
+    return Token(token, float(lp[token]), _top(lp, logprobs) if logprobs else [], stop)
 
 
 def _scores(logits: Tensor, targets: list[int], logprobs: int | None) -> Scores:

@@ -200,6 +200,8 @@ class _Choice:
             text, self.held = self.held + self.text.finish(), ""
             return Piece(index, text, None, "length" if out.reason == "length" else "stop")
         self.tokens.append(out)
+        if out.stop:  # no text: its log-probability only
+            return Piece(index, "", out)
         text = self.held + self.text.add(out.id)
         found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if found:  # a stop string: the text ends before it, and the request is cancelled

@@ -29,7 +29,7 @@ def run(scheduler: Scheduler, requests: list[tuple[list[int], SamplingConfig]], 
 
         def emit(out, ids=ids, reason=reason, outs=outs) -> None:
             outs.append(out)
-            if isinstance(out, Token):
+            if isinstance(out, Token) and not out.stop:
                 ids.append(out.id)
             elif isinstance(out, Finished):
                 reason[0] = out.reason
@@ -85,6 +85,9 @@ def test_stop_tokens_cancel_and_scores(model):
     assert scores.logprobs == pytest.approx(want, abs=1e-5)
     assert outs[1].logprob == pytest.approx(expected[3, greedy[0]].item(), abs=1e-5)
     assert [t for t, _ in outs[1].top][0] == greedy[0] and len(outs[1].top) == 2
+    stop = outs[len(ids) + 1]  # after the scores and the tokens: the stop token, with its logprob
+    assert stop.stop and stop.id == greedy[3] and isinstance(outs[-1], Finished)
+    assert stop.logprob == pytest.approx(expected[3 + len(ids), greedy[3]].item(), abs=1e-5)
 
     cancelled = Request(prompt, sampling, lambda out: None, cancelled=True)
     scheduler.submit(cancelled)

@@ -154,6 +154,27 @@ def test_echo_logprobs_are_the_models(client, http, model):
     assert greedy == (expected[2:].argmax(-1) == torch.tensor(ids[3:])).tolist()
 
 
+def test_scoring_a_prompt_whose_next_token_ends_the_text(http, model):
+    """When max_tokens=1 samples the end-of-text token, it is still the last of the logprobs
+    (as vLLM returns it): lm-eval drops that last one before summing the continuation's."""
+    g = torch.Generator().manual_seed(0)
+    candidates = torch.randint(0, 256, (4000, 6), generator=g)
+    eot = tiny_tokenizer().token_id("<|endoftext|>")
+    with torch.no_grad():
+        logits = model(candidates, last_only=True)[:, -1]
+    (row,) = (logits.argmax(-1) == eot).nonzero()[0].tolist()  # a prompt greedy ends at once
+    ids = candidates[row].tolist()
+    body = {"prompt": ids, "max_tokens": 1, "logprobs": 1, "echo": True, "temperature": 0}
+    choice = http.post("/v1/completions", json=body).json()["choices"][0]
+    lp = choice["logprobs"]
+    assert choice["finish_reason"] == "stop" and lp["tokens"][-1] == "<|endoftext|>"
+    assert len(lp["token_logprobs"]) == len(ids) + 1
+    with torch.no_grad():
+        expected = torch.log_softmax(model(torch.tensor([ids]))[0], -1)
+    assert lp["token_logprobs"][-2] == pytest.approx(expected[-2, ids[-1]].item(), abs=1e-5)
+    assert lp["token_logprobs"][-1] == pytest.approx(expected[-1, eot].item(), abs=1e-5)
+
+
 async def _complete(server: str, prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
     """Greedy token ids of the prompts, all sent at once."""
     headers = {"Authorization": f"Bearer {KEY}"}
