@@ -182,8 +182,14 @@ class Scheduler:
         # Prompts to score need every position's logits: (width, vocab) each, so one at a time.
         scored = [r for r in joining if r.prompt_logprobs]
         plain = [r for r in joining if not r.prompt_logprobs]
-        for group in ([plain] if plain else []) + [[r] for r in scored]:
-            self._prefill(group)
+        groups = ([plain] if plain else []) + [[r] for r in scored]
+        for i, group in enumerate(groups):
+            try:
+                self._prefill(group)
+            except Exception as e:  # these requests never got a row: fail them here
+                for request in (r for g in groups[i:] for r in g):
+                    request.emit(Finished("error", f"{type(e).__name__}: {e}"))
+                raise
 
     def _prefill(self, requests: list[Request]) -> None:
         """Run the prompts through the model into new rows whose tokens end at the clock, and
@@ -197,7 +203,6 @@ class Scheduler:
         first = len(self.rows)
         rows = [_Row(r, self.clock - len(r.prompt), generator=_generator(r, self.device))
                 for r in requests]  # fmt: skip
-        self.rows += rows
         ids, is_real = left_pad([r.prompt for r in requests])  # (k, width)
         positions = (is_real.cumsum(dim=1) - 1).clamp(min=0)  # each prompt starts at 0
         self.key_mask[first:, : self.clock] = False
@@ -206,6 +211,7 @@ class Scheduler:
         scored = requests[0].prompt_logprobs
         logits = self.model(ids.to(self.device), cache, last_only=not scored,
                             token_positions=positions.to(self.device))  # fmt: skip
+        self.rows += rows
         self.stats.prompt_tokens += int(is_real.sum())
         if scored:
             request = requests[0]

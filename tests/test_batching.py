@@ -103,3 +103,26 @@ def test_limits(model):
     scheduler.submit(Request([1], sampling, print))
     with pytest.raises(QueueFull):
         scheduler.submit(Request([1], sampling, print))
+
+
+def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(model, monkeypatch):
+    scheduler = Scheduler(model, max_batch=2, max_queue=4)
+    sampling = SamplingConfig(max_new_tokens=5, temperature=0)
+    reasons = []
+
+    def emit(out) -> None:
+        if isinstance(out, Finished):
+            reasons.append(out.reason)
+
+    scheduler.submit(Request([1, 2], sampling, emit))
+    scheduler.step()  # running
+    for _ in range(2):  # one joins the batch; one waits
+        scheduler.submit(Request([3], sampling, emit))
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: 1 / 0)
+    scheduler.step()
+    assert reasons == ["error", "error"] and not scheduler.rows  # the running one, the joiner
+    monkeypatch.setattr(model, "forward", forward)
+    ((ids, reason, _),) = run(scheduler, [([4, 5], sampling)])
+    assert reason == "length" and ids == generate(model, [4, 5], sampling)
+    assert reasons == ["error", "error", "length"]  # the one that waited was served
