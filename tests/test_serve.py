@@ -39,7 +39,9 @@ def server(model):
     """The base URL of a running server (uvicorn on a thread), and its app."""
     loaded = Loaded(model, tiny_tokenizer(), {}, "test", Path("."))
     app = create_app(loaded, "tiny", MAX_BATCH, MAX_QUEUE, api_key=KEY)
-    sock = socket.socket()
+    # proto TCP, so that asyncio sets TCP_NODELAY on each connection (with proto 0 it does not,
+    # and every response after a connection's first waits 40 ms for the client's delayed ACK)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
