@@ -408,7 +408,9 @@ def _prompts(server: Server, body: dict) -> list[list[int]]:
 
     def ids(p) -> list[int]:
         if isinstance(p, str):
-            return server.tokenizer.encode(p) or [e for e in server.eos_ids][:1]
+            return (
+                server.tokenizer.encode(p) or list(server.eos_ids)[:1]
+            )  # "": after an end of text
         if isinstance(p, list) and p and all(type(t) is int and 0 <= t < vocab for t in p):
             return p
         message = (f"'prompt' must be a string, a list of strings, a list of token ids "
@@ -467,7 +469,7 @@ async def completions(server: Server, http: HttpRequest) -> Response:
 
         return sse(chunks())
     texts, reasons, generated = [""] * count, [None] * count, 0
-    finals: dict[int, object] = {}
+    finals: dict[int, _Choice] = {}
     async for piece, choice in pieces:
         texts[piece.index] += piece.text
         reasons[piece.index] = piece.finish_reason or reasons[piece.index]
