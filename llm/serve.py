@@ -62,6 +62,7 @@ from llm.generating import DTYPES, SamplingConfig, TextStream, chat_prompt, eos_
 from llm.loading import Loaded, load, models_help
 
 PAGE = Path(__file__).with_name("static") / "chat.html"
+WATCH_SECONDS = 0.25  # how often a non-streaming request checks that its client is still there
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # seconds
 
 
@@ -232,7 +233,7 @@ class Server:
 
     def generate(
         self,
-        http: HttpRequest,
+        watch: HttpRequest | None,
         prompts: list[list[int]],
         sampling: SamplingConfig,
         n: int,
@@ -243,7 +244,7 @@ class Server:
     ) -> AsyncIterator[tuple[Piece, _Choice]]:
         """Submit n choices for each prompt (choice index = prompt * n + i, with seed + i) now
         (429 when the queue is full), and return the iterator of their pieces as they come.
-        Leaving it early (a disconnect) cancels them all."""
+        Leaving it early (a disconnect) cancels them all. `watch`: see _pieces."""
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         choices = []
         for prompt in prompts:
@@ -261,20 +262,30 @@ class Server:
                 choice.request.cancelled = True
             raise ApiError(429, f"the server is busy ({e}): try again later", None,
                            "too_many_requests") from None  # fmt: skip
-        return self._pieces(http, queue, choices, time.monotonic())
+        return self._pieces(watch, queue, choices, time.monotonic())
 
     async def _pieces(
-        self, http: HttpRequest, queue: asyncio.Queue, choices: list[_Choice], began: float
+        self, watch: HttpRequest | None, queue: asyncio.Queue, choices: list[_Choice], began: float
     ) -> AsyncIterator[tuple[Piece, _Choice]]:
-        first = True
+        """The pieces, as the model's thread sends them. `watch`: a request whose client is
+        checked every WATCH_SECONDS (a streaming response needs none: Starlette cancels it when
+        its client goes)."""
+        first, check_at = True, began + WATCH_SECONDS
         try:
             while not all(c.done for c in choices):
-                try:
-                    index, out = await asyncio.wait_for(queue.get(), timeout=1.0)
-                except TimeoutError:
-                    if await http.is_disconnected():
-                        return
-                    continue
+                if watch is None:
+                    index, out = await queue.get()
+                else:
+                    try:
+                        index, out = await asyncio.wait_for(queue.get(), WATCH_SECONDS)
+                    except TimeoutError:
+                        index = out = None
+                    if time.monotonic() >= check_at:
+                        if await watch.is_disconnected():
+                            return
+                        check_at = time.monotonic() + WATCH_SECONDS
+                    if out is None:
+                        continue
                 if choices[index].done:  # ended by a stop string: what was on its way is dropped
                     continue
                 if first and isinstance(out, Token):
@@ -370,7 +381,8 @@ async def chat_completions(server: Server, http: HttpRequest) -> Response:
     options = _get(body, "stream_options", (dict,), {}, None, "an object")
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
             "model": server.name}  # fmt: skip
-    pieces = server.generate(http, [prompt], sampling, n, server.chat_stop_ids, stops)
+    watch = None if stream else http
+    pieces = server.generate(watch, [prompt], sampling, n, server.chat_stop_ids, stops)
     if stream:
 
         async def chunks() -> AsyncIterator[dict]:
@@ -439,7 +451,8 @@ async def completions(server: Server, http: HttpRequest) -> Response:
     stream = _get(body, "stream", (bool,), False, None, "true or false")
     options = _get(body, "stream_options", (dict,), {}, None, "an object")
     base = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.name}
-    pieces = server.generate(http, prompts, sampling, n, server.eos_ids, stops, logprobs,
+    watch = None if stream else http
+    pieces = server.generate(watch, prompts, sampling, n, server.eos_ids, stops, logprobs,
                            prompt_logprobs=echo and logprobs is not None)  # fmt: skip
     prompt_tokens = sum(map(len, prompts))
     count = len(prompts) * n
