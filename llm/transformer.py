@@ -669,18 +669,25 @@ class Transformer(nn.Module):
         self.activation_checkpointing = False
 
     def forward(
-        self, token_ids: Tensor, kv_cache: KVCache | None = None, last_only: bool = False
+        self,
+        token_ids: Tensor,
+        kv_cache: KVCache | None = None,
+        last_only: bool = False,
+        token_positions: Tensor | None = None,
     ) -> Tensor:
         """last_only: return only the last position's logits (batch, 1, vocab), all that
-        generation needs; this skips the output layer's matmul for the other positions."""
+        generation needs; this skips the output layer's matmul for the other positions.
+        token_positions (batch, seq): each token's position for RoPE, when rows do not start at
+        the cache's column 0 (a server's batch, llm/batching.py); None: the column index."""
         self._check_input(token_ids, kv_cache)
         x = self.embedding_dropout(self.embedding(token_ids))  # (batch, seq, d_model)
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
+        positions = token_positions  # None: positions follow the cached tokens
         for layer, block in enumerate(self.blocks):
             if recompute:
-                x = checkpoint(block, x, None, kv_cache, layer, use_reentrant=False)
+                x = checkpoint(block, x, positions, kv_cache, layer, use_reentrant=False)
             else:
-                x = block(x, None, kv_cache, layer)  # positions follow the cached tokens
+                x = block(x, positions, kv_cache, layer)
         if kv_cache is not None:
             kv_cache.length += token_ids.shape[1]
         if last_only:
