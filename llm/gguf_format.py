@@ -35,7 +35,14 @@ from torch import Tensor
 from llm.bpe_files import BYTE_TO_CHAR, parse_merges, str_to_token
 from llm.bpe_tokenizer import BpeTokenizer
 from llm.config import config_to_dict
-from llm.quantize import Int4Linear, Int8Linear, Quantization, QuantizedLinear, quantized_names
+from llm.quantize import (
+    Int4Linear,
+    Int8Linear,
+    Quantization,
+    QuantizedLinear,
+    quantize_model,
+    quantized_names,
+)
 from llm.transformer import ModelConfig, Transformer, no_weight_init
 
 # Models installable from PyPI: name -> (package, file inside it).
@@ -215,9 +222,10 @@ def tensor_names(config: ModelConfig) -> dict[str, list[str]]:
 
 
 def state_dict_from_gguf(
-    file: GgufFile, config: ModelConfig, dtype: torch.dtype = torch.float32
+    file: GgufFile, config: ModelConfig, dtype: torch.dtype = torch.float32, skip=frozenset()
 ) -> dict[str, Tensor]:
-    """Our state dict (in dtype) from the file's tensors; missing or extra tensors are errors."""
+    """Our state dict (in dtype) from the file's tensors, but the names in `skip` (not
+    dequantised: loaded into quantised layers instead); missing or extra tensors are errors."""
     names = tensor_names(config)
     extra = sorted(set(file.tensors) - {n for theirs in names.values() for n in theirs})
     if extra:
@@ -225,7 +233,7 @@ def state_dict_from_gguf(
             f"{file.path}: the file holds tensors we do not use: {', '.join(extra[:3])}"
         )
     state = {ours: torch.cat([file.tensor(name, dtype) for name in theirs])
-             for ours, theirs in names.items()}  # fmt: skip
+             for ours, theirs in names.items() if ours not in skip}  # fmt: skip
     if config.tie_embeddings:
         state["lm_head.weight"] = state["embedding.weight"]
     return state
@@ -324,21 +332,31 @@ def tokenizer_from_gguf(file: GgufFile) -> BpeTokenizer:
 
 
 def load_gguf(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quantization: Quantization | None = None,
 ) -> tuple[Transformer, BpeTokenizer, dict]:
     """A llama GGUF as our Transformer (eval mode, dequantised to `dtype`), its tokenizer, and a
     dict like a checkpoint's: model_config, eos_token_id, bos_token_id, chat_template, name.
     The model's weights are the dequantised tensors themselves (assign=True), not copies: the
-    memory of one model at most, plus one tensor being dequantised."""
+    memory of one model at most, plus one tensor being dequantised. With `quantization`, the
+    matrices whose blocks fit it go straight into quantised layers (quantized_layers, never
+    dequantised) and the rest are quantised from their floats (llm/quantize.py)."""
     file = GgufFile(path)
     config = model_config_from_gguf(file)
     tokenizer = tokenizer_from_gguf(file)
     with no_weight_init():  # never written: the file's tensors take the weights' place
-        model = Transformer(config, dtype=dtype)
+        model = Transformer(config, dtype=dtype).eval()
+    layers = quantized_layers(file, model, quantization) if quantization else {}
+    skip = {f"{name}.weight" for name in layers}  # left uninitialised, then replaced
     try:
-        model.load_state_dict(state_dict_from_gguf(file, config, dtype), assign=True)
+        state = state_dict_from_gguf(file, config, dtype, skip)
+        missing, _ = model.load_state_dict(state, assign=True, strict=False)
     except RuntimeError as e:  # a shape that does not fit the metadata
         raise GgufError(f"{file.path}: the tensors do not fit the metadata: {e}") from None
+    if set(missing) - skip:
+        raise GgufError(f"{file.path}: no tensor for {', '.join(sorted(set(missing) - skip))}")
     if config.tie_embeddings:  # assign made two parameters of the one tensor: one again
         model.embedding.weight = model.lm_head.weight
     info = {
@@ -351,4 +369,7 @@ def load_gguf(
         "iteration": None,
         "train_config": None,
     }
-    return model.to(device=device, dtype=dtype).eval(), tokenizer, info
+    model = model.to(device=device, dtype=dtype)
+    if quantization:
+        quantize_model(model, quantization, layers)
+    return model, tokenizer, info

@@ -41,7 +41,6 @@ from llm.gguf_format import (
     load_gguf,
     model_config_from_gguf,
     pretrained_path,
-    quantized_layers,
     tokenizer_from_gguf,
 )
 from llm.hf_format import is_hf_dir, load_hf_model, read_hf_config
@@ -77,9 +76,9 @@ class Format:
     # (path, device, dtype) -> model, its tokenizer (None: found from info["tokenizer_dir"]), info
     load: Callable[[Path, torch.device | str, torch.dtype], tuple[Transformer, Any, dict]]
     read_config: Callable[[Path], tuple[ModelConfig, str | None]]  # config, tokenizer source
-    # (path, the model loaded from it, how to quantise) -> quantised layers the format holds
-    # as they are (see quantize_model); None: every layer is quantised from its float weights
-    quantized_layers: Callable[[Path, Transformer, Quantization], dict] | None = None
+    # load takes quantization= itself (it has quantised blocks of its own to use as they are);
+    # otherwise the loaded float model is quantised (llm/quantize.py)
+    quantizes: bool = False
 
 
 def _load_checkpoint(path: Path, device, dtype) -> tuple[Transformer, None, dict]:
@@ -109,14 +108,7 @@ def _gguf_config(path: Path) -> tuple[ModelConfig, str | None]:
 
 
 FORMATS = [
-    Format(
-        "gguf",
-        "a GGUF file",
-        is_gguf_file,
-        load_gguf,
-        _gguf_config,
-        lambda path, model, spec: quantized_layers(GgufFile(path), model, spec),
-    ),
+    Format("gguf", "a GGUF file", is_gguf_file, load_gguf, _gguf_config, quantizes=True),
     Format(
         "checkpoint",
         "a checkpoint file (checkpoint.pt)",
@@ -195,15 +187,15 @@ def load(
     `quantization` is given (llm/quantize.py; a GGUF file's own 4- or 8-bit blocks are used as
     they are where they fit)."""
     path, entry = resolve(source)
-    model, own, info = entry.load(path, device, dtype)
+    if quantization is not None and entry.quantizes:
+        model, own, info = entry.load(path, device, dtype, quantization=quantization)
+    else:
+        model, own, info = entry.load(path, device, dtype)
     if quantization is not None and info.get("quantization"):
         raise LoadError(f"{source} is quantised already ({info['quantization']['kind']}): "
                         "load it without --quantize")  # fmt: skip
-    if quantization is not None:
-        layers = (
-            entry.quantized_layers(path, model, quantization) if entry.quantized_layers else None
-        )
-        quantize_model(model, quantization, layers)
+    if quantization is not None and not entry.quantizes:
+        quantize_model(model, quantization)
     if tokenizer and own is None:
         own = _tokenizer_of(path, info)
         _check_vocab(model, own, info, path)

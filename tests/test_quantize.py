@@ -44,7 +44,7 @@ def test_int8_is_per_channel_absmax_rounding_like_pytorchs_fake_quantize():
     deq = dequantize_int8(q, scale)
     torch.testing.assert_close(deq, expected, rtol=0, atol=1e-6)
     assert (w - deq).abs().le(scale[:, None] / 2 * (1 + 1e-6)).all()  # half a step at most
-    assert torch.equal(deq[1], torch.zeros(128))  # a zero row stays zero (and finite)
+    assert torch.equal(deq[1], torch.zeros(128)) and scale[1] > 0  # a zero row: a real step
     assert deq[2, 5] == pytest.approx(50.0) and scale[2] == pytest.approx(50 / 127)
 
 
@@ -62,7 +62,7 @@ def test_int4_groups_round_like_fake_quantize_and_keep_outliers_to_their_group(g
     torch.testing.assert_close(deq, expected, rtol=0, atol=1e-6)
     step = scale.repeat_interleave(group_size, dim=1)
     assert (w - deq).abs().le(step / 2 * (1 + 1e-6)).all()
-    assert torch.equal(deq[1], torch.zeros(256))
+    assert torch.equal(deq[1], torch.zeros(256)) and (scale > 0).all()
     # Row 2's outlier sets only its own group's scale: the other groups stay as fine as row 0's.
     assert scale[2, 0] == pytest.approx(50 / 7)
     assert scale[2, 1:].max() < 1.0
@@ -167,9 +167,16 @@ def test_gguf_q8_0_goes_straight_to_int8_as_dequantise_then_quantise(gguf_files)
         assert torch.equal(layer.weight_q, q) and torch.equal(layer.scale, scale), ours
 
 
-def test_gguf_q4_1_blocks_become_int4_groups_without_rounding(gguf_files):
+def test_gguf_q4_1_blocks_become_int4_groups_without_rounding(gguf_files, monkeypatch):
     path = gguf_files / "Q4_1.gguf"
+    dequantised = []
+    real_tensor = GgufFile.tensor
+    monkeypatch.setattr(GgufFile, "tensor", lambda self, name, *a: dequantised.append(name)
+                        or real_tensor(self, name, *a))  # fmt: skip
     model = load(path, quantization=Quantization("int4", 32)).model
+    assert "token_embd.weight" in dequantised  # the embedding stays float
+    assert not [name for name in dequantised if name.startswith("blk.") and "norm" not in name]
+    monkeypatch.undo()
     file = GgufFile(path)
     qkv = model.blocks[0].attn.qkv_proj
     assert isinstance(qkv, Int4Linear) and qkv.group_size == 32
