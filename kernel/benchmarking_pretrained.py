@@ -6,6 +6,7 @@ with Q8_0 embeddings), ours against transformers, in float32, bfloat16 and quant
     ours-int8  llm.loading.load(..., quantization=int8, output layer too): llm/quantize.py
     ours-int4  the same in int4, groups of 32: the file's Q4_1 blocks as they are, the output
                layer (the Q8_0 embedding, tied) in int8
+    ours-int4-bf16  the same with bfloat16 activations (the kernels' own type: no casts)
     hf-fp32    AutoModelForCausalLM.from_pretrained(gguf_file=...), then hf.generate (greedy)
     hf-bf16    the same, hf.to(torch.bfloat16)
     llama.cpp  llama-cpp-python on the file itself, when it is installed (not a dependency: it
@@ -41,10 +42,11 @@ then --repeats times timed. The figures:
                      on, against the machine's own, measured first (one thread: the sum of a
                      1 GB float32 tensor, read once, and a copy of it, read and written)
 
---accuracy KB (default 8) then scores ours-fp32, ours-bf16, ours-int8 and ours-int4 in this
-process on the first KB kilobytes of --text (held-out TinyStories by default): bits per byte,
-and next-token agreement with ours-fp32 (the share of positions where the most likely token is
-the same), windows of 256 tokens.
+--accuracy KB (default 8) then scores ours-fp32, -bf16, -int8, -int4 and -int4-bf16 in this
+process on the first KB kilobytes of --text (held-out TinyStories by default), in windows of 256
+tokens: bits per byte, and next-token agreement with ours-fp32 (the share of positions where the
+most likely token is the same). The quantised ones are scored twice: through the kernels, and
+through their float32 reference path ("ref": the weights' rounding alone).
 """
 
 import ctypes
@@ -78,10 +80,12 @@ from llm.loading import load as load_model
 from llm.quantize import Quantization, QuantizedLinear
 from llm.transformer import Linear
 
-VARIANTS = ["ours-fp32", "ours-bf16", "ours-int8", "ours-int4", "hf-fp32", "hf-bf16", "llama.cpp"]
-QUANTIZED = {
-    "ours-int8": Quantization("int8", head=True),
-    "ours-int4": Quantization("int4", 32, head=True),
+VARIANTS = ["ours-fp32", "ours-bf16", "ours-int8", "ours-int4", "ours-int4-bf16", "hf-fp32",
+            "hf-bf16", "llama.cpp"]  # fmt: skip
+QUANTIZED = {  # variant -> (quantisation, dtype of the activations, embeddings and norms)
+    "ours-int8": (Quantization("int8", head=True), torch.float32),
+    "ours-int4": (Quantization("int4", 32, head=True), torch.float32),
+    "ours-int4-bf16": (Quantization("int4", 32, head=True), torch.bfloat16),
 }
 TEXT = "/work/shared/data/tinystories/valid.txt"  # held-out text for --accuracy
 PROMPT = "Write a long story about a robot who learns to paint, with many details."
@@ -168,7 +172,8 @@ def load(variant: str, path: Path):
 
 def load_ours(variant: str, path: Path) -> torch.nn.Module:
     if variant in QUANTIZED:
-        return load_model(path, tokenizer=False, quantization=QUANTIZED[variant]).model
+        quantization, dtype = QUANTIZED[variant]
+        return load_model(path, dtype=dtype, tokenizer=False, quantization=quantization).model
     dtype = torch.bfloat16 if variant.endswith("bf16") else torch.float32
     model, _, _ = load_gguf(path, dtype=dtype)  # dequantised straight to dtype
     return model
@@ -371,8 +376,10 @@ def memory_bandwidth(gigabytes: float = 1.0, repeats: int = 3) -> tuple[float, f
 
 @torch.inference_mode()
 def accuracy(args: BenchConfig, path: Path, window: int = 256) -> str:
-    """Bits per byte of ours-fp32, -bf16, -int8 and -int4 on the first args.accuracy KB of
-    args.text, and how often each one's most likely next token is ours-fp32's."""
+    """Bits per byte of our variants on the first args.accuracy KB of args.text, and how often
+    each one's most likely next token is ours-fp32's. "ref": the quantised layers' float32
+    reference path (the weights' rounding alone), where the kernels also round the activations
+    to bfloat16."""
     text = Path(args.text).read_text(encoding="utf-8")[: args.accuracy * 1024]
     tokenizer = tokenizer_from_gguf(GgufFile(path))
     ids = torch.tensor(tokenizer.encode(text))
@@ -383,8 +390,13 @@ def accuracy(args: BenchConfig, path: Path, window: int = 256) -> str:
              "| variant | bits per byte | vs ours-fp32 | next token = ours-fp32's |",
              "| --- | ---: | ---: | ---: |"]  # fmt: skip
     reference = None
-    for variant in ("ours-fp32", "ours-bf16", "ours-int8", "ours-int4"):
-        model = load_ours(variant, path)
+    variants = ["ours-fp32", "ours-bf16", "ours-int8", "ours-int8 ref", "ours-int4",
+                "ours-int4 ref", "ours-int4-bf16"]  # fmt: skip
+    for variant in variants:
+        model = load_ours(variant.removesuffix(" ref"), path)
+        for module in model.modules():  # " ref": the float32 reference path, not the kernels
+            if isinstance(module, QuantizedLinear):
+                module.fast = not variant.endswith(" ref")
         nats, best = 0.0, []
         for w in windows:
             logits = model(w[None, :-1]).float()[0]  # (window, vocab)
@@ -416,16 +428,16 @@ def run_all(args: BenchConfig) -> None:
         flush=True,
     )
     print(machine_line("at start"), flush=True)
-    torch.set_num_threads(args.threads)
-    read, copy = memory_bandwidth()
-    print(f"memory bandwidth, {args.threads} thread(s): {read:.1f} GB/s reading a 1 GB tensor, "
-          f"{copy:.1f} GB/s copying it (read + write)", flush=True)  # fmt: skip
     runs: dict[str, list[dict]] = {name: [] for name in args.variants}
     for i in range(args.rounds):
         for name in args.variants:
             runs[name].append(spawn(args, name, prompt))
             print(f"  round {i + 1}: {name} done", flush=True)
     print(machine_line("at end"))
+    torch.set_num_threads(args.threads)  # after the runs: its 2 GB would be in their ru_maxrss
+    read, copy = memory_bandwidth()
+    print(f"memory bandwidth, {args.threads} thread(s): {read:.1f} GB/s reading a 1 GB tensor, "
+          f"{copy:.1f} GB/s copying it (read + write)", flush=True)  # fmt: skip
     results = {name: merge(rs) for name, rs in runs.items()}
     print(table(args, results, eos_id))
     print(notes(args, results))
