@@ -8,8 +8,9 @@ import torch
 from gguf.quants import dequantize
 from test_gguf_model import write_tiny_llama_gguf
 
-from llm import export, generating
+from llm import evaluate, export, generating
 from llm.checkpoint import save_checkpoint
+from llm.generating import SamplingConfig
 from llm.gguf_format import GgufFile
 from llm.loading import LoadError, load
 from llm.quantize import (
@@ -23,7 +24,7 @@ from llm.quantize import (
     quantize_int8,
     quantize_model,
 )
-from llm.transformer import Linear, Transformer
+from llm.transformer import Linear, ModelConfig, Transformer
 
 
 def weights(rows: int = 8, cols: int = 128, seed: int = 0) -> torch.Tensor:
@@ -211,9 +212,25 @@ def test_bad_quantisation_settings_are_one_line_errors(small_config):
     ],
 )
 def test_the_commands_refuse_bad_quantize_flags(argv, words, capsys, tmp_path):
-    for main in (generating.main, export.main):
+    commands = {generating.main: ["--checkpoint", "x"], evaluate.main: ["x"],
+                export.main: [str(tmp_path), "x"]}  # fmt: skip
+    for main, model in commands.items():
         with pytest.raises(SystemExit) as exit_:
-            main(["--checkpoint" if main is generating.main else str(tmp_path), "x", *argv])
+            main([*model, *argv])
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.count("\n") == 1, err
         assert all(word in err for word in words), err
+
+
+def test_the_generating_command_runs_a_quantised_model(tmp_path, capsys):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=256, context_length=16, d_model=32, num_layers=1,
+                         num_heads=2, d_ff=64)  # fmt: skip
+    save_checkpoint(Transformer(config), None, 1, tmp_path / "model.pt")
+    argv = ["--checkpoint", str(tmp_path / "model.pt"), "--prompt", "ab", "--temperature", "0",
+            "--max_new_tokens", "4", "--quantize", "int4", "--quantize_head"]  # fmt: skip
+    generating.main(argv)
+    quantised_text = capsys.readouterr().out
+    model = load(tmp_path / "model.pt", quantization=Quantization("int4", 32, head=True)).model
+    ids = generating.generate(model, list(b"ab"), SamplingConfig(max_new_tokens=4, temperature=0))
+    assert bytes(ids).decode("utf-8", "replace") in quantised_text
