@@ -39,8 +39,8 @@ then --repeats times timed. The figures:
                      quantised layer, the output layer included; the embedding's one row and
                      the norms left out; llama.cpp: its file's tensors)
     GB/s             weights MB/token x decode tok/s: the memory bandwidth the decoding draws
-                     on, against the machine's own, measured first (one thread: the sum of a
-                     1 GB float32 tensor, read once, and a copy of it, read and written)
+                     on, against the machine's own, measured last (memory_bandwidth: a 1 GB
+                     float32 matrix times a vector, as decoding reads weights; its sum; a copy)
 
 --accuracy KB (default 8) then scores ours-fp32, -bf16, -int8, -int4 and -int4-bf16 in this
 process on the first KB kilobytes of --text (held-out TinyStories by default), in windows of 256
@@ -361,17 +361,21 @@ def notes(args: BenchConfig, results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def memory_bandwidth(gigabytes: float = 1.0, repeats: int = 3) -> tuple[float, float]:
-    """(read GB/s, copy GB/s) of this machine on the current thread count: the best of
-    `repeats` sums of a float32 tensor of `gigabytes` (each byte read once) and copies of it
-    (read and written: 2 bytes moved per byte)."""
-    src = torch.ones(int(gigabytes * 1e9) // 4)
-    dst = torch.empty_like(src)
-    read = copy = float("inf")
+def memory_bandwidth(gigabytes: float = 1.0, repeats: int = 3) -> tuple[float, float, float]:
+    """GB/s of this machine on the current thread count, best of `repeats`: (sum, copy, matvec).
+    sum reads a float32 tensor of `gigabytes` once; copy reads and writes it (2 bytes moved per
+    byte); matvec multiplies it, as a (rows, 1024) matrix, by one vector: a decoding step's own
+    access pattern. One thread's sum is partly compute-bound: matvec is the better figure."""
+    src = torch.ones(int(gigabytes * 1e9) // 4096 * 1024)  # whole rows of 1024
+    dst, x = torch.empty_like(src), torch.ones(1, 1024)
+    matrix = src.view(-1, 1024)
+    best = [float("inf")] * 3
     for _ in range(repeats):
-        read = min(read, timed(torch.sum, src)[1])
-        copy = min(copy, timed(dst.copy_, src)[1])
-    return gigabytes / read, 2 * gigabytes / copy
+        for i, (fn, *args) in enumerate(
+            [(torch.sum, src), (dst.copy_, src), (torch.mm, x, matrix.T)]
+        ):
+            best[i] = min(best[i], timed(fn, *args)[1])
+    return gigabytes / best[0], 2 * gigabytes / best[1], gigabytes / best[2]
 
 
 @torch.inference_mode()
@@ -435,9 +439,10 @@ def run_all(args: BenchConfig) -> None:
             print(f"  round {i + 1}: {name} done", flush=True)
     print(machine_line("at end"))
     torch.set_num_threads(args.threads)  # after the runs: its 2 GB would be in their ru_maxrss
-    read, copy = memory_bandwidth()
-    print(f"memory bandwidth, {args.threads} thread(s): {read:.1f} GB/s reading a 1 GB tensor, "
-          f"{copy:.1f} GB/s copying it (read + write)", flush=True)  # fmt: skip
+    read, copy, matvec = memory_bandwidth()
+    print(f"memory bandwidth, {args.threads} thread(s), GB/s: {matvec:.1f} multiplying a 1 GB "
+          f"matrix by a vector, {read:.1f} summing it, {copy:.1f} copying it (read + write)",
+          flush=True)  # fmt: skip
     results = {name: merge(rs) for name, rs in runs.items()}
     print(table(args, results, eos_id))
     print(notes(args, results))

@@ -69,7 +69,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, one token (1 x in)")
-    print("| shape | " + " | ".join(paths(torch.randn(8, 64)).keys()) + " |")
+    print("| shape | " + " | ".join(paths(torch.randn(64, 64)).keys()) + " |")
     print("| --- |" + " ---: |" * 8)
     for name, (out_features, in_features) in SHAPES.items():
         w = torch.randn(out_features, in_features) / in_features**0.5
