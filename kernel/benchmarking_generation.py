@@ -5,7 +5,15 @@
     recompute  no cache: every step runs the whole sequence so far (what nanoGPT does)
     hf-llama   Hugging Face LlamaForCausalLM.generate(use_cache=True, greedy), same weights
 
-and with --compile, both compiled (like for like):
+and ours with other weights (--modes, on by default; their tokens differ from float32's, so
+they are compared, not required equal):
+
+    cache-bf16  the model in bfloat16
+    cache-int8  llm.quantize: int8 matrices, the output layer too (PyTorch's packed kernel)
+    cache-int4  int4 in groups of 32, the output layer in int8
+
+each with the bytes of weights one decoding step reads and the GB/s that implies, and with
+--compile, both compiled (like for like):
 
     cache+compile     generate(torch.compile(model, dynamic=True), ...)
     hf-llama+compile  HF generate with its static cache and torch.compile(hf.forward)
@@ -19,21 +27,26 @@ checked against ours first. Tokens/s counts new tokens over the whole call, pref
 Results for this project are in docs/benchmarks.md.
 """
 
+import copy
 import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from llm.cli import parse, run_main
 from llm.generating import SamplingConfig, generate
+from llm.quantize import Quantization, quantize_model
 from llm.transformer import MODEL_PRESETS, Transformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from benchmarking_pretrained import weight_bytes  # noqa: E402  (this folder's, on sys.path)
+
 from hf_llama import to_hf_llama  # noqa: E402  (tests/hf_llama.py, the tests' reference)
 
 
@@ -107,6 +120,7 @@ class BenchConfig:
     threads: int = 2  # CPU threads
     profile: bool = False  # print our top ops afterwards
     compile: bool = False  # also time ours and HF's compiled
+    modes: bool = True  # also time ours in bfloat16, int8 and int4
 
     def __post_init__(self) -> None:
         if self.size not in MODEL_PRESETS:
@@ -134,6 +148,15 @@ def main() -> None:
         "recompute": lambda: generate_by_recomputing(model, prompt, n),
         "hf-llama": lambda: generate_hf(hf, prompt, n),
     }
+    models = {"cache": model}
+    if args.modes:
+        models["cache-bf16"] = copy.deepcopy(model).to(torch.bfloat16)
+        for kind in ("int8", "int4"):
+            spec = Quantization(kind, 32, head=True)
+            models[f"cache-{kind}"] = quantize_model(copy.deepcopy(model), spec)
+        for name in ("cache-bf16", "cache-int8", "cache-int4"):
+            runs[name] = partial(generate, models[name], prompt,
+                                 SamplingConfig(max_new_tokens=n, temperature=0))  # fmt: skip
     if args.compile:
         compiled = torch.compile(model, dynamic=True)
         hf_compiled = to_hf_llama(model)
@@ -150,8 +173,10 @@ def main() -> None:
             print(f"{name}: first call (compiling) took {time.perf_counter() - start:.1f} s")
     load_before = os.getloadavg()[0]
     times, outputs = time_round_robin(runs, args.warmup, args.repeats)
-    if any(out != outputs["cache"] for out in outputs.values()):
-        raise SystemExit("the decoders produced different tokens")
+    same = {name: sum(a == b for a, b in zip(out, outputs["cache"], strict=True))
+            for name, out in outputs.items()}  # fmt: skip
+    if any(same[name] != n for name in same if name not in models or name == "cache"):
+        raise SystemExit("the float32 decoders produced different tokens")
     print(
         f"all produced the same {n} tokens; warm-up {args.warmup}, {args.repeats} timed; "
         f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
@@ -160,11 +185,20 @@ def main() -> None:
 
     rates = {name: [n / t for t in ts] for name, ts in times.items()}
     for name, rs in rates.items():
-        print(
+        line = (
             f"  {name:16s} mean {statistics.mean(rs):7.1f} tokens/s  median "
             f"{statistics.median(rs):7.1f}  min {min(rs):7.1f}  max {max(rs):7.1f}"
         )
+        if name in models:
+            mb = weight_bytes(models[name]) / 1e6
+            line += (f"  {mb:6.1f} MB of weights/token, {mb * statistics.mean(rs) / 1e3:5.2f} "
+                     f"GB/s, {same[name]}/{n} tokens as float32's")  # fmt: skip
+        print(line)
     comparisons = [("cache", "recompute", 5.0), ("cache", "hf-llama", 1.5)]  # issue 5's targets
+    if args.modes:  # issue 22's target for the quantised ones; none for bfloat16
+        comparisons += [("cache-bf16", "hf-llama", None), ("cache-int8", "hf-llama", 2.0),
+                        ("cache-int4", "hf-llama", 2.0), ("cache-int8", "cache", None),
+                        ("cache-int4", "cache", None)]  # fmt: skip
     if args.compile:
         comparisons.append(("cache+compile", "hf-llama+compile", None))  # no target
     for ours, peer, target in comparisons:

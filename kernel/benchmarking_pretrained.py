@@ -1,10 +1,16 @@
 """Time greedy decoding and measure the memory of SmolLM2-135M-Instruct from its GGUF file (Q4_1,
-dequantised to float32), ours against transformers, each in float32 and in bfloat16:
+with Q8_0 embeddings), ours against transformers, in float32, bfloat16 and quantised:
 
     ours-fp32  llm.gguf_format.load_gguf, then llm.generating.generate (KV cache, greedy)
     ours-bf16  the same, load_gguf(..., dtype=torch.bfloat16)
+    ours-int8  llm.loading.load(..., quantization=int8, output layer too): llm/quantize.py
+    ours-int4  the same in int4, groups of 32: the file's Q4_1 blocks as they are, the output
+               layer (the Q8_0 embedding, tied) in int8
+    ours-int4-bf16  the same with bfloat16 activations (the kernels' own type: no casts)
     hf-fp32    AutoModelForCausalLM.from_pretrained(gguf_file=...), then hf.generate (greedy)
     hf-bf16    the same, hf.to(torch.bfloat16)
+    llama.cpp  llama-cpp-python on the file itself, when it is installed (not a dependency: it
+               builds llama.cpp from source, about 12 minutes here); greedy, n_threads=threads
 
     uv run kernel/benchmarking_pretrained.py                    # 128 new tokens, 2 rounds x 3
     uv run kernel/benchmarking_pretrained.py --rounds 3 --threads 2
@@ -29,11 +35,25 @@ then --repeats times timed. The figures:
                      make exactly --new_tokens tokens). bf16 rounds differently from fp32, so
                      its greedy choice may part from hf-fp32's after a while (token 57 of this
                      prompt, for ours-bf16); ours-fp32 should match it all the way
+    weights MB/token the bytes of the matrices one decoding step reads (every Linear or
+                     quantised layer, the output layer included; the embedding's one row and
+                     the norms left out; llama.cpp: its file's tensors)
+    GB/s             weights MB/token x decode tok/s: the memory bandwidth the decoding draws
+                     on, against the machine's own, measured last (memory_bandwidth: a 1 GB
+                     float32 matrix times a vector, as decoding reads weights; its sum; a copy)
+
+--accuracy KB (default 8) then scores ours-fp32, -bf16, -int8, -int4 and -int4-bf16 in this
+process on the first KB kilobytes of --text (held-out TinyStories by default), in windows of 256
+tokens: bits per byte, and next-token agreement with ours-fp32 (the share of positions where the
+most likely token is the same). The quantised ones are scored twice: through the kernels, and
+through their float32 reference path ("ref": the weights' rounding alone).
 """
 
 import ctypes
 import importlib.metadata
+import importlib.util
 import json
+import math
 import os
 import resource
 import statistics
@@ -56,9 +76,24 @@ from llm.gguf_format import (
     pretrained_path,
     tokenizer_from_gguf,
 )
+from llm.loading import load as load_model
+from llm.quantize import Quantization, QuantizedLinear
+from llm.transformer import Linear
 
-VARIANTS = ["ours-fp32", "ours-bf16", "hf-fp32", "hf-bf16"]
+VARIANTS = ["ours-fp32", "ours-bf16", "ours-int8", "ours-int4", "ours-int4-bf16", "hf-fp32",
+            "hf-bf16", "llama.cpp"]  # fmt: skip
+QUANTIZED = {  # variant -> (quantisation, dtype of the activations, embeddings and norms)
+    "ours-int8": (Quantization("int8", head=True), torch.float32),
+    "ours-int4": (Quantization("int4", 32, head=True), torch.float32),
+    "ours-int4-bf16": (Quantization("int4", 32, head=True), torch.bfloat16),
+}
+TEXT = "/work/shared/data/tinystories/valid.txt"  # held-out text for --accuracy
 PROMPT = "Write a long story about a robot who learns to paint, with many details."
+
+
+def default_variants() -> list[str]:
+    """Every variant; llama.cpp only where llama-cpp-python is installed."""
+    return [v for v in VARIANTS if v != "llama.cpp" or importlib.util.find_spec("llama_cpp")]
 
 
 @dataclass
@@ -70,7 +105,9 @@ class BenchConfig:
     repeats: int = 3  # timed generations per process, after one untimed
     rounds: int = 2  # times the set of processes runs, round-robin
     threads: int = 1  # CPU threads of every process (torch.set_num_threads)
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))  # which to run
+    variants: list[str] = field(default_factory=lambda: default_variants())  # which to run
+    accuracy: int = 8  # kilobytes of --text to score each of ours on (0: no accuracy)
+    text: str = TEXT  # held-out text for --accuracy
     variant: str = ""  # internal: run this one variant here and print its results as JSON
 
     def __post_init__(self) -> None:
@@ -107,9 +144,11 @@ def load(variant: str, path: Path):
     """(model, generate function of (prompt, n) -> new token ids) of a variant."""
     dtype = torch.bfloat16 if variant.endswith("bf16") else torch.float32
     if variant.startswith("ours"):
-        model, _, _ = load_gguf(path, dtype=dtype)  # dequantised straight to dtype
+        model = load_ours(variant, path)
         greedy = SamplingConfig(temperature=0)  # eos_id None: exactly n tokens
         return model, lambda prompt, n: generate(model, prompt, replace(greedy, max_new_tokens=n))
+    if variant == "llama.cpp":
+        return load_llama_cpp(path)
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
@@ -129,6 +168,52 @@ def load(variant: str, path: Path):
         return out[0, len(prompt) :].tolist()
 
     return hf, generate_hf
+
+
+def load_ours(variant: str, path: Path) -> torch.nn.Module:
+    if variant in QUANTIZED:
+        quantization, dtype = QUANTIZED[variant]
+        return load_model(path, dtype=dtype, tokenizer=False, quantization=quantization).model
+    dtype = torch.bfloat16 if variant.endswith("bf16") else torch.float32
+    model, _, _ = load_gguf(path, dtype=dtype)  # dequantised straight to dtype
+    return model
+
+
+def load_llama_cpp(path: Path):
+    """llama-cpp-python's Llama on the file, greedy; its own bytes are the file's tensors."""
+    from llama_cpp import Llama
+
+    llm = Llama(str(path), n_ctx=2048, n_threads=torch.get_num_threads(), verbose=False)
+
+    def generate_llama_cpp(prompt: list[int], n: int) -> list[int]:
+        llm.reset()
+        out = []
+        for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            out.append(token)
+            if len(out) == n:
+                return out
+        return out
+
+    return llm, generate_llama_cpp
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the matrices a decoding step reads: every Linear's weight, or, for a quantised
+    layer, what its kernel reads (the integers and the kernel's scales); see the top."""
+    if not isinstance(model, torch.nn.Module):  # llama.cpp: its tensors, about the file
+        return sum(t.n_bytes for t in gguf_module().GGUFReader(model.model_path).tensors)
+    total = 0
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear):
+            names = (
+                ("kernel_q", "kernel_scale_zero")
+                if module.kind == "int4"
+                else ("weight_q", "kernel_scale")
+            )
+            total += sum(getattr(module, n).nbytes for n in names)
+        elif isinstance(module, torch.nn.Linear | Linear):
+            total += module.weight.nbytes
+    return total
 
 
 def timed(fn, *args):
@@ -156,6 +241,7 @@ def run_variant(args: BenchConfig) -> dict:
         tokens, seconds = timed(generate_fn, prompt, args.new_tokens)
         whole.append(seconds)
     return {
+        "weight_bytes": weight_bytes(model),
         "load_s": load_s,
         "rss_before_load_mb": rss_before_load,
         "rss_after_load_mb": rss_after_load,
@@ -199,6 +285,7 @@ def merge(runs: list[dict]) -> dict:
     """One variant's figures over the rounds: medians, the largest peak, every timing, the last
     round's tokens."""
     return {
+        "weight_bytes": runs[-1]["weight_bytes"],
         "load_s": statistics.median(r["load_s"] for r in runs),
         "rss_before_load_mb": statistics.median(r["rss_before_load_mb"] for r in runs),
         "rss_after_load_mb": statistics.median(r["rss_after_load_mb"] for r in runs),
@@ -224,19 +311,24 @@ def table(args: BenchConfig, results: dict[str, dict], eos_id: int) -> str:
     def rate(r: dict) -> float:
         return args.new_tokens / statistics.median(r["whole_s"])
 
+    def ratio(r: dict, to: str) -> str:
+        return f"{rate(r) / rate(results[to]):.2f}x" if to in results else "-"
+
     reference = results.get("hf-fp32")
     lines = [
-        "| variant | load s | RSS after load MB | peak RSS MB | prefill ms | decode tok/s "
-        "| vs hf-fp32 | same tokens as hf-fp32 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| variant | load s | RSS after load MB | peak RSS MB | first token ms | decode tok/s "
+        "| vs ours-fp32 | vs hf-fp32 | weights MB/token | GB/s | same tokens as hf-fp32 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, r in results.items():
         prefill_ms = statistics.median(r["prefill_s"]) * 1e3
-        ratio = f"{rate(r) / rate(reference):.2f}x" if reference else "-"
         same = same_tokens(r["tokens"], reference["tokens"], eos_id) if reference else "-"
+        mb = r["weight_bytes"] / 1e6
         lines.append(
             f"| {name} | {r['load_s']:.1f} | {r['rss_after_load_mb']:,.0f} | "
-            f"{r['peak_rss_mb']:,.0f} | {prefill_ms:.0f} | {rate(r):.1f} | {ratio} | {same} |"
+            f"{r['peak_rss_mb']:,.0f} | {prefill_ms:.0f} | {rate(r):.1f} | "
+            f"{ratio(r, 'ours-fp32')} | {ratio(r, 'hf-fp32')} | {mb:.0f} | "
+            f"{mb * rate(r) / 1e3:.2f} | {same} |"
         )
     return "\n".join(lines)
 
@@ -269,6 +361,60 @@ def notes(args: BenchConfig, results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def memory_bandwidth(gigabytes: float = 1.0, repeats: int = 3) -> tuple[float, float, float]:
+    """GB/s of this machine on the current thread count, best of `repeats`: (sum, copy, matvec).
+    sum reads a float32 tensor of `gigabytes` once; copy reads and writes it (2 bytes moved per
+    byte); matvec multiplies it, as a (rows, 1024) matrix, by one vector: a decoding step's own
+    access pattern. One thread's sum is partly compute-bound: matvec is the better figure."""
+    src = torch.ones(int(gigabytes * 1e9) // 4096 * 1024)  # whole rows of 1024
+    dst, x = torch.empty_like(src), torch.ones(1, 1024)
+    matrix = src.view(-1, 1024)
+    best = [float("inf")] * 3
+    for _ in range(repeats):
+        for i, (fn, *args) in enumerate(
+            [(torch.sum, src), (dst.copy_, src), (torch.mm, x, matrix.T)]
+        ):
+            best[i] = min(best[i], timed(fn, *args)[1])
+    return gigabytes / best[0], 2 * gigabytes / best[1], gigabytes / best[2]
+
+
+@torch.inference_mode()
+def accuracy(args: BenchConfig, path: Path, window: int = 256) -> str:
+    """Bits per byte of our variants on the first args.accuracy KB of args.text, and how often
+    each one's most likely next token is ours-fp32's. "ref": the quantised layers' float32
+    reference path (the weights' rounding alone), where the kernels also round the activations
+    to bfloat16."""
+    text = Path(args.text).read_text(encoding="utf-8")[: args.accuracy * 1024]
+    tokenizer = tokenizer_from_gguf(GgufFile(path))
+    ids = torch.tensor(tokenizer.encode(text))
+    n_bytes = len(text.encode("utf-8"))
+    windows = [ids[i : i + window + 1] for i in range(0, len(ids) - 1, window)]
+    lines = [f"accuracy on the first {args.accuracy} KB of {args.text} ({len(ids)} tokens, "
+             f"{n_bytes} bytes, windows of {window}):",
+             "| variant | bits per byte | vs ours-fp32 | next token = ours-fp32's |",
+             "| --- | ---: | ---: | ---: |"]  # fmt: skip
+    reference = None
+    variants = ["ours-fp32", "ours-bf16", "ours-int8", "ours-int8 ref", "ours-int4",
+                "ours-int4 ref", "ours-int4-bf16"]  # fmt: skip
+    for variant in variants:
+        model = load_ours(variant.removesuffix(" ref"), path)
+        for module in model.modules():  # " ref": the float32 reference path, not the kernels
+            if isinstance(module, QuantizedLinear):
+                module.fast = not variant.endswith(" ref")
+        nats, best = 0.0, []
+        for w in windows:
+            logits = model(w[None, :-1]).float()[0]  # (window, vocab)
+            nats += torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum").item()
+            best.append(logits.argmax(-1))
+        bpb, best = nats / math.log(2) / n_bytes, torch.cat(best)
+        reference = reference or (bpb, best)
+        agree = (best == reference[1]).float().mean().item()
+        lines.append(f"| {variant} | {bpb:.4f} | {100 * (bpb / reference[0] - 1):+.2f}% | "
+                     f"{100 * agree:.2f}% |")  # fmt: skip
+        del model
+    return "\n".join(lines)
+
+
 def machine_line(when: str) -> str:
     loads = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"load average (1, 5, 15 min) {when}: {loads} on {os.cpu_count()} CPUs"
@@ -292,9 +438,16 @@ def run_all(args: BenchConfig) -> None:
             runs[name].append(spawn(args, name, prompt))
             print(f"  round {i + 1}: {name} done", flush=True)
     print(machine_line("at end"))
+    torch.set_num_threads(args.threads)  # after the runs: its 2 GB would be in their ru_maxrss
+    read, copy, matvec = memory_bandwidth()
+    print(f"memory bandwidth, {args.threads} thread(s), GB/s: {matvec:.1f} multiplying a 1 GB "
+          f"matrix by a vector, {read:.1f} summing it, {copy:.1f} copying it (read + write)",
+          flush=True)  # fmt: skip
     results = {name: merge(rs) for name, rs in runs.items()}
     print(table(args, results, eos_id))
     print(notes(args, results))
+    if args.accuracy:
+        print(accuracy(args, path))
 
 
 def main() -> None:

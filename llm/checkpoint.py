@@ -212,10 +212,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
     checkpoint dict (for its tokenizer_dir, configs, iteration). Every other format of model is
     read by llm/loading.py."""
     checkpoint = read_checkpoint(path, map_location=device)
+    return model_from_checkpoint(checkpoint, path, device), checkpoint
+
+
+def model_from_checkpoint(
+    checkpoint: dict, path: str | Path, device: str | torch.device = "cpu"
+) -> Transformer:
+    """The Transformer of a read checkpoint (read_checkpoint), in eval mode."""
     with no_weight_init():  # the checkpoint's weights replace them
-        model = Transformer(_model_config(checkpoint, path)).to(device)
+        model = Transformer(model_config_of(checkpoint, path)).to(device)
     restore_checkpoint(checkpoint, model)
-    return model.eval(), checkpoint
+    return model.eval()
 
 
 def read_model_config(path: str | Path) -> tuple[ModelConfig, str | None]:
@@ -226,10 +233,12 @@ def read_model_config(path: str | Path) -> tuple[ModelConfig, str | None]:
         checkpoint = _read_train_state(sharded)
     else:
         checkpoint = read_checkpoint(path)
-    return _model_config(checkpoint, path), checkpoint.get("tokenizer_dir")
+    return model_config_of(checkpoint, path), checkpoint.get("tokenizer_dir")
 
 
-def _model_config(checkpoint: dict, path: str | Path) -> ModelConfig:
+def model_config_of(checkpoint: dict, path: str | Path) -> ModelConfig:
+    """The ModelConfig a read checkpoint was saved with; a CheckpointError when it has none or
+    it does not fit this code."""
     if checkpoint.get("model_config") is None:
         raise CheckpointError(f"{path} holds no model_config; cannot rebuild the model")
     try:
@@ -391,7 +400,7 @@ def load_sharded_model(source: str | Path) -> tuple[Transformer, dict]:
         raise CheckpointError(f"no sharded checkpoint in {source} (no {SHARDED_NAME}/)")
     state = _read_train_state(path)
     with no_weight_init():  # only the tensors' shapes are used: DCP fills them
-        model = Transformer(_model_config(state, path))
+        model = Transformer(model_config_of(state, path))
     whole = {"model": model.state_dict()}
     with warnings.catch_warnings():  # DCP warns that it loads in one process, even when asked to
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)

@@ -39,6 +39,7 @@ from llm.device import resolve_device
 from llm.eval_tasks import TASKS, Example, examples, require_data, task_of
 from llm.generating import DTYPES, eos_id_of, left_pad
 from llm.loading import load, models_help
+from llm.quantize import QuantizeOptions
 from llm.transformer import KVCache, Transformer
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def score_batch(
     the distinct contexts, then passes over the continuations on copies of their KV cache,
     CONTINUATIONS_PER_PASS at a time, shortest first (similar lengths together: little
     padding)."""
-    device = model.lm_head.weight.device
+    device = model.embedding.weight.device
     ids, is_real = left_pad(contexts)  # (batch, width): every context ends in the last column
     width, longest = ids.shape[1], max(len(c) for c in continuations)
     cache = model.new_kv_cache(len(contexts), capacity=width + longest - 1)
@@ -297,7 +298,7 @@ def task_scores(
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(QuantizeOptions):
     """`uv run -m llm.evaluate MODEL --tasks ...`: the model, the tasks, where results go."""
 
     model: str  # run, checkpoint file, HF directory, GGUF file or pretrained name
@@ -318,6 +319,7 @@ class EvaluateConfig:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        self.quantization()
 
     def task_names(self) -> list[str]:
         return [name.strip() for name in self.tasks.split(",") if name.strip()]
@@ -332,7 +334,7 @@ def run(config: EvaluateConfig) -> dict:
         raise ConfigError(str(e)) from None
     if any(task_of(name).generate is None for name in config.task_names()):
         require_data()  # a missing eval extra fails before the model loads
-    loaded = load(config.model, device, DTYPES[config.dtype])
+    loaded = load(config.model, device, DTYPES[config.dtype], quantization=config.quantization())
     results, samples = {"model": config.model, "tasks": {}}, []
     for name in config.task_names():
         metrics, task_samples = evaluate_task(

@@ -46,6 +46,7 @@ from llm.config import ConfigError
 from llm.device import resolve_device
 from llm.gguf_format import PRETRAINED, is_installed
 from llm.loading import load, models_help
+from llm.quantize import QuantizeOptions
 from llm.transformer import KVCache, Transformer
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def _decode(
     cache: KVCache | None = None,
 ) -> Iterator[Tensor]:
     """The loop behind stream_batch, on left-padded prompts ids and is_real (batch, width)."""
-    device = model.lm_head.weight.device
+    device = model.embedding.weight.device
     seed, eos_id = sampling.seed, sampling.eos_id
     generator = None if seed is None else torch.Generator(device).manual_seed(seed)
     context = model.config.context_length
@@ -430,7 +431,7 @@ ONE_MODEL = "give one model: --checkpoint RUN_DIR, --gguf FILE or --pretrained s
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(SamplingConfig):
+class GenerateConfig(SamplingConfig, QuantizeOptions):
     """`uv run -m llm.generating`: the sampling settings, and the model and prompt to use.
     eos_id defaults to the tokenizer's <|endoftext|>."""
 
@@ -456,6 +457,7 @@ class GenerateConfig(SamplingConfig):
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        self.quantization()
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_samples < 1:
@@ -474,7 +476,7 @@ def run(config: GenerateConfig) -> None:
               file=sys.stderr)  # fmt: skip
         config = dataclasses.replace(config, pretrained="smollm2-135m", chat=True)
     loaded = load(config.checkpoint or config.gguf or config.pretrained, device,
-                  DTYPES[config.dtype])  # fmt: skip
+                  DTYPES[config.dtype], quantization=config.quantization())  # fmt: skip
     model, tokenizer, checkpoint = loaded.model, loaded.tokenizer, loaded.info
     if config.eos_id is None:  # a Hugging Face model's config names its own
         eos_id = checkpoint.get("eos_token_id")

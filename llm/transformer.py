@@ -718,7 +718,7 @@ class Transformer(nn.Module):
         and most: context_length). dtype defaults to the weights' (pass the autocast dtype when
         decoding under autocast)."""
         c = self.config
-        weight = self.lm_head.weight
+        weight = self.embedding.weight  # (the output layer may be quantised: llm/quantize.py)
         capacity = min(capacity or c.context_length, c.context_length)
         shape = (batch_size, c.kv_heads, capacity, c.d_head)
 

@@ -575,7 +575,7 @@ def test_run_bare_the_command_chats_with_smollm2(loaded, monkeypatch, capsys):
     model, tokenizer, info, _ = loaded("Q8_0")
     paths = []
 
-    def load(source, device, dtype):
+    def load(source, device, dtype, **_):
         paths.append(source)
         return Loaded(model, tokenizer, info, "gguf", pretrained_path(source))
 

@@ -1,0 +1,94 @@
+"""Time one quantised layer's two paths against float matmuls, on SmolLM2-135M's matrix shapes
+(one token, batch 1, as in decoding), round-robin:
+
+    float32, bfloat16   x @ W^T with W in that type (the plain Linear)
+    int8-ref, int4-ref  the reference path of llm/quantize.py: dequantise W, then x @ W^T
+    int8, int4          the fast path: PyTorch's packed kernel, the input cast to bfloat16
+    int8-fp32, int4-fp32  the same kernels given float32 input, to show why the fast path casts
+
+    uv run kernel/benchmarking_quantize.py                 # 1 thread
+    uv run kernel/benchmarking_quantize.py --threads 2
+
+Prints microseconds per call (median) and the GB/s of the bytes each path's weights take.
+"""
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from llm.cli import parse, run_main
+from llm.quantize import Int4Linear, Int8Linear
+
+SHAPES = {  # SmolLM2-135M: name -> (out_features, in_features)
+    "qkv 960x576": (960, 576),
+    "w1/w3 1536x576": (1536, 576),
+    "w2 576x1536": (576, 1536),
+    "head 49152x576": (49152, 576),
+}
+
+
+@dataclass
+class BenchConfig:
+    """What to time."""
+
+    threads: int = 1  # CPU threads
+    repeats: int = 50  # timed calls per path and shape (round-robin, in 5 rounds)
+
+
+def paths(w: torch.Tensor) -> dict[str, tuple]:
+    """name -> (function of x (1, in) float32, bytes of weights it reads)."""
+    w_bf16 = w.bfloat16()
+    int8, int4 = Int8Linear.from_float(w), Int4Linear.from_float(w, 32)
+    int8_bytes = int8.weight_q.nbytes + int8.kernel_scale.nbytes
+    int4_bytes = int4.kernel_q.nbytes + int4.kernel_scale_zero.nbytes
+    scale_zero_fp32 = int4.kernel_scale_zero.float()
+
+    def reference(layer):
+        return lambda x: x @ layer.dequantize(x.dtype).T
+
+    return {
+        "float32": (lambda x: x @ w.T, w.nbytes),
+        "bfloat16": (lambda x: x.bfloat16() @ w_bf16.T, w_bf16.nbytes),
+        "int8-ref": (reference(int8), int8_bytes),
+        "int4-ref": (reference(int4), int4_bytes),
+        "int8": (int8, int8_bytes),
+        "int4": (int4, int4_bytes),
+        "int8-fp32": (lambda x: torch._weight_int8pack_mm(x, int8.weight_q, int8.scale),
+                      int8.weight_q.nbytes),
+        "int4-fp32": (lambda x: torch._weight_int4pack_mm_for_cpu(
+            x, int4.kernel_q, 32, scale_zero_fp32), int4_bytes),
+    }  # fmt: skip
+
+
+@torch.inference_mode()
+def main() -> None:
+    args = run_main(lambda: parse(BenchConfig, description=__doc__,
+                                  prog="uv run kernel/benchmarking_quantize.py"))  # fmt: skip
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, one token (1 x in)")
+    print("| shape | " + " | ".join(paths(torch.randn(64, 64)).keys()) + " |")
+    print("| --- |" + " ---: |" * 8)
+    for name, (out_features, in_features) in SHAPES.items():
+        w = torch.randn(out_features, in_features) / in_features**0.5
+        x = torch.randn(1, in_features)
+        contenders = paths(w)
+        times = {path: [] for path in contenders}
+        for _ in range(5):
+            for path, (fn, _) in contenders.items():
+                fn(x)
+                start = time.perf_counter()
+                for _ in range(max(1, args.repeats // 5)):
+                    fn(x)
+                times[path].append((time.perf_counter() - start) / max(1, args.repeats // 5))
+        cells = []
+        for path, (_, nbytes) in contenders.items():
+            seconds = statistics.median(times[path])
+            cells.append(f"{seconds * 1e6:,.0f} us ({nbytes / seconds / 1e9:.1f} GB/s)")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
