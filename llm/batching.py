@@ -123,7 +123,7 @@ class Scheduler:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, "
                              f"got {max_batch} and {max_queue}")  # fmt: skip
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
-        self.device = model.lm_head.weight.device
+        self.device = model.embedding.weight.device  # (lm_head may be quantised)
         self.context = model.config.context_length
         self.waiting: deque[Request] = deque()
         self.wakeup = threading.Condition()
@@ -276,7 +276,7 @@ class Scheduler:
         return self.keys[0].shape[2]
 
     def _allocate(self, capacity: int) -> None:
-        c, weight = self.model.config, self.model.lm_head.weight
+        c, weight = self.model.config, self.model.embedding.weight
         shape = (self.max_batch, c.kv_heads, capacity, c.d_head)
         self.keys = [weight.new_zeros(shape) for _ in range(c.num_layers)]
         self.values = [weight.new_zeros(shape) for _ in range(c.num_layers)]

@@ -60,15 +60,17 @@ from llm.config import ConfigError
 from llm.device import resolve_device
 from llm.generating import DTYPES, SamplingConfig, TextStream, chat_prompt, eos_id_of
 from llm.loading import Loaded, load, models_help
+from llm.quantize import QuantizeOptions
 
 PAGE = Path(__file__).with_name("static") / "chat.html"
 WATCH_SECONDS = 0.25  # how often a non-streaming request checks that its client is still there
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # seconds
 
 
-@dataclass
-class ServeConfig:
-    """`uv run -m llm.serve MODEL`: the model and how to serve it."""
+@dataclass(kw_only=True)
+class ServeConfig(QuantizeOptions):
+    """`uv run -m llm.serve MODEL`: the model and how to serve it (--quantize int8|int4: see
+    llm/quantize.py)."""
 
     model: str = ""  # the model: run, checkpoint, HF directory, GGUF file or pretrained name
     host: str = "127.0.0.1"  # the address to listen on (0.0.0.0: every interface)
@@ -85,6 +87,7 @@ class ServeConfig:
             raise ValueError("give a model: uv run -m llm.serve MODEL (see --help)")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        self.quantization()
         if self.max_batch < 1 or self.max_queue < 0:
             raise ValueError("max_batch must be >= 1 and max_queue >= 0")
 
@@ -670,7 +673,7 @@ def run(config: ServeConfig) -> None:
         device = resolve_device(config.device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    loaded = load(config.model, device, DTYPES[config.dtype])
+    loaded = load(config.model, device, DTYPES[config.dtype], quantization=config.quantization())
     name = config.name or Path(config.model.rstrip("/")).name
     c = loaded.model.config
     print(f"serving {name} ({loaded.format}, {loaded.model.num_parameters():,} parameters, "

@@ -9,6 +9,7 @@ import torch
 
 from llm.batching import Finished, QueueFull, Request, Scheduler, Scores, Token
 from llm.generating import SamplingConfig, generate
+from llm.quantize import Quantization, quantize_model
 from llm.transformer import ModelConfig, Transformer
 
 CONFIG = ModelConfig(vocab_size=64, context_length=32, d_model=32, num_layers=2, num_heads=4,
@@ -126,3 +127,15 @@ def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(model, monkeypat
     ((ids, reason, _),) = run(scheduler, [([4, 5], sampling)])
     assert reason == "length" and ids == generate(model, [4, 5], sampling)
     assert reasons == ["error", "error", "length"]  # the one that waited was served
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_a_quantised_model_is_served_as_it_generates_alone(kind):
+    """llm.serve --quantize: the scheduler runs a model whose matrices, output layer included,
+    are quantised (llm/quantize.py), and its rows get what generate() gives each alone."""
+    torch.manual_seed(0)
+    model = quantize_model(Transformer(CONFIG).eval(), Quantization(kind, 32, head=True))
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9]]
+    sampling = SamplingConfig(max_new_tokens=6, temperature=0)
+    results = run(Scheduler(model, max_batch=2), [(p, sampling) for p in prompts])
+    assert [ids for ids, _, _ in results] == [generate(model, p, sampling) for p in prompts]

@@ -8,7 +8,7 @@ import torch
 from gguf.quants import dequantize
 from test_gguf_model import write_tiny_llama_gguf
 
-from llm import evaluate, export, generating
+from llm import evaluate, export, generating, serve
 from llm.checkpoint import save_checkpoint
 from llm.generating import SamplingConfig
 from llm.gguf_format import GgufFile
@@ -213,7 +213,7 @@ def test_bad_quantisation_settings_are_one_line_errors(small_config):
 )
 def test_the_commands_refuse_bad_quantize_flags(argv, words, capsys, tmp_path):
     commands = {generating.main: ["--checkpoint", "x"], evaluate.main: ["x"],
-                export.main: [str(tmp_path), "x"]}  # fmt: skip
+                export.main: [str(tmp_path), "x"], serve.main: ["x"]}  # fmt: skip
     for main, model in commands.items():
         with pytest.raises(SystemExit) as exit_:
             main([*model, *argv])
