@@ -241,3 +241,26 @@ def test_bad_input_is_one_line_and_writes_nothing(source, tmp_path, capsys, chan
     assert exit_.value.code == code and err.startswith("error: ") and err.count("\n") == 1, err
     assert all(word in err for word in words), err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_sft_loss_is_the_mean_over_the_steps_response_tokens(source, tmp_path):
+    """The first step's loss, the batch being every example in two micro-batches of unequal
+    token counts: the sum of -log p over all their reply tokens / their number."""
+    records = [CHATS[0], CHATS[1], CHATS[1], CHATS[1]]
+    data = write_jsonl(tmp_path / "t.jsonl", records)
+    args = run_args(source["plain"], tmp_path, log_interval=1, max_iters=1, grad_accum_steps=2,
+                    train_data=data, valid_data="")  # fmt: skip
+    finetune(load_finetune_config(args))
+    first = next(r for r in read_metrics(tmp_path / "run") if r["type"] == "train")
+    tokenizer = with_chat_tokens(load(source["plain"]).tokenizer)
+    model = finetune_module.grow_vocab(load(source["plain"]).model, tokenizer.vocab_size)
+    nats, count = 0.0, 0
+    for record in records:
+        example = encode_conversation(conversation(record, ""), tokenizer, None)
+        ids, mask = torch.tensor(example.ids), torch.tensor(example.mask)
+        with torch.no_grad():
+            logits = model(ids[None, :-1])[0]
+        losses = torch.nn.functional.cross_entropy(logits, ids[1:], reduction="none")
+        nats += losses[mask[1:]].sum().item()
+        count += int(mask[1:].sum())
+    assert math.isclose(first["loss"], nats / count, rel_tol=1e-5)
