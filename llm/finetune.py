@@ -51,7 +51,15 @@ from tqdm import tqdm
 
 from llm.bpe_tokenizer import BpeTokenizer
 from llm.chat import END_OF_TURN
-from llm.chat_data import ChatDataError, Example, Preference, load_preferences, load_sft
+from llm.chat_data import (
+    ChatDataError,
+    Example,
+    Preference,
+    conversation,
+    encode_conversation,
+    load_preferences,
+    load_sft,
+)
 from llm.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -289,6 +297,10 @@ def _load_data(config: FinetuneConfig, start: _Start) -> _Data:
         train_records, valid_records = instruction_data(config.story_examples, 200, config.seed)
         train = _story_examples(train_records, start, context)
         valid = _story_examples(valid_records, start, context)
+        if not train:
+            raise ChatDataError(
+                f"no story instruction fits the context of {config.model} ({context} tokens)"
+            )
         return _Data(train, valid, valid_records[: config.score_examples])
     loader = load_sft if config.method == "sft" else load_preferences
     train, dropped = loader(config.train_data, *args, config.too_long)
@@ -304,8 +316,6 @@ def _load_data(config: FinetuneConfig, start: _Start) -> _Data:
 
 def _story_examples(records: list[dict], start: _Start, context: int) -> list[Example]:
     """The built-in pairs as examples; a story too long for this tokenizer's context is left out."""
-    from llm.chat_data import conversation, encode_conversation
-
     examples = [
         encode_conversation(conversation(r, "story instructions"), start.tokenizer, start.template)
         for r in records
