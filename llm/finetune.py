@@ -124,7 +124,7 @@ class FinetuneConfig:
     max_lr: float = 1e-3  # peak learning rate (LoRA and small models take more than large ones)
     min_lr: float = 1e-4  # learning rate at the end of the cosine decay
     warmup_iters: int = 20  # steps of linear warm-up
-    max_iters: int = 300  # optimizer steps
+    max_iters: int = 1300  # optimizer steps
     weight_decay: float = 0.0  # decoupled weight decay of the trained matrices
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW moment decay rates
     eps: float = 1e-8  # AdamW denominator term
