@@ -10,6 +10,7 @@ A checkpoint is one file written with torch.save holding plain data only:
     tokenizer_dir  where the tokenizer lives (or None)
     rng            python, numpy, torch (+ cuda) and data-sampler generator states
     extra          small run state the trainer wants back (a dict of plain values)
+    chat_template  the model's chat template, when it has its own (optional)
 
 It is written atomically (llm/atomic_write.py: temp file, fsync, rename), so a crash or a kill
 mid-save leaves the previous checkpoint whole, and read with torch.load(weights_only=True), which
@@ -86,14 +87,18 @@ def save_checkpoint(
     tokenizer_dir: str | Path | None = None,
     data_generator: torch.Generator | None = None,
     extra: dict | None = None,
+    chat_template: str | None = None,
 ) -> Path:
-    """Write a checkpoint atomically to `path`; returns the path."""
+    """Write a checkpoint atomically to `path`; returns the path. chat_template: the model's
+    own (a fine-tuned chat model's), which generation and export then use."""
     plain = unwrap(model)
     checkpoint = {
         "model": clean_state_dict(plain.state_dict()),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         **_train_state(plain, iteration, train_config, tokenizer_dir, data_generator, extra),
     }
+    if chat_template:
+        checkpoint["chat_template"] = chat_template
     path = Path(path)
     atomic_save(checkpoint, path)
     return path

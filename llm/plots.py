@@ -46,7 +46,8 @@ def plot_run(run_dir: str | Path, references: dict[str, float] | None = None) ->
         ax.plot(steps, losses, "*", ms=12, label="validation (whole split)")
         last = exact[-1]
         ax.annotate(
-            f"{last['loss']:.3f} nats, {last['bits_per_byte']:.3f} bits/byte",
+            f"{last['loss']:.3f} nats"
+            + (f", {last['bits_per_byte']:.3f} bits/byte" if "bits_per_byte" in last else ""),
             (last["step"], last["loss"]),
             textcoords="offset points",
             xytext=(-10, 12),
@@ -90,7 +91,7 @@ def _plot_bits_per_byte(evals: list[dict], img: Path, references: dict[str, floa
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
     for exact, style, label in [(False, "o-", "validation"), (True, "*", "whole split")]:
-        points = [r for r in evals if bool(r.get("exact")) == exact]
+        points = [r for r in evals if bool(r.get("exact")) == exact and "bits_per_byte" in r]
         if points:
             ax.plot([r["train_seconds"] / 60 for r in points],
                     [r["bits_per_byte"] for r in points], style, ms=12 if exact else 4,
