@@ -259,10 +259,18 @@ class Int4Linear(QuantizedLinear):
         )
 
 
-def quantized_linear(weight: Tensor, spec: Quantization, head: bool = False) -> QuantizedLinear:
-    """The quantised layer for a float weight (out, in); the output layer is always int8."""
+def quantized_linear(
+    weight: Tensor, spec: Quantization, head: bool = False, empty: bool = False
+) -> QuantizedLinear:
+    """The quantised layer for a float weight (out, in), the output layer (head) always int8;
+    empty: zeros of the layer's shapes instead, for a checkpoint to fill."""
+    out_features, in_features = weight.shape
     if spec.kind == "int8" or head:
+        if empty:
+            return Int8Linear.empty(in_features, out_features)
         return Int8Linear.from_float(weight)
+    if empty:
+        return Int4Linear.empty(in_features, out_features, spec.group_size)
     return Int4Linear.from_float(weight, spec.group_size)
 
 
@@ -296,7 +304,6 @@ def quantize_model(
         parent_name, _, attribute = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         linear = getattr(parent, attribute)
-        head = name == "lm_head"
         out_features, in_features = linear.weight.shape
         if name in layers:
             new = layers[name]
@@ -304,13 +311,9 @@ def quantize_model(
                 got = f"{new.out_features} x {new.in_features}"
                 raise ValueError(f"{name}: a {got} quantised layer for {out_features} x "
                                  f"{in_features} weights")  # fmt: skip
-        elif empty and (spec.kind == "int8" or head):
-            new = Int8Linear.empty(in_features, out_features)
-        elif empty:
-            new = Int4Linear.empty(in_features, out_features, spec.group_size)
         else:
             try:
-                new = quantized_linear(linear.weight, spec, head)
+                new = quantized_linear(linear.weight, spec, name == "lm_head", empty)
             except ValueError as e:
                 raise ValueError(f"{name}: {e}") from None
         setattr(parent, attribute, new.to(linear.weight.device))
