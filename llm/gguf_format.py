@@ -20,8 +20,9 @@ integers q with one scale d and one minimum m, and weight = d * q + m. What this
   tokens (<|im_start|>) as special tokens, and the pre-tokenizer by name ("smollm" splits off
   every digit before GPT-2's regex).
 - A file without output.weight un-embeds with token_embd.weight (tied embeddings).
-- With --quantize (llm/quantize.py), Q4_0/Q4_1 matrices go into int4 layers of group 32 and
-  Q8_0 ones into int8 layers straight from their blocks, never dequantised (quantized_layers).
+- With --quantize (llm/quantize.py), Q4_0/Q4_1 matrices go into int4 layers of group 32 as they
+  are, and Q8_0 ones into int8 layers read from their blocks and rescaled to one scale per row
+  (quantized_layers); neither goes through the gguf package's float32 dequantisation.
 Whatever we cannot run (another architecture, RoPE scaling, a tokenizer that is not byte-level
 BPE, a quantisation type `gguf` cannot dequantise) is a GgufError naming it.
 """
