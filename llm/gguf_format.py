@@ -20,6 +20,9 @@ integers q with one scale d and one minimum m, and weight = d * q + m. What this
   tokens (<|im_start|>) as special tokens, and the pre-tokenizer by name ("smollm" splits off
   every digit before GPT-2's regex).
 - A file without output.weight un-embeds with token_embd.weight (tied embeddings).
+- With --quantize (llm/quantize.py), Q4_0/Q4_1 matrices go into int4 layers of group 32 as they
+  are, and Q8_0 ones into int8 layers read from their blocks and rescaled to one scale per row
+  (quantized_layers); neither goes through the gguf package's float32 dequantisation.
 Whatever we cannot run (another architecture, RoPE scaling, a tokenizer that is not byte-level
 BPE, a quantisation type `gguf` cannot dequantise) is a GgufError naming it.
 """
@@ -41,6 +44,7 @@ from llm.quantize import (
     Quantization,
     QuantizedLinear,
     quantize_model,
+    quantized_linear,
     quantized_names,
 )
 from llm.transformer import ModelConfig, Transformer, no_weight_init
@@ -276,11 +280,11 @@ def int8_rows(data: np.ndarray) -> Tensor:
 def quantized_layers(
     file: GgufFile, model: Transformer, spec: Quantization
 ) -> dict[str, QuantizedLinear]:
-    """The layers `spec` quantises in `model` (loaded from `file`) that the file's blocks give
-    directly, by module name:
-    Q4_0 and Q4_1 matrices become Int4Linear with group 32 exactly (for int4 with group_size
-    32), Q8_0 matrices Int8Linear (for int8, and for the output layer, always int8). The others
-    are quantised from their float weights by quantize_model."""
+    """The layers `spec` quantises in `model` (built for `file`), by module name. Where the
+    blocks fit, from them: Q4_0 and Q4_1 matrices become Int4Linear with group 32 exactly (for
+    int4 with group_size 32), Q8_0 matrices Int8Linear (for int8, and for the output layer,
+    always int8). The others are dequantised one matrix at a time and quantised (never the
+    whole model in float32 at once)."""
     sources = tensor_names(model.config)
     sources["lm_head.weight"] = sources.get("lm_head.weight", sources["embedding.weight"])
     layers: dict[str, QuantizedLinear] = {}
@@ -292,6 +296,12 @@ def quantized_layers(
         elif not int8 and spec.group_size == BLOCK and set(kinds) <= {"Q4_0", "Q4_1"}:
             parts = [int4_blocks(k, d) for k, d in zip(kinds, data, strict=True)]
             layers[name] = Int4Linear(*(torch.cat(p) for p in zip(*parts, strict=True)))
+        else:
+            weight = torch.cat([file.tensor(t) for t in sources[name + ".weight"]])
+            try:
+                layers[name] = quantized_linear(weight, spec, head=name == "lm_head")
+            except ValueError as e:
+                raise GgufError(f"{file.path}: {name}: {e}") from None
     return layers
 
 
@@ -341,8 +351,8 @@ def load_gguf(
     dict like a checkpoint's: model_config, eos_token_id, bos_token_id, chat_template, name.
     The model's weights are the dequantised tensors themselves (assign=True), not copies: the
     memory of one model at most, plus one tensor being dequantised. With `quantization`, the
-    matrices whose blocks fit it go straight into quantised layers (quantized_layers, never
-    dequantised) and the rest are quantised from their floats (llm/quantize.py)."""
+    matrices whose blocks fit it go straight into quantised layers, and the rest are dequantised
+    one at a time and quantised (quantized_layers, llm/quantize.py)."""
     file = GgufFile(path)
     config = model_config_from_gguf(file)
     tokenizer = tokenizer_from_gguf(file)

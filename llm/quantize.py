@@ -18,10 +18,12 @@ multiple of the group (a clear error otherwise, no padding).
 Each layer has two paths, chosen by `fast`: the reference, which dequantises the weight and
 multiplies in the input's dtype (plain tensor ops: the definition), and PyTorch's packed low-bit
 CPU kernels (torch._weight_int8pack_mm, torch._weight_int4pack_mm_for_cpu), which read the small
-integers directly. The kernels compute in bfloat16 (their float32 versions are 4-10x slower
-here: no fast path for them), so the fast path casts the input to bfloat16 and back; the tests
-check it against the reference. The output layer, when quantised (head=True), is int8 whatever
-the kind: it is the most sensitive matrix (llama.cpp's 4-bit files keep it at 6 or 8 bits).
+integers directly, 3-8x faster than a float32 matmul per layer here. They compute in bfloat16
+(given float32 input they are slower than the float32 matmul: no fast path for it;
+kernel/benchmarking_quantize.py), so the fast path casts the input to bfloat16 and back; the
+tests check it against the reference, which is slower still (it writes a float matrix per
+call). The output layer, when quantised (head=True), is int8 whatever the kind: it is the most
+sensitive matrix (llama.cpp's 4-bit files keep it at 6 or 8 bits).
 Embeddings stay in floating point: a token reads one row of them, not the whole table.
 
     uv run -m llm.generating --pretrained smollm2-135m --quantize int4 --quantize_head
@@ -54,7 +56,7 @@ class Quantization:
     """How a model's matrices are quantised (saved in a quantised checkpoint)."""
 
     kind: str  # "int8" (per output channel) or "int4" (in groups)
-    group_size: int = 64  # int4: consecutive input weights sharing a scale and zero
+    group_size: int = 32  # int4: consecutive input weights sharing a scale and zero
     head: bool = False  # also the output layer (in int8 whatever the kind)
 
     def __post_init__(self) -> None:
@@ -257,10 +259,18 @@ class Int4Linear(QuantizedLinear):
         )
 
 
-def quantized_linear(weight: Tensor, spec: Quantization, head: bool = False) -> QuantizedLinear:
-    """The quantised layer for a float weight (out, in); the output layer is always int8."""
+def quantized_linear(
+    weight: Tensor, spec: Quantization, head: bool = False, empty: bool = False
+) -> QuantizedLinear:
+    """The quantised layer for a float weight (out, in), the output layer (head) always int8;
+    empty: zeros of the layer's shapes instead, for a checkpoint to fill."""
+    out_features, in_features = weight.shape
     if spec.kind == "int8" or head:
+        if empty:
+            return Int8Linear.empty(in_features, out_features)
         return Int8Linear.from_float(weight)
+    if empty:
+        return Int4Linear.empty(in_features, out_features, spec.group_size)
     return Int4Linear.from_float(weight, spec.group_size)
 
 
@@ -294,7 +304,6 @@ def quantize_model(
         parent_name, _, attribute = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         linear = getattr(parent, attribute)
-        head = name == "lm_head"
         out_features, in_features = linear.weight.shape
         if name in layers:
             new = layers[name]
@@ -302,13 +311,9 @@ def quantize_model(
                 got = f"{new.out_features} x {new.in_features}"
                 raise ValueError(f"{name}: a {got} quantised layer for {out_features} x "
                                  f"{in_features} weights")  # fmt: skip
-        elif empty and (spec.kind == "int8" or head):
-            new = Int8Linear.empty(in_features, out_features)
-        elif empty:
-            new = Int4Linear.empty(in_features, out_features, spec.group_size)
         else:
             try:
-                new = quantized_linear(linear.weight, spec, head)
+                new = quantized_linear(linear.weight, spec, name == "lm_head", empty)
             except ValueError as e:
                 raise ValueError(f"{name}: {e}") from None
         setattr(parent, attribute, new.to(linear.weight.device))

@@ -75,7 +75,9 @@ def test_int4_needs_a_group_size_that_divides_the_row():
 
 
 @pytest.mark.parametrize(
-    "make", [lambda w: Int8Linear.from_float(w), lambda w: Int4Linear.from_float(w, 32)]
+    "make",
+    [lambda w: Int8Linear.from_float(w), lambda w: Int4Linear.from_float(w, 32)],
+    ids=["int8", "int4"],
 )
 def test_a_quantised_layer_is_its_dequantised_float_layer_and_the_kernel_agrees(make):
     w = weights(rows=48, cols=64)
