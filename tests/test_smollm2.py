@@ -135,7 +135,7 @@ def test_a_chat_turn_ends_at_im_end(ours, prompt_ids):
 
 def test_chat_command_streams_the_reply(ours, prompt_ids, monkeypatch, capsys):
     model, tokenizer, _ = ours
-    monkeypatch.setattr(generating, "load", lambda *_: Loaded(*ours, "gguf", GGUF))
+    monkeypatch.setattr(generating, "load", lambda *_, **__: Loaded(*ours, "gguf", GGUF))
     main(["--pretrained", "smollm2-135m", "--chat", "--prompt", MESSAGES[0]["content"],
           "--temperature", "0", "--max_new_tokens", "64", "--device", "cpu"])  # fmt: skip
     sampling = SamplingConfig(max_new_tokens=64, temperature=0, eos_id=2)
