@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import markov_tokens, train_config
 
-from llm import training
+from llm import plots, training
 from llm.config import ConfigError
 from llm.data import DataError, Mixture, TokenStream, get_batch, open_tokens, sample_starts
 from llm.training import load_train_config, train
@@ -112,6 +112,7 @@ def test_a_mixture_run_resumes_exactly(token_data_dir, tmp_path, monkeypatch):
         f'[[data]]\npath = "{token_data_dir / "train.npy"}"\nweight = 3\n'
         f'[[data]]\npath = "{tmp_path / "b.npy"}"\nweight = 1\n'
     )
+    monkeypatch.setattr(plots, "plot_run", lambda run_dir: [])  # seconds of matplotlib: not here
     starts, sample = [], training.sample_starts
     monkeypatch.setattr(
         training, "sample_starts", lambda *a: starts.append(sample(*a)) or starts[-1]
@@ -135,7 +136,7 @@ def test_a_mixture_run_resumes_exactly(token_data_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "cos_lr_scheduler", ctrl_c_during_step_3)
     first = run("split")
-    monkeypatch.setattr(training, "cos_lr_scheduler", schedule)
+    monkeypatch.setattr(training, "cos_lr_scheduler", schedule)  # (plot_run stays patched)
     starts.clear()
     train(load_train_config(["--run_dir", str(tmp_path / "split"), "--resume"]))
     resumed = first + starts
