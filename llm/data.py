@@ -11,7 +11,8 @@ A Mixture samples several such datasets in proportion to weights (`[[data]]` in 
 Every random choice is drawn from the one torch.Generator that checkpoints save, so a resumed
 run reads the same windows as an unbroken one.
 
-Command line: `uv run -m llm.data download tinystories|owt` fetches a dataset (llm/download.py).
+Command line: `uv run -m llm.data download tinystories|owt|fineweb-edu` fetches a dataset
+(llm/download.py).
 """
 
 import glob
