@@ -45,11 +45,14 @@ class TokenFileWriter:
             fits = [
                 (end, n) for end, n in done if self.header_size + n * self.dtype.itemsize <= size
             ]
-            if fits:
+            if fits:  # cut what came after them: ids and a line a kill left unfinished
                 end, n = fits[-1]
                 with self.partial.open("r+b") as f:
                     f.truncate(self.header_size + n * self.dtype.itemsize)
+                lines = [json.dumps(self.source)] + [f"{e} {k}" for e, k in fits]
+                self.progress_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
                 return end, n
+        self.output.parent.mkdir(parents=True, exist_ok=True)
         self.partial.write_bytes(_header(self.dtype, 0))  # the length is known only at the end
         self.progress_path.write_text(json.dumps(self.source) + "\n", encoding="utf-8")
         return 0, 0

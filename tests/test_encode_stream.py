@@ -107,9 +107,13 @@ def test_an_interrupted_encode_continues_where_it_stopped(tmp_path, monkeypatch)
         f.write(b"\x01\x02\x03")
     with (tmp_path / "out.npy.progress").open("a") as f:
         f.write("199999 9")
+    calls = interrupt_at_chunk(monkeypatch, 3)  # interrupted again, after 2 more chunks
+    with pytest.raises(KeyboardInterrupt):
+        tokenizer.encode_file(text, out, 1, chunk_bytes=10_000, progress=False)
+    assert calls[0][1] == done  # it went on from there, not from 0
     calls = interrupt_at_chunk(monkeypatch, 0)  # never: only counts the chunks encoded
     n = tokenizer.encode_file(text, out, 1, chunk_bytes=10_000, progress=False)
-    assert calls[0][1] == done  # it went on from there, not from 0
+    assert calls[0][1] > done
     assert n == len(expected) and np.array_equal(np.load(out), expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.npy"]
 
