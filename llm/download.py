@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from llm.atomic_write import atomic_write, remove_stale_temp_files
+from llm.bpe_tokenizer import EOT  # ends each document of a converted .parquet shard
 from llm.cli import parse, parse_command, run_main
 from llm.config import ConfigError
 from llm.paths import check_writable_dir
@@ -39,7 +40,6 @@ CHUNK = 1 << 20
 TINYSTORIES = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
 OWT = "https://huggingface.co/datasets/stanford-cs336/owt-sample/resolve/main"
 FINEWEB_EDU = "https://huggingface.co/datasets/HuggingFaceFW/fineweb-edu/resolve/main"
-EOT = "<|endoftext|>"  # ends each document of a converted .parquet shard
 
 
 @dataclass(frozen=True)
