@@ -219,7 +219,7 @@ class BpeTokenizer:
         An interrupted encode leaves OUTPUT.partial and OUTPUT.progress, and the same call
         continues it (llm/token_file.py); the output appears only when complete. `backend`
         "tiktoken" encodes with tiktoken built from our ranks (to_tiktoken): the same ids,
-        checked on the first chunk. Returns the number of tokens."""
+        checked on the first megabyte. Returns the number of tokens."""
         input_path, output_path = Path(input_path), Path(output_path)
         if input_path.is_dir():
             raise IsADirectoryError(f"{input_path}: is a directory, not a text file")
@@ -279,7 +279,7 @@ class BpeTokenizer:
 
     def _check_tiktoken(self, sample: str) -> None:
         """tiktoken's ids are ours by construction (to_tiktoken); fail before any work if they
-        are not, on `sample` (the file's first chunk)."""
+        are not, on `sample` (the start of the file)."""
         try:
             encoding = self.to_tiktoken()
         except ImportError:
