@@ -210,11 +210,12 @@ TASKS = {
 # ---- the parent: run a task in a child process and watch its memory
 
 
-def run_child(task: str, watch_memory: bool = True, **kwargs) -> dict:
-    """Run TASKS[task](**kwargs) in a new process; add its peak tree memory (MB). Reading the
-    PSS of a process of hundreds of MB every 10 ms slows it down (twice as slow for the long
-    pre-token), so tasks that measure their own peak RSS run with watch_memory=False."""
-    cmd = [sys.executable, __file__, "--child", json.dumps({"task": task, "kwargs": kwargs})]
+def run_child(task: str, watch_memory: bool = True, script: str = __file__, **kwargs) -> dict:
+    """Run TASKS[task](**kwargs) of `script` (this one, or another with the same --child
+    argument) in a new process; add its peak tree memory (MB). Reading the PSS of a process of
+    hundreds of MB every 10 ms slows it down (twice as slow for the long pre-token), so tasks
+    that measure their own peak RSS run with watch_memory=False."""
+    cmd = [sys.executable, script, "--child", json.dumps({"task": task, "kwargs": kwargs})]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     peak = [0]
     watcher = threading.Thread(target=_watch_memory, args=(child, peak), daemon=True)

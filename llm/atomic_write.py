@@ -46,7 +46,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 @contextmanager
@@ -69,7 +69,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     if old is not None:
         shutil.rmtree(old)
 
@@ -115,7 +115,7 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
     if not hasattr(os, "O_DIRECTORY"):
         return

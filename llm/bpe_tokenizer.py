@@ -24,6 +24,7 @@ pre-tokens are cached.
 Its command line (`uv run -m llm.bpe_tokenizer`, train and encode) is llm/tokenizer_command.py.
 """
 
+import hashlib
 import json
 import os
 import sys
@@ -31,15 +32,15 @@ import warnings
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing
+from functools import partial
 from heapq import heappop, heappush
 from itertools import chain, pairwise
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import regex
 
-from llm.atomic_write import atomic_write, remove_stale_temp_files, write_text
+from llm.atomic_write import remove_stale_temp_files, write_text
 from llm.bpe_files import (
     read_merges,
     read_special_tokens,
@@ -61,8 +62,10 @@ from llm.pretokenization import (
     read_chunk,
     special_token_regex,
 )
+from llm.token_file import TokenFileWriter
 
 EOT = "<|endoftext|>"  # the special token that ends each document (GPT-2's, TinyStories')
+TIKTOKEN_CHECK_BYTES = 1 << 20  # --backend tiktoken: ids compared with ours on this much text
 STREAM_CHARS = 1 << 16  # encode_iterable encodes text in pieces of about this size
 CACHE_SIZE = 1 << 17  # entries of each cache (segments, pre-tokens)
 MAX_CACHED_CHARS = 256  # longer segments and pre-tokens are encoded each time
@@ -209,11 +212,14 @@ class BpeTokenizer:
         num_workers: int | None = None,
         chunk_bytes: int = CHUNK_BYTES,
         progress: bool = True,
+        backend: str = "ours",
     ) -> int:
         """Encode a UTF-8 text file to a .npy array of ids (uint16 when every id fits, else
-        uint32), in parallel processes, with memory independent of the file size. The output
-        appears only when complete (atomic_write; temp files that a killed run left are removed
-        first). Returns the number of tokens."""
+        uint32), in parallel processes, streamed to disk: memory does not grow with the file.
+        An interrupted encode leaves OUTPUT.partial and OUTPUT.progress, and the same call
+        continues it (llm/token_file.py); the output appears only when complete. `backend`
+        "tiktoken" encodes with tiktoken built from our ranks (to_tiktoken): the same ids,
+        checked on the first megabyte. Returns the number of tokens."""
         input_path, output_path = Path(input_path), Path(output_path)
         if input_path.is_dir():
             raise IsADirectoryError(f"{input_path}: is a directory, not a text file")
@@ -223,31 +229,67 @@ class BpeTokenizer:
             raise ValueError(f"{input_path}: the file is empty")
         if output_path.is_dir():
             raise IsADirectoryError(f"{output_path}: is a directory, not a .npy file")
+        if backend not in ENCODE_BACKENDS:
+            raise ValueError(
+                f"backend must be one of {', '.join(ENCODE_BACKENDS)}, not {backend!r}"
+            )
         remove_stale_temp_files(output_path.parent, output_path.name)
         if self.missing_bytes:
             warnings.warn(f"the vocabulary lacks {len(self.missing_bytes)} bytes (e.g. "
                           f"{self.missing_bytes[:4]!r}); they are dropped from {input_path}",
                           stacklevel=2)  # fmt: skip
-        dtype = self.id_dtype
-        bounds = chunk_boundaries(input_path, chunk_bytes, self.special_tokens)
+        if backend == "tiktoken":
+            with input_path.open("rb") as f:  # (a character cut at the end is dropped)
+                self._check_tiktoken(f.read(TIKTOKEN_CHECK_BYTES).decode("utf-8", "ignore"))
+        writer = TokenFileWriter(output_path, self.id_dtype, self._source(input_path))
+        if writer.resume_from and progress:
+            print(f"continuing {output_path}: {writer.resume_from / 1e6:,.1f} MB of {input_path} "
+                  f"were encoded before ({writer.length:,} tokens)")  # fmt: skip
+        bounds = chunk_boundaries(input_path, chunk_bytes, self.special_tokens, writer.resume_from)
         jobs = [(str(input_path), a, b) for a, b in pairwise(bounds)]
         workers = num_workers or os.cpu_count() or 1
-        init = (self.vocab, self.merges, self.special_tokens, self.settings(), dtype)
-        with (
-            progress_bar(bounds[-1], f"encode {input_path.name}", progress) as bar,
-            atomic_write(output_path) as f,
-            closing(parallel_map(_encode_job, jobs, workers, _init_worker, init)) as results,
-        ):
-            header_size = _write_npy_header(f, dtype, 0)  # the length is known only at the end
-            length = 0
-            for nbytes, ids in results:
-                f.write(ids.tobytes())
-                length += len(ids)
-                bar.update(nbytes)
-            f.seek(0)
-            if _write_npy_header(f, dtype, length) != header_size:
-                raise RuntimeError("the .npy header changed size")  # numpy leaves room for it
-        return length
+        init = (self.vocab, self.merges, self.special_tokens, self.settings(), backend)
+        try:
+            with (
+                progress_bar(bounds[-1], f"encode {input_path.name}", progress, bounds[0]) as bar,
+                closing(parallel_map(_encode_job, jobs, workers, _init_worker, init)) as results,
+            ):
+                for end, ids in results:
+                    writer.append(ids, end)
+                    bar.update(end - bar.n)
+        except ValueError:  # bad input: no rerun gets past it, so nothing is worth keeping
+            writer.discard()
+            raise
+        except BaseException:  # an interruption: the progress stays for the next run
+            writer.close()
+            raise
+        return writer.finish()
+
+    def _source(self, input_path: Path) -> dict:
+        """What an encode's output depends on, for TokenFileWriter to tell whether a partial
+        output is of the same input and tokenizer: the file's path, size and modification
+        time, and a hash of the tokenizer."""
+        digest = hashlib.sha256()
+        for i in sorted(self.vocab):
+            digest.update(f"{i}:{self.vocab[i].hex()}\n".encode())
+        digest.update(json.dumps([self.special_tokens, self.settings()]).encode())
+        stat = input_path.stat()
+        return {"input": str(input_path.resolve()), "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns, "tokenizer": digest.hexdigest()}  # fmt: skip
+
+    def _check_tiktoken(self, sample: str) -> None:
+        """tiktoken's ids are ours by construction (to_tiktoken); fail before any work if they
+        are not, on `sample` (the start of the file)."""
+        try:
+            encoding = self.to_tiktoken()
+        except ImportError:
+            raise ValueError("--backend tiktoken needs the tiktoken package: "
+                             "uv sync --extra fast") from None  # fmt: skip
+        except ValueError as e:
+            raise ValueError(f"{e}; encode with --backend ours") from None
+        if encoding.encode(sample, allowed_special="all") != self.encode(sample):
+            raise ValueError("tiktoken's ids differ from ours on the start of the input: "
+                             "use --backend ours")  # fmt: skip
 
     # ---- files
 
@@ -447,28 +489,22 @@ class _Cache(dict):
         return ids
 
 
-_worker: dict = {}  # the tokenizer and dtype of an encode_file worker process
+ENCODE_BACKENDS = ("ours", "tiktoken")
+_worker: dict = {}  # the encode function and id dtype of an encode_file worker process
 
 
-def _init_worker(vocab, merges, special_tokens, settings, dtype) -> None:
-    _worker["tokenizer"] = BpeTokenizer(vocab, merges, special_tokens, **settings)
-    _worker["dtype"] = dtype
+def _init_worker(vocab, merges, special_tokens, settings, backend) -> None:
+    tokenizer = BpeTokenizer(vocab, merges, special_tokens, **settings)
+    _worker["encode"] = tokenizer.encode
+    if backend == "tiktoken":
+        _worker["encode"] = partial(tokenizer.to_tiktoken().encode, allowed_special="all")
+    _worker["dtype"] = tokenizer.id_dtype
 
 
 def _encode_job(job: tuple[str, int, int]) -> tuple[int, np.ndarray]:
+    """(end of the chunk, its ids)."""
     path, start, end = job
-    ids = _worker["tokenizer"].encode(read_chunk(path, start, end))
-    return end - start, np.array(ids, dtype=_worker["dtype"])
-
-
-def _write_npy_header(f: BinaryIO, dtype: np.dtype, length: int) -> int:
-    """Write the header of a 1-D .npy array at the file's position; return its size. numpy pads
-    it so that a longer shape fits in the same bytes, so it can be rewritten once the length is
-    known."""
-    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
-    start = f.tell()
-    np.lib.format.write_array_header_1_0(f, {**header, "shape": (length,)})
-    return f.tell() - start
+    return end, np.array(_worker["encode"](read_chunk(path, start, end)), dtype=_worker["dtype"])
 
 
 # ---- the files of a saved tokenizer

@@ -132,6 +132,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must have {len(args)} items, got {value!r}")
         item_types = args[:1] * len(items) if origin is list or args[-1:] == (...,) else args
         return origin(_convert(v, t, key) for v, t in zip(items, item_types, strict=True))
+    if dataclasses.is_dataclass(tp):  # a list item that is a table: [[data]] in TOML
+        return _apply(tp, value, None, key + ".")
     try:
         if tp is bool:
             if isinstance(value, bool):

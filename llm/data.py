@@ -5,9 +5,18 @@ A split is one long 1-D array of token ids (documents joined by <|endoftext|>). 
 example is a window of context_length + 1 consecutive ids: the model reads the first
 context_length and predicts each next one.
 
-Command line: `uv run -m llm.data download tinystories|owt` fetches a dataset (llm/download.py).
+A split may also come in shards (a directory or glob of .npy files, or of the .bin shards of
+llm.c and modded-nanoGPT): `open_tokens` makes them one TokenStream, read as if concatenated.
+A Mixture samples several such datasets in proportion to weights (`[[data]]` in the TOML).
+Every random choice is drawn from the one torch.Generator that checkpoints save, so a resumed
+run reads the same windows as an unbroken one.
+
+Command line: `uv run -m llm.data download tinystories|owt|fineweb-edu` fetches a dataset
+(llm/download.py).
 """
 
+import glob
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +25,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 _CHECK_CHUNK = 1 << 24  # ids scanned at a time when checking a split (16M ids = 32-128 MB)
+# llm.c's .bin shard: a header of 256 int32 (magic, version, token count, then zeros), then the
+# tokens. Its GPT-2 shards (magic 20240520, version 1) hold uint16 ids, its Llama 3 shards
+# (magic 20240801, version 7) uint32.
+BIN_HEADER_INTS = 256
+BIN_FORMATS = {(20240520, 1): np.uint16, (20240801, 7): np.uint32}
 
 
 class DataError(ValueError):
@@ -52,6 +66,109 @@ def load_tokens(path: str | Path) -> np.ndarray:
     return tokens
 
 
+def load_bin_shard(path: str | Path) -> np.ndarray:
+    """A .bin token shard of llm.c / modded-nanoGPT (see BIN_FORMATS), memory-mapped read-only."""
+    path = Path(path)
+    header = np.fromfile(path, dtype="<i4", count=BIN_HEADER_INTS)
+    if len(header) < BIN_HEADER_INTS or (int(header[0]), int(header[1])) not in BIN_FORMATS:
+        raise DataError(
+            f"{path} is not an llm.c token shard (a header of 256 int32 starting with magic "
+            "20240520, version 1, or 20240801, version 7)"
+        )
+    dtype = np.dtype(BIN_FORMATS[int(header[0]), int(header[1])])
+    count, offset = int(header[2]), BIN_HEADER_INTS * 4
+    if path.stat().st_size != offset + count * dtype.itemsize:
+        raise DataError(
+            f"{path}: its header says {count:,} tokens, but the file holds "
+            f"{(path.stat().st_size - offset) / dtype.itemsize:,.0f}: truncated or damaged"
+        )
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
+
+
+class TokenStream:
+    """Several token arrays (shards) read as one: len() is their total, and a slice is the
+    slice of their concatenation, so windows may run from one shard into the next."""
+
+    def __init__(self, shards: list[np.ndarray]) -> None:
+        self.shards = shards
+        self.offsets = np.cumsum([0] + [len(s) for s in shards])  # shard i is [off[i], off[i+1])
+        self.dtype = np.result_type(*(s.dtype for s in shards))
+        self.ndim = 1
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, stop, step = index.indices(len(self))
+        if step != 1:
+            raise IndexError("a TokenStream is read in contiguous slices")
+        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        parts = []
+        for i in range(max(first, 0), len(self.shards)):
+            if self.offsets[i] >= stop:
+                break
+            lo, hi = start - self.offsets[i], stop - self.offsets[i]
+            parts.append(self.shards[i][max(lo, 0) : hi])
+        return np.concatenate(parts) if parts else np.empty(0, self.dtype)
+
+
+def shard_paths(spec: str | Path) -> list[Path]:
+    """The files a data setting names, in order: one file; every .npy and .bin file in a
+    directory; or the files a glob pattern matches (`data/fineweb/train_*.bin`), sorted."""
+    spec = str(spec)
+    if Path(spec).is_dir():
+        paths = sorted(p for p in Path(spec).iterdir() if p.suffix in (".npy", ".bin"))
+        if not paths:
+            raise DataError(f"the directory {spec} holds no .npy or .bin token shards")
+        return paths
+    if glob.has_magic(spec):
+        paths = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
+        if not paths:
+            raise DataError(f"no token files match {spec}")
+        return paths
+    return [Path(spec)]
+
+
+def open_tokens(spec: str | Path) -> "np.ndarray | TokenStream":
+    """A split given as a .npy file, a .bin shard, a directory or a glob of them: one array,
+    or a TokenStream over the shards (each memory-mapped)."""
+    shards = [
+        load_bin_shard(p) if p.suffix == ".bin" and p.is_file() else load_tokens(p)
+        for p in shard_paths(spec)
+    ]
+    return shards[0] if len(shards) == 1 else TokenStream(shards)
+
+
+@dataclass
+class DataSource:
+    """One dataset of a mixture: `[[data]]` in a training TOML."""
+
+    path: str  # a .npy or .bin file, a directory of shards, or a glob of them
+    weight: float = 1.0  # share of the training windows drawn from it (weights are normalised)
+
+
+class Mixture(TokenStream):
+    """Datasets sampled in proportion to their weights. Its token space is the datasets one
+    after another; every window lies inside one of them, never across two."""
+
+    def __init__(self, datasets: list["np.ndarray | TokenStream"], weights: list[float]) -> None:
+        if len(weights) != len(datasets) or not all(w > 0 for w in weights):
+            raise DataError(f"a mixture needs one weight > 0 per dataset, got {weights}")
+        super().__init__(datasets)
+        self.weights = torch.tensor(weights, dtype=torch.float64) / sum(weights)
+
+    def sample_starts(
+        self, batch_size: int, context_length: int, generator: torch.Generator | None
+    ) -> Tensor:
+        """For each window, a dataset drawn by weight, then a start uniform over where a full
+        window fits in it; both drawn from `generator`."""
+        which = torch.multinomial(self.weights, batch_size, replacement=True, generator=generator)
+        spans = torch.from_numpy(np.diff(self.offsets) - context_length)  # starts per dataset
+        # A uniform int below each span: a 62-bit draw mod span (bias < span / 2**62).
+        draw = torch.randint(0, 1 << 62, (batch_size,), generator=generator)
+        return torch.from_numpy(self.offsets[:-1])[which] + draw % spans[which]
+
+
 def check_tokens(
     tokens: np.ndarray, vocab_size: int, context_length: int, name: str = "tokens"
 ) -> None:
@@ -76,10 +193,16 @@ def check_tokens(
 
 
 def sample_starts(
-    num_tokens: int, batch_size: int, context_length: int, generator: torch.Generator | None
+    tokens: "np.ndarray | TokenStream",
+    batch_size: int,
+    context_length: int,
+    generator: torch.Generator | None,
 ) -> Tensor:
-    """batch_size random window starts, uniform over every position a full window fits."""
-    return torch.randint(0, num_tokens - context_length, (batch_size,), generator=generator)
+    """batch_size random window starts, uniform over every position a full window fits (a
+    Mixture: in proportion to its weights)."""
+    if isinstance(tokens, Mixture):
+        return tokens.sample_starts(batch_size, context_length, generator)
+    return torch.randint(0, len(tokens) - context_length, (batch_size,), generator=generator)
 
 
 def read_windows(
@@ -97,7 +220,7 @@ def read_windows(
 
 
 def get_batch(
-    tokens: np.ndarray,
+    tokens: "np.ndarray | TokenStream",
     batch_size: int,
     context_length: int,
     device: str | torch.device,
@@ -108,7 +231,7 @@ def get_batch(
     Pass a seeded torch.Generator to make the sequence of batches reproducible (and
     resumable: its state is saved in checkpoints).
     """
-    starts = sample_starts(len(tokens), batch_size, context_length, generator)
+    starts = sample_starts(tokens, batch_size, context_length, generator)
     return read_windows(tokens, starts, context_length, device)
 
 

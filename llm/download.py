@@ -1,18 +1,23 @@
-"""Download the real datasets into data/: TinyStories (V2, GPT-4) and the CS336 OpenWebText sample.
+"""Download the real datasets into data/: TinyStories (V2, GPT-4), the CS336 OpenWebText sample,
+and a shard of FineWeb-Edu's 10BT sample.
 
     uv run -m llm.data download tinystories            # train ~2.2 GB, valid ~22 MB
     uv run -m llm.data download owt --split valid      # owt_valid.txt.gz, unpacked
+    uv run -m llm.data download fineweb-edu            # one ~2 GB .parquet shard, as text
 
 A download goes into `<file>.part` and resumes from where it stopped (an HTTP Range request) when
 run again. The finished file is checked against a sha256: the one in our table when we know it,
 otherwise the one Hugging Face sends for large (LFS) files in the X-Linked-ETag header. A bad
-file is deleted, never left in place. `.gz` files are unpacked. Without network, the error says
-which URL to fetch by hand and where to put it.
+file is deleted, never left in place. `.gz` files are unpacked, and `.parquet` shards
+(FineWeb-Edu's) become text files of their documents, each followed by <|endoftext|> (reading
+them needs pyarrow: `uv sync --extra fineweb`). Without network, the error says which URL to
+fetch by hand and where to put it.
 """
 
 import gzip
 import hashlib
 import http.client
+import importlib.util
 import os
 import re
 import urllib.error
@@ -26,6 +31,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from llm.atomic_write import atomic_write, remove_stale_temp_files
+from llm.bpe_tokenizer import EOT  # ends each document of a converted .parquet shard
 from llm.cli import parse, parse_command, run_main
 from llm.config import ConfigError
 from llm.paths import check_writable_dir
@@ -33,6 +39,7 @@ from llm.paths import check_writable_dir
 CHUNK = 1 << 20
 TINYSTORIES = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
 OWT = "https://huggingface.co/datasets/stanford-cs336/owt-sample/resolve/main"
+FINEWEB_EDU = "https://huggingface.co/datasets/HuggingFaceFW/fineweb-edu/resolve/main"
 
 
 @dataclass(frozen=True)
@@ -40,14 +47,16 @@ class RemoteFile:
     split: str  # "train" or "valid"
     url: str
     sha256: str | None = None  # of the file as served; None: use the server's X-Linked-ETag
+    save_as: str = ""  # the name in data/ ("": the URL's last part)
 
     @property
-    def name(self) -> str:  # as served: "owt_train.txt.gz"
-        return self.url.rsplit("/", 1)[-1]
+    def name(self) -> str:  # as saved: "owt_train.txt.gz"
+        return self.save_as or self.url.rsplit("/", 1)[-1]
 
     @property
-    def final_name(self) -> str:  # after unpacking: "owt_train.txt"
-        return self.name.removesuffix(".gz")
+    def final_name(self) -> str:  # after unpacking: "owt_train.txt"; a .parquet becomes .txt
+        name = self.name.removesuffix(".gz")
+        return name.removesuffix(".parquet") + ".txt" if name.endswith(".parquet") else name
 
 
 # We cannot look the real hashes up offline, so none is written here: add one when you know it.
@@ -59,6 +68,15 @@ DATASETS: dict[str, tuple[RemoteFile, ...]] = {
     "owt": (
         RemoteFile("train", f"{OWT}/owt_train.txt.gz"),
         RemoteFile("valid", f"{OWT}/owt_valid.txt.gz"),
+    ),
+    # The first of the 14 shards of the 10-billion-token sample (about 2 GB of .parquet). The
+    # sample has no validation split: hold out a part of the text (see the README).
+    "fineweb-edu": (
+        RemoteFile(
+            "train",
+            f"{FINEWEB_EDU}/sample/10BT/000_00000.parquet",
+            save_as="fineweb-edu-10BT-000.parquet",
+        ),
     ),
 }
 
@@ -203,6 +221,26 @@ def gunzip(src: Path, dst: Path, progress: bool = True) -> None:
         raise DownloadError(f"{src} is not a valid .gz file ({e}); delete it and run again") from e
 
 
+def parquet_to_text(src: Path, dst: Path, progress: bool = True) -> None:
+    """Writes the `text` column of a .parquet shard to `dst` atomically, each document followed
+    by <|endoftext|>; one row group at a time, so memory holds one group, not the shard."""
+    import pyarrow.parquet as pq  # optional (the fineweb extra); check_config made sure of it
+
+    try:
+        shard = pq.ParquetFile(src)
+        groups = range(shard.num_row_groups)
+        with (
+            atomic_write(dst) as out,
+            tqdm(groups, desc=f"text of {src.name}", unit="group", disable=not progress) as bar,
+        ):
+            for group in bar:
+                texts = shard.read_row_group(group, columns=["text"]).column("text").to_pylist()
+                out.write("".join(text + EOT for text in texts).encode("utf-8"))
+    except (OSError, KeyError, ValueError) as e:  # pyarrow's errors derive from these
+        raise DownloadError(f"{src} is not a FineWeb .parquet shard with a text column ({e}); "
+                            "delete it and run again") from e  # fmt: skip
+
+
 def download_file(
     remote: RemoteFile, data_dir: Path, timeout: float = 30.0, progress: bool = True
 ) -> Path:
@@ -221,7 +259,8 @@ def download_file(
         _verify(part, remote.sha256, server_sha256(headers), progress)
         os.replace(part, served)
     if served != final:
-        gunzip(served, final, progress)
+        unpack = parquet_to_text if served.suffix == ".parquet" else gunzip
+        unpack(served, final, progress)
         served.unlink()
     return final
 
@@ -230,8 +269,10 @@ def manual_instructions(remotes: list[RemoteFile], data_dir: Path) -> str:
     """What to fetch by hand and where to put it, as one sentence (it ends an error line)."""
     moves = "; ".join(f"{remote.url} -> {data_dir / remote.name}" for remote in remotes)
     text = f"download by hand (a browser, or curl -L -O URL) and put in place: {moves}"
-    if any(remote.name != remote.final_name for remote in remotes):
+    if any(remote.name.endswith(".gz") for remote in remotes):
         text += "; then run this command again: it unpacks the .gz files"
+    if any(remote.name.endswith(".parquet") for remote in remotes):
+        text += "; then run this command again: it writes the .parquet shard's text"
     return text
 
 
@@ -255,7 +296,7 @@ def download_dataset(
 class DownloadConfig:
     """`uv run -m llm.data download DATASET`: what to fetch and where to put it."""
 
-    dataset: str  # tinystories or owt
+    dataset: str  # tinystories, owt or fineweb-edu
     split: str = "all"  # all, train or valid
     data_dir: str = "data"  # the directory the text files go to
     timeout: float = 30.0  # seconds to wait for each network read
@@ -276,6 +317,13 @@ def check_config(config: DownloadConfig) -> None:
     if config.timeout <= 0:
         raise ConfigError(f"--timeout must be a positive number of seconds, not {config.timeout}")
     check_writable_dir(config.data_dir, "--data-dir")
+    if not any(config.split in ("all", r.split) for r in DATASETS[config.dataset]):
+        raise ConfigError(f"{config.dataset} has no {config.split} split; use --split all")
+    parquet = any(r.name.endswith(".parquet") for r in DATASETS[config.dataset])
+    if parquet and importlib.util.find_spec("pyarrow") is None:
+        raise ConfigError(
+            f"{config.dataset} comes as .parquet, read with pyarrow: uv sync --extra fineweb"
+        )
 
 
 def download(config: DownloadConfig) -> list[Path]:
@@ -290,7 +338,7 @@ def download(config: DownloadConfig) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`uv run -m llm.download tinystories|owt [--split train|valid] [--data-dir data]`, the
+    """`uv run -m llm.download tinystories|owt|fineweb-edu [--split ...] [--data-dir data]`, the
     same as `uv run -m llm.data download ...`. A failure is one line on stderr, exit status 1."""
 
     def command() -> None:
@@ -310,7 +358,7 @@ def data_main(argv: list[str] | None = None) -> None:
             {
                 "download": (
                     DownloadConfig,
-                    "download TinyStories or the OpenWebText sample into data/",
+                    "download TinyStories, the OpenWebText sample or FineWeb-Edu into data/",
                 )
             },
             argv,

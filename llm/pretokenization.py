@@ -87,16 +87,18 @@ def _inside_special_token(text: str, cut: int, specials: Sequence[str]) -> bool:
 
 
 def chunk_boundaries(
-    path: str | Path, chunk_bytes: int, special_tokens: Sequence[str]
+    path: str | Path, chunk_bytes: int, special_tokens: Sequence[str], start: int = 0
 ) -> list[int]:
-    """Byte offsets [0, ..., file size] cutting the file into chunks of about `chunk_bytes`
-    at safe points (see find_cut). A stretch with no safe point stays in one chunk."""
+    """Byte offsets [start, ..., file size] cutting the file from `start` (0, or a boundary
+    found before) into chunks of about `chunk_bytes` at safe points (see find_cut). A stretch
+    with no safe point stays in one chunk. Each boundary depends only on the one before, so
+    starting at a boundary gives the same ones after it."""
     margin = max((len(t) for t in special_tokens), default=1)
     window = max(chunk_bytes // 4, 4096)
     size = os.path.getsize(path)
-    bounds = [0]
+    bounds = [start]
     with open(path, "rb") as f:
-        pos = chunk_bytes
+        pos = start + chunk_bytes
         while pos < size:
             f.seek(pos)
             skipped, text = _decode_window(f.read(window))
@@ -106,7 +108,7 @@ def chunk_boundaries(
                 continue
             bounds.append(pos + skipped + len(text[:cut].encode("utf-8", "surrogateescape")))
             pos = bounds[-1] + chunk_bytes
-    return bounds + [size] if size else bounds
+    return bounds + [size] if size > start else bounds
 
 
 def _decode_window(data: bytes) -> tuple[int, str]:
@@ -208,11 +210,12 @@ def _start_worker(initializer, initargs) -> None:
 
 
 @contextmanager
-def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[tqdm]:
-    """A tqdm bar of bytes, shown only on a terminal, and redrawn every second: when one chunk
-    takes long (a megabyte without whitespace is a single pre-token), the clock keeps running
-    instead of the bar looking hung."""
-    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=None if enabled else True)
+def progress_bar(total: int, desc: str, enabled: bool = True, initial: int = 0) -> Iterator[tqdm]:
+    """A tqdm bar of bytes (MB/s and time left), shown only on a terminal, and redrawn every
+    second: when one chunk takes long (a megabyte without whitespace is a single pre-token),
+    the clock keeps running instead of the bar looking hung. `initial`: bytes done before."""
+    off = None if enabled else True
+    bar = tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, disable=off)
     stop = threading.Event()
 
     def redraw() -> None:

@@ -58,7 +58,7 @@ from llm.atomic_write import atomic_write, write_text
 from llm.checkpoint import CHECKPOINT_NAME
 from llm.cli import help_text, read_args, run_main
 from llm.config import ConfigError, closest, config_from_dict, config_to_dict, describe_fields
-from llm.data import DataError, load_tokens
+from llm.data import DataError, open_tokens
 from llm.device import resolve_device
 from llm.run_dir import CONFIG_NAME, METRICS_NAME, read_metrics
 from llm.stop_signals import StopSignals
@@ -132,7 +132,7 @@ def load_sweep(argv: list[str]) -> tuple[SweepConfig, list[Run]]:
     runs = [_plan_run(base, combination, Path(options.out)) for combination in combinations]
     _check_distinct(runs)
     for path in {p for run in runs for p in (run.config.train_data, run.config.valid_data) if p}:
-        load_tokens(path)  # DataError if missing, as the runs would all say
+        open_tokens(path)  # DataError if missing, as the runs would all say
     return options, runs
 
 

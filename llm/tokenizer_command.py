@@ -6,6 +6,9 @@ tokenizer itself.
     uv run -m llm.bpe_tokenizer train --input corpus.txt --vocab-size 10000 --out tok/
     uv run -m llm.bpe_tokenizer encode --tokenizer tok/ --input corpus.txt --output corpus.npy
 
+An interrupted encode (Ctrl-C, SIGTERM, a crash) keeps what it finished in corpus.npy.partial
+and corpus.npy.progress: the same command again continues from there.
+
 (`uv run -m llm.tokenizer_command` is the same.)
 """
 
@@ -15,7 +18,13 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llm.bpe_tokenizer import EOT, SETTINGS_FILE, TOKENIZER_FILES, BpeTokenizer
+from llm.bpe_tokenizer import (
+    ENCODE_BACKENDS,
+    EOT,
+    SETTINGS_FILE,
+    TOKENIZER_FILES,
+    BpeTokenizer,
+)
 from llm.bpe_training import check_training_args, check_vocab_size, train_bpe
 from llm.cli import parse_command, run_main
 from llm.config import ConfigError
@@ -44,9 +53,14 @@ class EncodeOptions:
     input: str  # text file (UTF-8)
     output: str  # .npy file of token ids to write
     workers: int = 0  # processes (0 = one per CPU)
+    backend: str = "ours"  # "ours", or "tiktoken" built from our ranks (same ids, faster)
 
     def __post_init__(self):
         check_workers(self.workers)
+        if self.backend not in ENCODE_BACKENDS:
+            raise ValueError(
+                f"backend must be one of {', '.join(ENCODE_BACKENDS)}, not {self.backend!r}"
+            )
 
 
 @dataclass
@@ -110,7 +124,8 @@ def run_encode(options: EncodeOptions) -> None:
     if not directory.is_dir():  # a GGUF file: it must not be the output either
         tokenizer_files = [directory]
     check_outputs([output], inputs=[Path(options.input), *tokenizer_files])
-    _encode(_tokenizer(options.tokenizer), Path(options.input), output, options.workers)
+    tokenizer = _tokenizer(options.tokenizer)
+    _encode(tokenizer, Path(options.input), output, options.workers, options.backend)
     print(f"train on it with: uv run -m llm.training --train_data {output} "
           f"--tokenizer_dir {options.tokenizer}")  # fmt: skip
 
@@ -125,8 +140,14 @@ def _tokenizer(source: str) -> BpeTokenizer:
     return load_tokenizer(source)
 
 
-def _encode(tokenizer: BpeTokenizer, input_path: Path, output_path: Path, workers: int) -> None:
-    n = tokenizer.encode_file(input_path, output_path, workers)
+def _encode(
+    tokenizer: BpeTokenizer,
+    input_path: Path,
+    output_path: Path,
+    workers: int,
+    backend: str = "ours",
+) -> None:
+    n = tokenizer.encode_file(input_path, output_path, workers, backend=backend)
     print(f"wrote {output_path}: {n:,} tokens")
 
 
@@ -177,7 +198,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         {"train": run_train, "encode": run_encode, "pipeline": run_pipeline}[name](options)
 
-    with sigterm_raises("terminated (SIGTERM); unfinished files were removed"):
+    stopped = (
+        "terminated (SIGTERM); unfinished files were removed, but an encode keeps the part it "
+        "finished: run it again to continue"
+    )
+    with sigterm_raises(stopped):
         run_main(run, errors=(OSError, ValueError, Terminated))
 
 

@@ -82,9 +82,12 @@ from llm.cli import parse, run_main
 from llm.config import ConfigError, config_from_dict, config_to_dict, format_config
 from llm.data import (
     DataError,
+    DataSource,
+    Mixture,
+    TokenStream,
     check_tokens,
     eval_starts,
-    load_tokens,
+    open_tokens,
     read_windows,
     sample_starts,
 )
@@ -122,8 +125,9 @@ class TrainConfig:
 
     model_preset: str = "tiny"  # name in MODEL_PRESETS; [model] / --model.KEY override its values
     model: ModelConfig = field(default_factory=lambda: dataclasses.replace(MODEL_PRESETS["tiny"]))
-    train_data: str = ""  # .npy token ids of the training split
-    valid_data: str = ""  # .npy token ids of the validation split ("" = no validation)
+    train_data: str = ""  # token ids of the training split: .npy/.bin file, directory or glob
+    data: list[DataSource] = field(default_factory=list)  # or a mixture: [[data]] path, weight
+    valid_data: str = ""  # token ids of the validation split ("" = no validation)
     tokenizer_dir: str = ""  # tokenizer of the data (a directory, or a GGUF file's; "" = bytes)
     run_dir: str = "runs/default"  # checkpoint, metrics.jsonl, config.json and img/ go here
     resume: bool = False  # continue the run in run_dir from its checkpoint
@@ -266,8 +270,10 @@ def _init_from_base(source: str, model_values: dict) -> TrainConfig:
 class _Data:
     """The token splits, and what evaluating on the validation split needs."""
 
-    train: np.ndarray  # token ids of the training split
-    valid: np.ndarray | None = None  # token ids of the validation split (None = no validation)
+    train: np.ndarray | TokenStream  # token ids of the training split (shards, a Mixture)
+    valid: np.ndarray | TokenStream | None = (
+        None  # token ids of the validation split (None = no validation)
+    )
     valid_starts: np.ndarray | None = None  # the fixed windows of the periodic evaluations
     token_bytes: np.ndarray | None = None  # bytes per token id, for bits/byte
     tokenizer: "BpeTokenizer | None" = None  # to write samples and score tasks (None = neither)
@@ -467,11 +473,10 @@ def _setup_torch(config: TrainConfig) -> None:
 def _load_data(config: TrainConfig) -> _Data:
     """The training split, and the validation split with what evaluating on it needs."""
     vocab_size, ctx = config.model.vocab_size, config.model.context_length
-    train = load_tokens(config.train_data)
-    check_tokens(train, vocab_size, ctx, "train_data")
+    train = _load_train(config)
     if not config.valid_data:
         return _Data(train)
-    valid = load_tokens(config.valid_data)
+    valid = open_tokens(config.valid_data)
     check_tokens(valid, vocab_size, ctx, "valid_data")
     tokenizer = load_tokenizer(config.tokenizer_dir) if config.tokenizer_dir else None
     token_bytes = token_bytes_of(tokenizer, vocab_size)
@@ -480,6 +485,19 @@ def _load_data(config: TrainConfig) -> _Data:
     starts = eval_starts(len(valid), ctx, config.eval_windows)
     tasks = _task_specs(config.eval_tasks)
     return _Data(train, valid, starts, token_bytes, tokenizer, tasks)
+
+
+def _load_train(config: TrainConfig) -> np.ndarray | TokenStream:
+    """The training split, or the Mixture of the [[data]] datasets, each checked alone."""
+    vocab_size, ctx = config.model.vocab_size, config.model.context_length
+    if not config.data:
+        train = open_tokens(config.train_data)
+        check_tokens(train, vocab_size, ctx, "train_data")
+        return train
+    datasets = [open_tokens(source.path) for source in config.data]
+    for source, tokens in zip(config.data, datasets, strict=True):
+        check_tokens(tokens, vocab_size, ctx, f"data {source.path}")
+    return Mixture(datasets, [source.weight for source in config.data])
 
 
 def _resume(
@@ -563,7 +581,7 @@ def _train_loop(run: _Run) -> None:
         for step in range(run.step, config.max_iters):
             lr = _set_lr(run.optimizer, _schedule_position(run, step), config)
             starts = sample_starts(
-                len(run.data.train), config.batch_size, config.model.context_length, run.generator
+                run.data.train, config.batch_size, config.model.context_length, run.generator
             )  # (batch_size,) window starts, the same on every rank
             loss, grad_norm = _train_step(run, starts)
             run.loss_sum += loss
@@ -955,8 +973,12 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
             f"batch_size={config.batch_size} must be a multiple of grad_accum_steps x processes "
             f"= {config.grad_accum_steps} x {world_size} = {per_pass}"
         )
-    if not config.train_data:
+    if not config.train_data and not config.data:
         raise ConfigError("train_data is not set: give the .npy token file to train on")
+    if config.train_data and config.data:
+        raise ConfigError("give train_data or a [[data]] mixture, not both")
+    if not all(source.weight > 0 for source in config.data):
+        raise ConfigError("each [[data]] weight must be > 0")
     if config.schedule_on_time and not config.max_train_seconds:
         raise ConfigError("schedule_on_time needs max_train_seconds, the time the schedule ends")
     if config.max_train_seconds and world_size > 1:

@@ -15,9 +15,12 @@ from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from llm import download
+from llm.config import ConfigError
 from llm.download import ChecksumError, DownloadError, OfflineError, RemoteFile
 
 DATA = random.Random(0).randbytes(300_000)
@@ -266,7 +269,13 @@ def test_real_dataset_table_names_the_expected_files():
     assert names == {
         "tinystories": ["TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt"],
         "owt": ["owt_train.txt.gz", "owt_valid.txt.gz"],
+        "fineweb-edu": ["fineweb-edu-10BT-000.parquet"],
     }
+    (fineweb,) = download.DATASETS["fineweb-edu"]
+    assert fineweb.final_name == "fineweb-edu-10BT-000.txt"
+    assert fineweb.url.endswith(
+        "/HuggingFaceFW/fineweb-edu/resolve/main/sample/10BT/000_00000.parquet"
+    )
     assert all(r.url.startswith("https://huggingface.co/datasets/") for r in
                download.DATASETS["tinystories"] + download.DATASETS["owt"])  # fmt: skip
 
@@ -334,4 +343,64 @@ def test_uv_run_llm_data_download_still_runs_the_command():
     argv = [sys.executable, "-m", "llm.data", "download", "wiki"]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == "error: unknown dataset 'wiki'; choose one of tinystories, owt\n"
+    assert result.stderr == (
+        "error: unknown dataset 'wiki'; choose one of tinystories, owt, fineweb-edu\n"
+    )
+
+
+def parquet_shard(path: Path, texts: list[str]) -> bytes:
+    """A FineWeb-style shard: a `text` column beside others, in row groups of 2 documents."""
+    table = pa.table({"text": texts, "id": [f"doc{i}" for i in range(len(texts))],
+                      "score": [3.5] * len(texts)})  # fmt: skip
+    pq.write_table(table, path, row_group_size=2)
+    return path.read_bytes()
+
+
+DOCS = ["First document.\nTwo lines.", "Ünïcödé 😀", "", "the last one"]
+
+
+def test_a_fineweb_parquet_shard_is_downloaded_checked_and_written_as_text(server, tmp_path):
+    body = parquet_shard(tmp_path / "made.parquet", DOCS)
+    (tmp_path / "made.parquet").unlink()
+    served = _serve(server, "000_00000.parquet", body)
+    remote = RemoteFile("train", served.url, save_as="fw-000.parquet")
+    path = download.download_file(remote, tmp_path, progress=False)
+    assert path == tmp_path / "fw-000.txt"
+    assert path.read_text(encoding="utf-8") == "".join(d + "<|endoftext|>" for d in DOCS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fw-000.txt"]  # the shard is gone
+
+
+def test_fineweb_offline_says_what_to_fetch_and_converts_a_shard_put_there_by_hand(
+    tmp_path, monkeypatch
+):
+    url = f"http://127.0.0.1:{_closed_port()}/x/sample/10BT/000_00000.parquet"
+    remote = RemoteFile("train", url, save_as="fw-000.parquet")
+    monkeypatch.setitem(download.DATASETS, "fineweb-edu", (remote,))
+    with pytest.raises(OfflineError) as err:
+        download.download_dataset("fineweb-edu", tmp_path, progress=False)
+    assert f"{url} -> {tmp_path / 'fw-000.parquet'}" in str(err.value)
+    assert "it writes the .parquet shard's text" in str(err.value)
+    parquet_shard(tmp_path / "fw-000.parquet", DOCS[:1])
+    assert download.download_dataset("fineweb-edu", tmp_path, progress=False) == [
+        tmp_path / "fw-000.txt"
+    ]
+    assert (tmp_path / "fw-000.txt").read_text() == DOCS[0] + "<|endoftext|>"
+
+
+def test_a_bad_parquet_shard_is_an_error_and_leaves_no_text(tmp_path):
+    remote = RemoteFile("train", f"http://127.0.0.1:{_closed_port()}/x/a.parquet")
+    (tmp_path / "a.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DownloadError, match="is not a FineWeb .parquet shard"):
+        download.download_file(remote, tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet"]
+
+
+def test_fineweb_settings_are_checked_before_any_download(tmp_path, monkeypatch):
+    config = download.DownloadConfig("fineweb-edu", data_dir=str(tmp_path), split="valid")
+    with pytest.raises(ConfigError, match="fineweb-edu has no valid split"):
+        download.check_config(config)
+    find_spec = download.importlib.util.find_spec
+    monkeypatch.setattr(download.importlib.util, "find_spec",
+                        lambda name: None if name == "pyarrow" else find_spec(name))  # fmt: skip
+    with pytest.raises(ConfigError, match="read with pyarrow: uv sync --extra fineweb"):
+        download.check_config(download.DownloadConfig("fineweb-edu", data_dir=str(tmp_path)))
