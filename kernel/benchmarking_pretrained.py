@@ -87,7 +87,8 @@ QUANTIZED = {  # variant -> (quantisation, dtype of the activations, embeddings 
     "ours-int4": (Quantization("int4", 32, head=True), torch.float32),
     "ours-int4-bf16": (Quantization("int4", 32, head=True), torch.bfloat16),
 }
-TEXT = "/work/shared/data/tinystories/valid.txt"  # held-out text for --accuracy
+# held-out text for --accuracy: the shared data beside the checkout
+TEXT = str(Path(__file__).resolve().parents[2] / "shared/data/tinystories/valid.txt")
 PROMPT = "Write a long story about a robot who learns to paint, with many details."
 
 

@@ -46,7 +46,7 @@ class ServeBenchConfig:
     """The model, the load, and its bounds."""
 
     model: str = ""  # a model for llm.loading (e.g. smollm2-135m); "": random tinystories-17m
-    tokenizer: str = "/work/main/runs/quickstart/tokenizer"  # the random model's tokenizer
+    tokenizer: str = "runs/quickstart/tokenizer"  # the random model's (uv run -m llm writes it)
     requests: int = 32  # requests in each pass
     clients: int = 16  # concurrent clients in the batched pass
     max_tokens: int = 64  # tokens to generate per request at most

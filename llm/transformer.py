@@ -682,12 +682,11 @@ class Transformer(nn.Module):
         self._check_input(token_ids, kv_cache)
         x = self.embedding_dropout(self.embedding(token_ids))  # (batch, seq, d_model)
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
-        positions = token_positions  # None: positions follow the cached tokens
         for layer, block in enumerate(self.blocks):
             if recompute:
-                x = checkpoint(block, x, positions, kv_cache, layer, use_reentrant=False)
+                x = checkpoint(block, x, token_positions, kv_cache, layer, use_reentrant=False)
             else:
-                x = block(x, positions, kv_cache, layer)
+                x = block(x, token_positions, kv_cache, layer)  # None: after the cache
         if kv_cache is not None:
             kv_cache.length += token_ids.shape[1]
         if last_only:
