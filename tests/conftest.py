@@ -1,8 +1,8 @@
-"""Shared test setup: one CPU thread for the whole suite, and the small model and data the
+"""Shared test setup: one CPU thread in each test process, and the small model and data the
 tests train and check.
 
-Tiny models run fastest, and deterministically, on one thread; the machine's other core is then
-free for the tests that start processes of their own (DDP, the command lines)."""
+Tiny models run fastest, and deterministically, on one thread. The suite uses the machine's
+cores by running one worker process per core instead (pytest-xdist, set in pyproject.toml)."""
 
 import dataclasses
 import shutil

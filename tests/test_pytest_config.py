@@ -15,7 +15,8 @@ def test_a_skipped_test_is_listed_with_its_reason(tmp_path):
         "def test_on_a_gpu():\n"
         "    pass\n"
     )
-    argv = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), str(test)]
+    config = ["-c", str(REPO / "pyproject.toml"), "-n0"]  # -n0: no worker processes to start
+    argv = [sys.executable, "-m", "pytest", *config, str(test)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stdout
     assert "SKIPPED [1] test_skipped.py:4: needs a CUDA GPU" in result.stdout
