@@ -264,6 +264,9 @@ def _start_model(config: FinetuneConfig, device: torch.device) -> _Start:
         if config.model == FinetuneConfig.model:
             hint = " (make the quickstart model with `uv run -m llm --out runs/quickstart`)"
         raise ConfigError(f"--model {config.model}: {e}{hint}") from None
+    if loaded.info.get("quantization"):
+        raise ConfigError(f"--model {config.model} is quantised (integer weights cannot train): "
+                          "fine-tune the float model it was made from")  # fmt: skip
     model, tokenizer, template = loaded.model, loaded.tokenizer, loaded.info.get("chat_template")
     if template is None:
         tokenizer = with_chat_tokens(tokenizer)

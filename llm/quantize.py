@@ -12,8 +12,8 @@ Both are symmetric (absmax) from float weights: scale = max |w| / 127 (or / 7) o
 the group), q = round(w / scale), so |w - w_quantised| <= scale / 2; a zero row gets scale 1.
 The int4 zero point is 0 then; it is there for GGUF's Q4_1 blocks, w = d q + m, which are this
 layout with scale d and zero m + 8 d, and load without rounding again (llm/gguf_format.py). A
-group of 32..128 keeps an outlier from spoiling a whole row's scale; in_features must be a
-multiple of the group (a clear error otherwise, no padding).
+group of 32..128 keeps an outlier from spoiling a whole row's scale; a matrix whose in_features
+is not a multiple of the group is stored in int8 instead (no padding).
 
 Each layer has two paths, chosen by `fast`: the reference, which dequantises the weight and
 multiplies in the input's dtype (plain tensor ops: the definition), and PyTorch's packed low-bit
@@ -262,10 +262,12 @@ class Int4Linear(QuantizedLinear):
 def quantized_linear(
     weight: Tensor, spec: Quantization, head: bool = False, empty: bool = False
 ) -> QuantizedLinear:
-    """The quantised layer for a float weight (out, in), the output layer (head) always int8;
-    empty: zeros of the layer's shapes instead, for a checkpoint to fill."""
+    """The quantised layer for a float weight (out, in), the output layer (head) always int8, and
+    so is an int4 matrix whose rows the group does not divide (e.g. d_ff 688 in groups of 32), as
+    llama.cpp falls back to another type for such rows; empty: zeros of the layer's shapes
+    instead, for a checkpoint to fill."""
     out_features, in_features = weight.shape
-    if spec.kind == "int8" or head:
+    if spec.kind == "int8" or head or in_features % spec.group_size:
         if empty:
             return Int8Linear.empty(in_features, out_features)
         return Int8Linear.from_float(weight)
@@ -300,7 +302,13 @@ def quantize_model(
         raise ValueError("quantize a model for inference only: call model.eval() first "
                          "(quantised layers cannot be trained)")  # fmt: skip
     layers = layers or {}
-    for name in quantized_names(model, spec):
+    names = quantized_names(model, spec)
+    inputs = {model.get_submodule(n).weight.shape[1] for n in names if n != "lm_head"}
+    if spec.kind == "int4" and all(n % spec.group_size for n in inputs):
+        raise ValueError(f"int4 groups of {spec.group_size} divide none of this model's matrix "
+                         f"inputs ({', '.join(map(str, sorted(inputs)))}): choose a smaller "
+                         "group_size, or int8")  # fmt: skip
+    for name in names:
         parent_name, _, attribute = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         linear = getattr(parent, attribute)

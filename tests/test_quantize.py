@@ -3,6 +3,7 @@ ops, the layers' float reference, the packed kernels, and back through checkpoin
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from gguf.quants import dequantize
@@ -129,8 +130,19 @@ def test_a_quantised_model_generates_what_its_dequantised_float_model_does(small
     assert ours != generating.generate(model, [[1, 2, 3], [4]], sampling) or kind == "int8"
 
 
+def test_int4_stores_a_matrix_whose_rows_the_group_does_not_divide_in_int8(small_config):
+    small_config.d_ff = 48  # the FFN's down projection has 48 inputs: not a multiple of 32
+    model = quantize_model(Transformer(small_config).eval(), Quantization("int4", 32))
+    kinds = {name: type(m).__name__ for name, m in model.named_modules()
+             if isinstance(m, QuantizedLinear)}  # fmt: skip
+    assert kinds == {"blocks.0.attn.qkv_proj": "Int4Linear", "blocks.0.attn.out_proj": "Int4Linear",
+                     "blocks.0.ffn.w1": "Int4Linear", "blocks.0.ffn.w3": "Int4Linear",
+                     "blocks.0.ffn.w2": "Int8Linear"}  # fmt: skip
+
+
 def test_a_quantised_checkpoint_loads_back_bit_for_bit(small_config, tmp_path):
     torch.manual_seed(0)
+    small_config.d_ff = 48  # one int8 matrix among the int4 ones: loading must make it so too
     save_checkpoint(Transformer(small_config), None, 3, tmp_path / "float.pt")
     out = export.export_quantized(
         tmp_path / "float.pt", tmp_path / "q.pt", Quantization("int4", 32, head=True)
@@ -202,8 +214,9 @@ def test_bad_quantisation_settings_are_one_line_errors(small_config):
     model = Transformer(small_config)  # in training mode, as built
     with pytest.raises(ValueError, match=r"call model.eval\(\) first"):
         quantize_model(model, Quantization("int8"))
-    with pytest.raises(ValueError, match="blocks.0.attn.qkv_proj: int4 group_size 64 does not"):
-        quantize_model(model.eval(), Quantization("int4", 64))
+    small_config.d_ff = 96
+    with pytest.raises(ValueError, match=r"int4 groups of 64 divide none .* \(32, 96\)"):
+        quantize_model(Transformer(small_config).eval(), Quantization("int4", 64))
 
 
 @pytest.mark.parametrize(
@@ -236,3 +249,30 @@ def test_the_generating_command_runs_a_quantised_model(tmp_path, capsys):
     model = load(tmp_path / "model.pt", quantization=Quantization("int4", 32, head=True)).model
     ids = generating.generate(model, list(b"ab"), SamplingConfig(max_new_tokens=4, temperature=0))
     assert bytes(ids).decode("utf-8", "replace") in quantised_text
+
+
+def test_training_and_fine_tuning_refuse_a_quantised_model(tmp_path, capsys):
+    from conftest import markov_tokens
+
+    from llm import finetune, training
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=256, context_length=16, d_model=32, num_layers=1,
+                         num_heads=2, d_ff=64)  # fmt: skip
+    save_checkpoint(Transformer(config), None, 3, tmp_path / "float.pt")
+    quantized = export.export_quantized(tmp_path / "float.pt", tmp_path / "q.pt",
+                                        Quantization("int8"))  # fmt: skip
+    np.save(tmp_path / "tokens.npy", markov_tokens(2_000, vocab=256))
+    data = ["--train_data", str(tmp_path / "tokens.npy"), "--device", "cpu",
+            "--valid_data", str(tmp_path / "tokens.npy")]  # fmt: skip
+    commands = {
+        training.main: ["--init_from", str(quantized), *data, "--run_dir", str(tmp_path / "r")],
+        finetune.main: ["--model", str(quantized), "--run_dir", str(tmp_path / "f")],
+    }
+    for main, argv in commands.items():
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1, err
+        assert f"{quantized} is quantised (integer weights cannot train)" in err, err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "f").exists()
