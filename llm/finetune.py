@@ -585,18 +585,25 @@ def _dpo_eval(run: _Run, parts: list[list[Preference]]) -> dict:
 
 @torch.no_grad()
 def generate_answers(run: _Run, prompts: list[str]) -> list[str]:
-    """The model's greedy reply to each prompt as a user turn, up to its end of turn (all the
-    prompts in one batch)."""
+    """The model's greedy reply to each prompt as a user turn, up to its end of turn, in batches
+    of eval_batch_size. A reply that does not end is cut at twice the longest reply of the
+    training data: a model of long context (SmolLM2's 8,192) would otherwise reserve a KV cache
+    for its whole context for every prompt of the batch."""
     start, context = run.start, run.model.config.context_length
-    messages = [[{"role": "user", "content": prompt}] for prompt in prompts]
-    ids = [chat_prompt(start.tokenizer, m, start.template) for m in messages]
-    room = max(context - max(len(i) for i in ids), 1)
-    sampling = SamplingConfig(max_new_tokens=room, temperature=0.0, eos_id=start.end_of_turn)
+    longest = max(sum(example.mask) for example in run.data.train)
+    answers = []
     run.model.eval()
-    with autocast(run.device, run.dtype):
-        replies = generate(run.model, ids, sampling)
+    for first in range(0, len(prompts), run.config.eval_batch_size):
+        batch = prompts[first : first + run.config.eval_batch_size]
+        ids = [chat_prompt(start.tokenizer, [{"role": "user", "content": p}], start.template)
+               for p in batch]  # fmt: skip
+        room = max(min(context - max(len(i) for i in ids), 2 * longest), 1)
+        sampling = SamplingConfig(max_new_tokens=room, temperature=0.0, eos_id=start.end_of_turn)
+        with autocast(run.device, run.dtype):
+            replies = generate(run.model, ids, sampling)
+        answers += [start.tokenizer.decode(reply) for reply in replies]
     run.model.train()
-    return [start.tokenizer.decode(reply) for reply in replies]
+    return answers
 
 
 def _score(run: _Run) -> None:

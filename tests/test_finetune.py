@@ -14,6 +14,7 @@ import llm.finetune as finetune_module
 from llm.chat import CHATML, render_chat
 from llm.chat_data import (
     ChatDataError,
+    Example,
     conversation,
     encode_conversation,
     load_preferences,
@@ -217,6 +218,34 @@ def test_story_instructions_and_their_score():
     assert score(stories, valid) == 1.0
     assert score(stories[1:] + stories[:1], valid) < 0.5  # another story lacks the elements
     assert not has_elements("a catalog", ["cat"])  # whole words only
+
+
+def test_scoring_a_long_context_model_caps_each_reply_and_batches_the_prompts(monkeypatch):
+    """SmolLM2's context is 8,192 tokens: a reply left to run to it would make the batch's KV
+    cache that long (20 GB for 50 prompts). Replies are cut at twice the longest training reply,
+    and prompts go in batches of eval_batch_size."""
+    from types import SimpleNamespace
+
+    tokenizer = with_chat_tokens(tiny_tokenizer())
+    model = Transformer(dataclasses.replace(SMALL, vocab_size=tokenizer.vocab_size,
+                                            context_length=8192))  # fmt: skip
+    calls = []
+
+    def fake_generate(model, ids, sampling):
+        calls.append((len(ids), sampling.max_new_tokens))
+        return [[] for _ in ids]
+
+    monkeypatch.setattr(finetune_module, "generate", fake_generate)
+    examples = [Example([1] * 40, [False] * 10 + [True] * 30),
+                Example([1] * 60, [False] * 5 + [True] * 55)]  # fmt: skip
+    run = SimpleNamespace(
+        start=SimpleNamespace(tokenizer=tokenizer, template=None, end_of_turn=None),
+        model=model, data=SimpleNamespace(train=examples), device=torch.device("cpu"),
+        dtype=None, config=SimpleNamespace(eval_batch_size=4),
+    )  # fmt: skip
+    answers = finetune_module.generate_answers(run, [f"story {i}" for i in range(10)])
+    assert answers == [""] * 10
+    assert calls == [(4, 110), (4, 110), (2, 110)]
 
 
 @pytest.mark.parametrize(
