@@ -85,15 +85,10 @@ class LoraLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
         out = self.base(x)
         h = self.dropout(x)
-        pieces, end = [], 0
-        for name, (start, stop) in sorted(self.segments.items(), key=lambda kv: kv[1]):
-            if start > end:  # rows no adapter touches
-                pieces.append(out.new_zeros(*out.shape[:-1], start - end))
-            pieces.append(self.scale * (h @ self.lora_A[name].T) @ self.lora_B[name].T)
-            end = stop
-        if end < out.shape[-1]:
-            pieces.append(out.new_zeros(*out.shape[:-1], out.shape[-1] - end))
-        return out + torch.cat(pieces, dim=-1)
+        for name, (start, end) in self.segments.items():
+            # (..., in) -> (..., rank) -> (..., end - start), added into the segment's rows
+            out[..., start:end] += (h @ self.lora_A[name].T) @ (self.scale * self.lora_B[name]).T
+        return out
 
 
 def _sites(model: Transformer, layer: int) -> dict[str, tuple[nn.Module, str, int, int]]:
