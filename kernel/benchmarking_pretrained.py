@@ -42,18 +42,16 @@ then --repeats times timed. The figures:
                      on, against the machine's own, measured last (memory_bandwidth: a 1 GB
                      float32 matrix times a vector, as decoding reads weights; its sum; a copy)
 
---accuracy KB (default 8) then scores ours-fp32, -bf16, -int8, -int4 and -int4-bf16 in this
-process on the first KB kilobytes of --text (held-out TinyStories by default), in windows of 256
-tokens: bits per byte, and next-token agreement with ours-fp32 (the share of positions where the
-most likely token is the same). The quantised ones are scored twice: through the kernels, and
-through their float32 reference path ("ref": the weights' rounding alone).
+--accuracy KB (default 8) then scores our float32, bfloat16, int8, int4 and int4-bf16 models in
+this process on the first KB kilobytes of --text (held-out TinyStories by default): bits per
+byte and next-token agreement with float32, as `kernel/benchmarking_quantize.py --accuracy`
+does for any model (its function).
 """
 
 import ctypes
 import importlib.metadata
 import importlib.util
 import json
-import math
 import os
 import resource
 import statistics
@@ -80,6 +78,8 @@ from llm.loading import load as load_model
 from llm.quantize import Quantization, QuantizedLinear
 from llm.transformer import Linear
 
+from benchmarking_quantize import TEXT, accuracy  # this script's folder is on sys.path
+
 VARIANTS = ["ours-fp32", "ours-bf16", "ours-int8", "ours-int4", "ours-int4-bf16", "hf-fp32",
             "hf-bf16", "llama.cpp"]  # fmt: skip
 QUANTIZED = {  # variant -> (quantisation, dtype of the activations, embeddings and norms)
@@ -87,8 +87,6 @@ QUANTIZED = {  # variant -> (quantisation, dtype of the activations, embeddings 
     "ours-int4": (Quantization("int4", 32, head=True), torch.float32),
     "ours-int4-bf16": (Quantization("int4", 32, head=True), torch.bfloat16),
 }
-# held-out text for --accuracy: the shared data beside the checkout
-TEXT = str(Path(__file__).resolve().parents[2] / "shared/data/tinystories/valid.txt")
 PROMPT = "Write a long story about a robot who learns to paint, with many details."
 
 
@@ -379,43 +377,6 @@ def memory_bandwidth(gigabytes: float = 1.0, repeats: int = 3) -> tuple[float, f
     return gigabytes / best[0], 2 * gigabytes / best[1], gigabytes / best[2]
 
 
-@torch.inference_mode()
-def accuracy(args: BenchConfig, path: Path, window: int = 256) -> str:
-    """Bits per byte of our variants on the first args.accuracy KB of args.text, and how often
-    each one's most likely next token is ours-fp32's. "ref": the quantised layers' float32
-    reference path (the weights' rounding alone), where the kernels also round the activations
-    to bfloat16."""
-    text = Path(args.text).read_text(encoding="utf-8")[: args.accuracy * 1024]
-    tokenizer = tokenizer_from_gguf(GgufFile(path))
-    ids = torch.tensor(tokenizer.encode(text))
-    n_bytes = len(text.encode("utf-8"))
-    windows = [ids[i : i + window + 1] for i in range(0, len(ids) - 1, window)]
-    lines = [f"accuracy on the first {args.accuracy} KB of {args.text} ({len(ids)} tokens, "
-             f"{n_bytes} bytes, windows of {window}):",
-             "| variant | bits per byte | vs ours-fp32 | next token = ours-fp32's |",
-             "| --- | ---: | ---: | ---: |"]  # fmt: skip
-    reference = None
-    variants = ["ours-fp32", "ours-bf16", "ours-int8", "ours-int8 ref", "ours-int4",
-                "ours-int4 ref", "ours-int4-bf16"]  # fmt: skip
-    for variant in variants:
-        model = load_ours(variant.removesuffix(" ref"), path)
-        for module in model.modules():  # " ref": the float32 reference path, not the kernels
-            if isinstance(module, QuantizedLinear):
-                module.fast = not variant.endswith(" ref")
-        nats, best = 0.0, []
-        for w in windows:
-            logits = model(w[None, :-1]).float()[0]  # (window, vocab)
-            nats += torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum").item()
-            best.append(logits.argmax(-1))
-        bpb, best = nats / math.log(2) / n_bytes, torch.cat(best)
-        reference = reference or (bpb, best)
-        agree = (best == reference[1]).float().mean().item()
-        lines.append(f"| {variant} | {bpb:.4f} | {100 * (bpb / reference[0] - 1):+.2f}% | "
-                     f"{100 * agree:.2f}% |")  # fmt: skip
-        del model
-    return "\n".join(lines)
-
-
 def machine_line(when: str) -> str:
     loads = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"load average (1, 5, 15 min) {when}: {loads} on {os.cpu_count()} CPUs"
@@ -448,7 +409,7 @@ def run_all(args: BenchConfig) -> None:
     print(table(args, results, eos_id))
     print(notes(args, results))
     if args.accuracy:
-        print(accuracy(args, path))
+        print(accuracy(path, args.text, args.accuracy))
 
 
 def main() -> None:

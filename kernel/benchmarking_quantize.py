@@ -10,17 +10,40 @@
     uv run kernel/benchmarking_quantize.py --threads 2
 
 Prints microseconds per call (median) and the GB/s of the bytes each path's weights take.
+
+--accuracy MODEL scores a whole model instead (any source llm.loading reads: a run directory,
+a checkpoint, a Hugging Face directory, a GGUF file, smollm2-135m) on the first --kb kilobytes
+of --text, in windows of 256 tokens: float32, bfloat16, int8 and int4 (the output layer in int8;
+groups of 32), the quantised ones both through the kernels and through their float32 reference
+path ("ref": the weights' rounding alone). For each: bits per byte, and next-token agreement with
+float32 (the share of positions where the most likely token is the same).
+
+    uv run kernel/benchmarking_quantize.py --accuracy runs/tinystories-cpu-15min --kb 32
 """
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from llm.cli import parse, run_main
-from llm.quantize import Int4Linear, Int8Linear
+from llm.loading import load
+from llm.quantize import Int4Linear, Int8Linear, Quantization, QuantizedLinear
 
+# held-out text for --accuracy: the shared data beside the checkout
+TEXT = str(Path(__file__).resolve().parents[2] / "shared/data/tinystories/valid.txt")
+ACCURACY_VARIANTS = {  # name -> (quantisation, dtype of the activations, embeddings and norms)
+    "fp32": (None, torch.float32),
+    "bf16": (None, torch.bfloat16),
+    "int8": (Quantization("int8", head=True), torch.float32),
+    "int8 ref": (Quantization("int8", head=True), torch.float32),
+    "int4": (Quantization("int4", 32, head=True), torch.float32),
+    "int4 ref": (Quantization("int4", 32, head=True), torch.float32),
+    "int4-bf16": (Quantization("int4", 32, head=True), torch.bfloat16),
+}
 SHAPES = {  # SmolLM2-135M: name -> (out_features, in_features)
     "qkv 960x576": (960, 576),
     "w1/w3 1536x576": (1536, 576),
@@ -35,6 +58,9 @@ class BenchConfig:
 
     threads: int = 1  # CPU threads
     repeats: int = 50  # timed calls per path and shape (round-robin, in 5 rounds)
+    accuracy: str = ""  # a model to score instead of timing layers (any source llm.loading reads)
+    kb: int = 8  # --accuracy: kilobytes of --text to score on
+    text: str = TEXT  # --accuracy: held-out text
 
 
 def paths(w: torch.Tensor) -> dict[str, tuple]:
@@ -63,10 +89,44 @@ def paths(w: torch.Tensor) -> dict[str, tuple]:
 
 
 @torch.inference_mode()
+def accuracy(source: str | Path, text_path: str, kb: int, window: int = 256) -> str:
+    """A markdown table: bits per byte of each of ACCURACY_VARIANTS on the first kb KB of
+    text_path, and how often its most likely next token is float32's."""
+    text = Path(text_path).read_text(encoding="utf-8")[: kb * 1024]
+    ids = torch.tensor(load(source).tokenizer.encode(text))
+    n_bytes = len(text.encode("utf-8"))
+    windows = [ids[i : i + window + 1] for i in range(0, len(ids) - 1, window)]
+    lines = [f"{source}: the first {kb} KB of {text_path} ({len(ids)} tokens, {n_bytes} bytes, "
+             f"windows of {window})",
+             "| variant | bits per byte | vs fp32 | next token = fp32's |",
+             "| --- | ---: | ---: | ---: |"]  # fmt: skip
+    reference = None
+    for variant, (quantization, dtype) in ACCURACY_VARIANTS.items():
+        model = load(source, dtype=dtype, tokenizer=False, quantization=quantization).model
+        for module in model.modules():  # " ref": the float32 reference path, not the kernels
+            if isinstance(module, QuantizedLinear):
+                module.fast = not variant.endswith(" ref")
+        nats, best = 0.0, []
+        for w in windows:
+            logits = model(w[None, :-1]).float()[0]  # (window, vocab)
+            nats += torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum").item()
+            best.append(logits.argmax(-1))
+        bpb, best = nats / math.log(2) / n_bytes, torch.cat(best)
+        reference = reference or (bpb, best)
+        agree = (best == reference[1]).float().mean().item()
+        lines.append(f"| {variant} | {bpb:.4f} | {100 * (bpb / reference[0] - 1):+.2f}% | "
+                     f"{100 * agree:.2f}% |")  # fmt: skip
+    return "\n".join(lines)
+
+
+@torch.inference_mode()
 def main() -> None:
     args = run_main(lambda: parse(BenchConfig, description=__doc__,
                                   prog="uv run kernel/benchmarking_quantize.py"))  # fmt: skip
     torch.set_num_threads(args.threads)
+    if args.accuracy:
+        print(accuracy(args.accuracy, args.text, args.kb))
+        return
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, one token (1 x in)")
     print("| shape | " + " | ".join(paths(torch.randn(64, 64)).keys()) + " |")
