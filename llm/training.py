@@ -404,8 +404,10 @@ def _start_run(config: TrainConfig, world: Distributed) -> _Run:
     if config.init_from and not config.resume:  # the source's weights, a fresh optimizer
         source = load(config.init_from, tokenizer=False)
         if source.info.get("quantization"):
-            raise ConfigError(f"--init_from {config.init_from} is quantised (integer weights "
-                              "cannot train): start from the float model it was made from")  # fmt: skip
+            raise ConfigError(
+                f"--init_from {config.init_from} is quantised (integer weights cannot train): "
+                "start from the float model it was made from"
+            )
         model.load_state_dict(source.model.state_dict())
         if world.is_main:
             print(f"loaded {model.num_parameters():,} parameters from {config.init_from}")
