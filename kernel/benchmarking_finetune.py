@@ -2,6 +2,7 @@
 peft + transformers LoRA on the same weights, batch, sequence length and rank.
 
     uv run python kernel/benchmarking_finetune.py --steps 5 --batch 4 --seq 128 --rank 8
+    uv run python kernel/benchmarking_finetune.py --steps 3 --rounds 3  # in turn, on a busy host
 
 Each case runs in a process of its own (peak RSS is per process): load the model, then `steps`
 optimizer steps (AdamW over the trained parameters) on fixed random token ids, the loss on every
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="times each case runs, in turn")
     parser.add_argument("--case", default="")
     parser.add_argument("--hf_dir", default="")
     args = parser.parse_args()
@@ -99,17 +101,22 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = str(export("smollm2-135m", Path(tmp) / "hf"))
-        rows = []
-        for case in ("ours-lora", "ours-full", "peft"):
-            command = [sys.executable, __file__, "--case", case, "--hf_dir", hf_dir]
-            command += [f"--{k}={v}" for k, v in vars(args).items() if k not in ("case", "hf_dir")]
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"batch {args.batch} x {args.seq} tokens, rank {args.rank}, {args.threads} threads")
-    print("| case | trained parameters | step (s, median) | peak RSS (GB) |")
+        runs = {case: [] for case in ("ours-lora", "ours-full", "peft")}
+        for _ in range(args.rounds):  # round-robin: every case sees the same swings of speed
+            for case, results in runs.items():
+                command = [sys.executable, __file__, "--case", case, "--hf_dir", hf_dir]
+                command += [f"--{k}={v}" for k, v in vars(args).items()
+                            if k not in ("case", "hf_dir", "rounds")]  # fmt: skip
+                out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+                results.append(json.loads(out.strip().splitlines()[-1]))
+    print(f"batch {args.batch} x {args.seq} tokens, rank {args.rank}, {args.threads} threads, "
+          f"{args.rounds} round(s)")  # fmt: skip
+    print("| case | trained parameters | step (s, median of rounds) | peak RSS (GB, max) |")
     print("| --- | ---: | ---: | ---: |")
-    for r in rows:
-        print(f"| {r['case']} | {r['trained']:,} | {r['step_s']:.2f} | {r['peak_rss_gb']:.2f} |")
+    for case, results in runs.items():
+        step = statistics.median(r["step_s"] for r in results)
+        peak = max(r["peak_rss_gb"] for r in results)
+        print(f"| {case} | {results[0]['trained']:,} | {step:.2f} | {peak:.2f} |")
 
 
 if __name__ == "__main__":
