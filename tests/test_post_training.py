@@ -75,6 +75,10 @@ def test_response_log_probs_are_minus_the_cross_entropy():
     logits = model(ids)
     expected = -F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
     torch.testing.assert_close(out["log_probs"], expected)
+    weights = torch.randn(2, 9)  # the gradients too, through any weighting of the positions
+    ours = torch.autograd.grad((out["log_probs"] * weights).sum(), model.lm_head.weight)[0]
+    theirs = torch.autograd.grad((expected * weights).sum(), model.lm_head.weight)[0]
+    torch.testing.assert_close(ours, theirs)
     entropy = torch.distributions.Categorical(logits=logits).entropy()
     torch.testing.assert_close(out["token_entropy"], entropy)
 

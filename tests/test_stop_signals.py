@@ -35,11 +35,17 @@ def test_signals_become_a_stop_request_and_the_handlers_come_back(outside_handle
 
 
 def test_a_second_ctrl_c_interrupts_at_once():
-    with pytest.raises(KeyboardInterrupt), StopSignals("stopping") as stop:
-        signal.raise_signal(signal.SIGINT)
-        assert stop.received == [signal.SIGINT]
-        signal.raise_signal(signal.SIGINT)  # the default handler again: KeyboardInterrupt
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler before the block, whatever an earlier test in this worker
+    # process left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), StopSignals("stopping") as stop:
+            signal.raise_signal(signal.SIGINT)
+            assert stop.received == [signal.SIGINT]
+            signal.raise_signal(signal.SIGINT)  # the default handler again: KeyboardInterrupt
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_without_once_every_signal_is_noted(outside_handlers):
