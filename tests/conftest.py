@@ -5,6 +5,7 @@ Tiny models run fastest, and deterministically, on one thread. The suite uses th
 cores by running one worker process per core instead (pytest-xdist, set in pyproject.toml)."""
 
 import dataclasses
+import multiprocessing
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,18 @@ torch.set_num_threads(1)
 SMALL = ModelConfig(
     vocab_size=64, context_length=16, d_model=32, num_layers=1, num_heads=2, d_ff=64
 )
+
+
+def ranks_context() -> multiprocessing.context.BaseContext:
+    """How the DDP and FSDP tests start their 2 ranks. Forked from a fresh server process that
+    has imported the training code once (forkserver): a rank starts in milliseconds, and never
+    inherits this worker's autograd state (after some tests, autograd has started threads here,
+    and PyTorch then refuses to run a backward in a forked child). With a GPU: spawned."""
+    if torch.cuda.is_available():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["llm.training"])
+    return context
 
 
 @pytest.fixture

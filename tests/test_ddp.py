@@ -3,17 +3,16 @@ computes different windows; gradients are averaged).
 
 The processes get the environment torchrun would give them (RANK, WORLD_SIZE, ...) and run
 the same code as `torchrun --standalone --nproc_per_node=2 -m llm.training`. They are forked
-from the test process, which starts them in milliseconds where fresh interpreters would spend
-seconds importing torch; with a GPU present autograd's device threads forbid fork, so there
-they are spawned."""
+from a server process that imported the training code once (conftest.ranks_context), which
+starts them in milliseconds where fresh interpreters would spend seconds importing torch."""
 
-import multiprocessing
 import os
 import socket
 
 import numpy as np
 import pytest
 import torch
+from conftest import ranks_context
 
 from llm import plots
 from llm.checkpoint import read_checkpoint
@@ -59,7 +58,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, optimizer):
     # 2 ranks x 2 micro-steps x 2 sequences: exercises no_sync on the inner micro-step.
     ddp_run = tmp_path / "ddp"
     ddp_args = [*args, "--grad_accum_steps", "2", "--run_dir", str(ddp_run)]
-    context = multiprocessing.get_context("spawn" if torch.cuda.is_available() else "fork")
+    context = ranks_context()
     port = _free_port()
     ranks = [context.Process(target=_rank_main, args=(r, port, ddp_args)) for r in range(2)]
     for process in ranks:

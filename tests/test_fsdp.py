@@ -2,19 +2,18 @@
 one process; their sharded checkpoints resume on 1 or 2 processes and consolidate into one file;
 activation checkpointing changes no gradient.
 
-One launch of 2 forked ranks (see tests/test_ddp.py for why fork) runs three jobs in turn;
+One launch of 2 forked ranks (conftest.ranks_context) runs five jobs in turn;
 every run uses a constant learning rate, so that a 10-step run resumed to 20 steps is the first
 half of a 20-step run."""
 
 import dataclasses
-import multiprocessing
 import os
 import socket
 
 import numpy as np
 import pytest
 import torch
-from conftest import markov_tokens
+from conftest import markov_tokens, ranks_context
 
 from llm import plots
 from llm.checkpoint import consolidate, load_model, read_checkpoint
@@ -88,7 +87,7 @@ def runs(tmp_path_factory):
         [*fsdp, *tied_sgd, "--run_dir", str(tmp / "fsdp_tied_sgd")],
     ]
     jobs = [(_free_port(), argv) for argv in jobs]
-    context = multiprocessing.get_context("spawn" if torch.cuda.is_available() else "fork")
+    context = ranks_context()
     ranks = [context.Process(target=_rank_main, args=(r, jobs)) for r in range(2)]
     for process in ranks:
         process.start()
