@@ -7,7 +7,7 @@ lm-evaluation-harness 0.4.13's `hf` backend, and check that both make the same p
                on its own hellaswag task reading the same local data (tests/lm_eval_tasks/)
     hf-bf16    the same, dtype=bfloat16
 
-    uv run -m llm.export smollm2-135m /tmp/smollm2-hf              # the harness's model, once
+    uv run -m llm.export smollm2-135m runs/smollm2-hf              # the harness's model, once
     uv run kernel/benchmarking_evaluate.py                          # 200 rows, 2 threads
     uv run kernel/benchmarking_evaluate.py --rows 50 --variants ours-bf16,hf-bf16
     uv run kernel/benchmarking_evaluate.py --rounds 2 --threads 1
@@ -55,7 +55,7 @@ class BenchConfig:
     """What to measure."""
 
     model: str = "smollm2-135m"  # what ours loads (llm.loading.load)
-    hf_dir: str = "/tmp/smollm2-hf"  # the same model as a Hugging Face directory (llm.export)
+    hf_dir: str = "runs/smollm2-hf"  # the same model as a Hugging Face directory (llm.export)
     rows: int = 200  # HellaSwag's first rows (validation split), 4 requests each
     warmup: int = 8  # rows evaluated untimed first, in each process
     batch_size: int = 8  # ours: distinct contexts per forward pass (llm.evaluate's default)
