@@ -7,6 +7,7 @@ cores by running one worker process per core instead (pytest-xdist, set in pypro
 import dataclasses
 import multiprocessing
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,21 @@ def ranks_context() -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["llm.training"])
     return context
+
+
+def ctrl_c_at_step(monkeypatch, module, step: int):
+    """Ctrl-C (SIGINT to this process) while `module`'s training loop asks its learning-rate
+    schedule for `step`: the run's own handler then stops it after that step and saves. Returns
+    the real schedule, for putting back."""
+    schedule = module.cos_lr_scheduler
+
+    def schedule_then_ctrl_c(t, *args):
+        if t == step:
+            signal.raise_signal(signal.SIGINT)
+        return schedule(t, *args)
+
+    monkeypatch.setattr(module, "cos_lr_scheduler", schedule_then_ctrl_c)
+    return schedule
 
 
 @pytest.fixture

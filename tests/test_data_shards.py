@@ -1,11 +1,9 @@
 """Sharded token data (.npy and llm.c .bin shards read as one stream) and weighted mixtures."""
 
-import signal
-
 import numpy as np
 import pytest
 import torch
-from conftest import markov_tokens, train_config
+from conftest import ctrl_c_at_step, markov_tokens, train_config
 
 from llm import plots, training
 from llm.config import ConfigError
@@ -127,14 +125,7 @@ def test_a_mixture_run_resumes_exactly(token_data_dir, tmp_path, monkeypatch):
         return list(starts)
 
     full = run("full")
-    schedule = training.cos_lr_scheduler
-
-    def ctrl_c_during_step_3(t, *args):
-        if t == 3:
-            signal.raise_signal(signal.SIGINT)  # stop after this step and save
-        return schedule(t, *args)
-
-    monkeypatch.setattr(training, "cos_lr_scheduler", ctrl_c_during_step_3)
+    schedule = ctrl_c_at_step(monkeypatch, training, 3)  # stop after step 3 and save
     first = run("split")
     monkeypatch.setattr(training, "cos_lr_scheduler", schedule)  # (plot_run stays patched)
     starts.clear()

@@ -4,11 +4,10 @@ conversations, SFT and DPO runs, LoRA runs, exact resume, and bad input as one-l
 import dataclasses
 import json
 import math
-import signal
 
 import pytest
 import torch
-from conftest import SMALL, tiny_tokenizer
+from conftest import SMALL, ctrl_c_at_step, tiny_tokenizer
 
 import llm.finetune as finetune_module
 from llm.chat import CHATML, render_chat
@@ -155,14 +154,7 @@ def test_resume_after_interrupt_is_exact(source, tmp_path, monkeypatch, lora):
     extra = {"lora": lora, "lora_dropout": 0.1 if lora else 0.0, "grad_accum_steps": 2}
     model = source["chat" if lora else "plain"]
     full = finetune(load_finetune_config(run_args(model, tmp_path / "full", **extra)))
-    schedule = finetune_module.cos_lr_scheduler
-
-    def ctrl_c_during_step_3(t, *args):
-        if t == 3:
-            signal.raise_signal(signal.SIGINT)
-        return schedule(t, *args)
-
-    monkeypatch.setattr(finetune_module, "cos_lr_scheduler", ctrl_c_during_step_3)
+    ctrl_c_at_step(monkeypatch, finetune_module, 3)
     part = finetune(load_finetune_config(run_args(model, tmp_path / "split", **extra)))
     monkeypatch.undo()
     assert part["interrupted"] and part["step"] == 4

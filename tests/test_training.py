@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SMALL, train_config
+from conftest import SMALL, ctrl_c_at_step, train_config
 
 from llm import plots, training
 from llm.bpe_tokenizer import BpeTokenizer
@@ -78,14 +78,7 @@ def test_resume_after_interrupt_is_bit_exact(token_data_dir, tmp_path, monkeypat
     extra = dict(grad_accum_steps=2, checkpoint_interval=4, **optimizer)
     full = train(train_config(token_data_dir, tmp_path / "full", **extra))
 
-    schedule = training.cos_lr_scheduler
-
-    def ctrl_c_during_step_4(t, *args):
-        if t == 4:
-            signal.raise_signal(signal.SIGINT)  # the real handler: stop after this step, save
-        return schedule(t, *args)
-
-    monkeypatch.setattr(training, "cos_lr_scheduler", ctrl_c_during_step_4)
+    ctrl_c_at_step(monkeypatch, training, 4)  # the real handler: stop after this step, save
     part = train(train_config(token_data_dir, tmp_path / "split", **extra))
     monkeypatch.undo()
     assert part["interrupted"] and part["step"] == 5  # mid log interval: 5 is not a multiple of 2
@@ -619,14 +612,7 @@ def test_a_start_removes_the_temp_files_of_a_killed_save(token_data_dir, tmp_pat
 
 
 def test_ctrl_c_before_the_first_log_saves_and_exits_130(token_data_dir, tmp_path, monkeypatch):
-    schedule = training.cos_lr_scheduler
-
-    def ctrl_c_at_step_0(t, *args):
-        if t == 0:
-            signal.raise_signal(signal.SIGINT)
-        return schedule(t, *args)
-
-    monkeypatch.setattr(training, "cos_lr_scheduler", ctrl_c_at_step_0)
+    ctrl_c_at_step(monkeypatch, training, 0)
     run = tmp_path / "run"
     argv = ["--train_data", str(token_data_dir / "train.npy"), "--run_dir", str(run)]
     with pytest.raises(SystemExit) as exit_info:
