@@ -7,10 +7,12 @@ with Q8_0 embeddings), ours against transformers, in float32, bfloat16 and quant
     ours-int4  the same in int4, groups of 32: the file's Q4_1 blocks as they are, the output
                layer (the Q8_0 embedding, tied) in int8
     ours-int4-bf16  the same with bfloat16 activations (the kernels' own type: no casts)
+    ours-*-compiled  ours-fp32, -int8, -int4 with their one-token steps compiled
+               (llm.generating.compile_decoding; the compile happens in the warm-up call)
     hf-fp32    AutoModelForCausalLM.from_pretrained(gguf_file=...), then hf.generate (greedy)
     hf-bf16    the same, hf.to(torch.bfloat16)
     llama.cpp  llama-cpp-python on the file itself, when it is installed (not a dependency: it
-               builds llama.cpp from source, about 12 minutes here); greedy, n_threads=threads
+               builds llama.cpp from source, about 6 minutes here); greedy, n_threads=threads
 
     uv run kernel/benchmarking_pretrained.py                    # 128 new tokens, 2 rounds x 3
     uv run kernel/benchmarking_pretrained.py --rounds 3 --threads 2
@@ -23,6 +25,8 @@ see the same swings of the machine's speed. A process loads the model, generates
 then --repeats times timed. The figures:
 
     load s           loading the model, imports done before (transformers: its GGUF conversion)
+    warm-up s        the untimed first generation of each round: for the compiled variants, the
+                     compile (Inductor caches it on disk: a later round, or run, starts faster)
     RSS after load   resident memory once loaded (after malloc_trim, so freed memory is not
                      counted: the conversion's float32 copies, the float32 weights of bf16)
     peak RSS         the process's peak resident memory (ru_maxrss) after generating: the
@@ -65,7 +69,7 @@ import torch
 
 from llm.chat import render_chat
 from llm.cli import parse, run_main
-from llm.generating import SamplingConfig, generate
+from llm.generating import SamplingConfig, compile_decoding, generate
 from llm.gguf_format import (
     GgufError,
     GgufFile,
@@ -80,8 +84,10 @@ from llm.transformer import Linear
 
 from benchmarking_quantize import TEXT, accuracy  # this script's folder is on sys.path
 
-VARIANTS = ["ours-fp32", "ours-bf16", "ours-int8", "ours-int4", "ours-int4-bf16", "hf-fp32",
+VARIANTS = ["ours-fp32", "ours-bf16", "ours-int8", "ours-int4", "ours-int4-bf16",
+            "ours-fp32-compiled", "ours-int8-compiled", "ours-int4-compiled", "hf-fp32",
             "hf-bf16", "llama.cpp"]  # fmt: skip
+COMPILED = "-compiled"  # a variant of ours with its one-token steps compiled (compile_decoding)
 QUANTIZED = {  # variant -> (quantisation, dtype of the activations, embeddings and norms)
     "ours-int8": (Quantization("int8", head=True), torch.float32),
     "ours-int4": (Quantization("int4", 32, head=True), torch.float32),
@@ -143,7 +149,9 @@ def load(variant: str, path: Path):
     """(model, generate function of (prompt, n) -> new token ids) of a variant."""
     dtype = torch.bfloat16 if variant.endswith("bf16") else torch.float32
     if variant.startswith("ours"):
-        model = load_ours(variant, path)
+        model = load_ours(variant.removesuffix(COMPILED), path)
+        if variant.endswith(COMPILED):
+            compile_decoding(model)  # compiles in the warm-up call
         greedy = SamplingConfig(temperature=0)  # eos_id None: exactly n tokens
         return model, lambda prompt, n: generate(model, prompt, replace(greedy, max_new_tokens=n))
     if variant == "llama.cpp":
@@ -233,7 +241,7 @@ def run_variant(args: BenchConfig) -> dict:
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap memory back (see the top)
     rss_after_load, load_peak = status_mb("VmRSS"), status_mb("VmHWM")
     prompt = json.loads(sys.stdin.read())  # the parent's prompt_ids
-    generate_fn(prompt, args.new_tokens)  # warm-up
+    warmup_s = timed(generate_fn, prompt, args.new_tokens)[1]  # (compiled: with the compile)
     prefill, whole, tokens = [], [], []
     for _ in range(args.repeats):
         prefill.append(timed(generate_fn, prompt, 1)[1])
@@ -242,6 +250,7 @@ def run_variant(args: BenchConfig) -> dict:
     return {
         "weight_bytes": weight_bytes(model),
         "load_s": load_s,
+        "warmup_s": warmup_s,
         "rss_before_load_mb": rss_before_load,
         "rss_after_load_mb": rss_after_load,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -286,6 +295,7 @@ def merge(runs: list[dict]) -> dict:
     return {
         "weight_bytes": runs[-1]["weight_bytes"],
         "load_s": statistics.median(r["load_s"] for r in runs),
+        "warmup_s": [r["warmup_s"] for r in runs],
         "rss_before_load_mb": statistics.median(r["rss_before_load_mb"] for r in runs),
         "rss_after_load_mb": statistics.median(r["rss_after_load_mb"] for r in runs),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
@@ -315,16 +325,18 @@ def table(args: BenchConfig, results: dict[str, dict], eos_id: int) -> str:
 
     reference = results.get("hf-fp32")
     lines = [
-        "| variant | load s | RSS after load MB | peak RSS MB | first token ms | decode tok/s "
-        "| vs ours-fp32 | vs hf-fp32 | weights MB/token | GB/s | same tokens as hf-fp32 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| variant | load s | warm-up s | RSS after load MB | peak RSS MB | first token ms "
+        "| decode tok/s | vs ours-fp32 | vs hf-fp32 | weights MB/token | GB/s "
+        "| same tokens as hf-fp32 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, r in results.items():
         prefill_ms = statistics.median(r["prefill_s"]) * 1e3
         same = same_tokens(r["tokens"], reference["tokens"], eos_id) if reference else "-"
         mb = r["weight_bytes"] / 1e6
+        warmup = ", ".join(f"{t:.0f}" for t in r["warmup_s"])
         lines.append(
-            f"| {name} | {r['load_s']:.1f} | {r['rss_after_load_mb']:,.0f} | "
+            f"| {name} | {r['load_s']:.1f} | {warmup} | {r['rss_after_load_mb']:,.0f} | "
             f"{r['peak_rss_mb']:,.0f} | {prefill_ms:.0f} | {rate(r):.1f} | "
             f"{ratio(r, 'ours-fp32')} | {ratio(r, 'hf-fp32')} | {mb:.0f} | "
             f"{mb * rate(r) / 1e3:.2f} | {same} |"

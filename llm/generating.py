@@ -33,7 +33,7 @@ import dataclasses
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -244,6 +244,32 @@ def _decode(
             return
 
 
+def compile_decoding(model: Transformer, backend: str | Callable = "inductor") -> Transformer:
+    """torch.compile the model's one-token steps, in place; returns the model.
+
+    Decoding one token runs about 15 small operations per layer around the matmuls (norms,
+    RoPE, attention, the KV cache, casts), each a Python call and a dispatch; compiled, they
+    fuse into a few loops. Only steps of one new token per row with a KV cache go through the
+    compiled forward: a prefill's length changes with every prompt, and compiling it too doubles
+    the compile time for a step taken once per prompt. The cache's length is the one dynamic
+    size. The first step compiles (about a minute for a 30-layer model on a CPU; Inductor's
+    on-disk cache makes later runs start in seconds): docs/benchmarks.md has the measurements."""
+    eager = model.forward
+    compiled = torch.compile(eager, dynamic=True, backend=backend)
+
+    def forward(
+        token_ids: Tensor,
+        kv_cache: KVCache | None = None,
+        last_only: bool = False,
+        token_positions: Tensor | None = None,
+    ) -> Tensor:
+        one_step = kv_cache is not None and token_ids.shape[1] == 1
+        return (compiled if one_step else eager)(token_ids, kv_cache, last_only, token_positions)
+
+    model.forward = forward  # the instance's forward: callers of model(...) need not change
+    return model
+
+
 def _slide(tokens: Tensor, real: Tensor, by: int, n: int) -> int:
     """Drop the oldest `by` of the n window columns, moving the rest to the front; returns the
     new window length."""
@@ -444,7 +470,7 @@ class GenerateConfig(SamplingConfig, QuantizeOptions):
     num_samples: int = 1  # continuations of each prompt; sample i uses seed + i
     device: str = "auto"  # "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps"
     dtype: str = "float32"  # the weights' type: "float32" or "bfloat16" (half the memory)
-    compile: bool = False  # torch.compile the model: slower start, faster steps
+    compile: bool = False  # torch.compile the one-token steps: a minute's start, faster steps
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -484,7 +510,7 @@ def run(config: GenerateConfig) -> None:
             config, eos_id=eos_id_of(tokenizer) if eos_id is None else eos_id
         )
     if config.compile:
-        model = torch.compile(model, dynamic=True)
+        compile_decoding(model)
 
     def samples(prompt: str) -> None:
         for i in range(config.num_samples):

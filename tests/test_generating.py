@@ -3,6 +3,7 @@ import itertools
 import math
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from llm.generating import (
     SamplingConfig,
     TextStream,
     chat,
+    compile_decoding,
     generate,
     left_pad,
     main,
@@ -79,6 +81,25 @@ def test_greedy_with_cache_equals_full_recompute_across_the_context(model64, pro
         model64, prompt, SamplingConfig(max_new_tokens=steps, temperature=0, slide=slide)
     )
     assert ours == greedy_by_recomputing(model64, prompt, steps, slide or CONTEXT // 4)
+
+
+def test_compile_decoding_compiles_only_the_one_token_steps_and_changes_no_token():
+    torch.manual_seed(0)
+    model = Transformer(TINY, dtype=torch.float64).eval()  # its own: compiling changes it
+    prompt = random_prompt(10, seed=10)
+    sampling = SamplingConfig(max_new_tokens=CONTEXT, temperature=0)  # a slide: a 2nd prefill
+    eager = generate(model, prompt, sampling)
+    compiled_lengths = []
+
+    def backend(graph: torch.fx.GraphModule, inputs: list) -> Callable:
+        """Dynamo's graph, run as it is; records how many tokens a row its token ids hold."""
+        ids = [x for x in inputs if isinstance(x, torch.Tensor) and x.dtype == torch.long]
+        compiled_lengths.extend(x.shape[1] for x in ids if x.ndim == 2)
+        return graph.forward
+
+    compile_decoding(model, backend)
+    assert generate(model, prompt, sampling) == eager
+    assert compiled_lengths and set(compiled_lengths) == {1}
 
 
 def test_long_prompt_keeps_its_last_context_tokens_with_a_warning(model64):
