@@ -15,8 +15,10 @@ Prints microseconds per call (median) and the GB/s of the bytes each path's weig
 a checkpoint, a Hugging Face directory, a GGUF file, smollm2-135m) on the first --kb kilobytes
 of --text, in windows of 256 tokens: float32, bfloat16, int8 and int4 (the output layer in int8;
 groups of 32), the quantised ones both through the kernels and through their float32 reference
-path ("ref": the weights' rounding alone). For each: bits per byte, and next-token agreement with
-float32 (the share of positions where the most likely token is the same).
+path ("ref": the weights' rounding alone), and through the kernels with the output layer left
+in float32 ("float head": what --quantize does without --quantize_head). For each: bits per
+byte, and next-token agreement with float32 (the share of positions where the most likely token
+is the same).
 
     uv run kernel/benchmarking_quantize.py --accuracy runs/tinystories-cpu-15min --kb 32
 """
@@ -40,8 +42,10 @@ ACCURACY_VARIANTS = {  # name -> (quantisation, dtype of the activations, embedd
     "bf16": (None, torch.bfloat16),
     "int8": (Quantization("int8", head=True), torch.float32),
     "int8 ref": (Quantization("int8", head=True), torch.float32),
+    "int8, float head": (Quantization("int8"), torch.float32),  # --quantize int8 alone
     "int4": (Quantization("int4", 32, head=True), torch.float32),
     "int4 ref": (Quantization("int4", 32, head=True), torch.float32),
+    "int4, float head": (Quantization("int4", 32), torch.float32),
     "int4-bf16": (Quantization("int4", 32, head=True), torch.bfloat16),
 }
 SHAPES = {  # SmolLM2-135M: name -> (out_features, in_features)
