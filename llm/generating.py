@@ -247,13 +247,14 @@ def _decode(
 def compile_decoding(model: Transformer, backend: str | Callable = "inductor") -> Transformer:
     """torch.compile the model's one-token steps, in place; returns the model.
 
-    Decoding one token runs about 15 small operations per layer around the matmuls (norms,
-    RoPE, attention, the KV cache, casts), each a Python call and a dispatch; compiled, they
-    fuse into a few loops. Only steps of one new token per row with a KV cache go through the
-    compiled forward: a prefill's length changes with every prompt, and compiling it too doubles
-    the compile time for a step taken once per prompt. The cache's length is the one dynamic
-    size. The first step compiles (about a minute for a 30-layer model on a CPU; Inductor's
-    on-disk cache makes later runs start in seconds): docs/benchmarks.md has the measurements."""
+    Decoding one token runs dozens of small operations per layer around the matmuls (norms,
+    RoPE, attention, the KV cache, casts, views), each a Python call and a dispatch; compiled,
+    they fuse into a few loops. Only steps of one new token per row with a KV cache go through
+    the compiled forward: a prefill's length changes with every prompt, and compiling it too
+    nearly doubled the compile time, and the steps ran slower. The cache's length is the one
+    dynamic size. The first step compiles (up to a minute for a 30-layer model on a CPU;
+    Inductor's on-disk cache makes later runs start in seconds): docs/benchmarks.md has the
+    measurements."""
     eager = model.forward
     compiled = torch.compile(eager, dynamic=True, backend=backend)
 
