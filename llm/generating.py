@@ -244,6 +244,10 @@ def _decode(
             return
 
 
+class CompileError(RuntimeError):
+    """torch.compile could not compile a decoding step (compile_decoding)."""
+
+
 def compile_decoding(model: Transformer, backend: str | Callable = "inductor") -> Transformer:
     """torch.compile the model's one-token steps, in place; returns the model.
 
@@ -255,6 +259,8 @@ def compile_decoding(model: Transformer, backend: str | Callable = "inductor") -
     dynamic size. The first step compiles (up to a minute for a 30-layer model on a CPU;
     Inductor's on-disk cache makes later runs start in seconds): docs/benchmarks.md has the
     measurements."""
+    from torch._dynamo.exc import BackendCompilerFailed  # (torch._dynamo: only when compiling)
+
     eager = model.forward
     compiled = torch.compile(eager, dynamic=True, backend=backend)
 
@@ -264,8 +270,17 @@ def compile_decoding(model: Transformer, backend: str | Callable = "inductor") -
         last_only: bool = False,
         token_positions: Tensor | None = None,
     ) -> Tensor:
-        one_step = kv_cache is not None and token_ids.shape[1] == 1
-        return (compiled if one_step else eager)(token_ids, kv_cache, last_only, token_positions)
+        if kv_cache is None or token_ids.shape[1] != 1:
+            return eager(token_ids, kv_cache, last_only, token_positions)
+        try:
+            return compiled(token_ids, kv_cache, last_only, token_positions)
+        except BackendCompilerFailed as e:  # e.g. Inductor finds no C++ compiler on a CPU
+            inner = e.inner_exception
+            reason = f"{type(inner).__name__}: {str(inner).strip().splitlines()[0]}"
+            raise CompileError(
+                f"--compile: torch.compile failed: {reason}; run without "
+                "--compile, or install a C++ compiler (g++ or clang++)"
+            ) from None
 
     model.forward = forward  # the instance's forward: callers of model(...) need not change
     return model
@@ -545,7 +560,7 @@ def main(argv: list[str] | None = None) -> None:
     description = f"{__doc__}\n{models_help()}"
     run_main(
         lambda: run(parse(GenerateConfig, argv, description=description, prog=prog)),
-        errors=(ValueError, OSError),
+        errors=(ValueError, OSError, CompileError),
     )
 
 

@@ -15,6 +15,7 @@ from llm import generating
 from llm.bpe_tokenizer import EOT, BpeTokenizer
 from llm.checkpoint import CHECKPOINT_NAME, load_model, save_checkpoint
 from llm.generating import (
+    CompileError,
     SamplingConfig,
     TextStream,
     chat,
@@ -100,6 +101,16 @@ def test_compile_decoding_compiles_only_the_one_token_steps_and_changes_no_token
     compile_decoding(model, backend)
     assert generate(model, prompt, sampling) == eager
     assert compiled_lengths and set(compiled_lengths) == {1}
+
+
+def test_a_failed_compile_is_a_one_line_error_that_says_what_to_do():
+    def no_compiler(graph: torch.fx.GraphModule, inputs: list) -> Callable:
+        raise RuntimeError("no C++ compiler found\nmore lines")
+
+    model = compile_decoding(Transformer(TINY).eval(), no_compiler)
+    with pytest.raises(CompileError, match=r"RuntimeError: no C\+\+ compiler found; run wit") as e:
+        generate(model, [1, 2, 3], SamplingConfig(max_new_tokens=3, temperature=0))
+    assert "\n" not in str(e.value)
 
 
 def test_long_prompt_keeps_its_last_context_tokens_with_a_warning(model64):
