@@ -79,20 +79,17 @@ from llm.gguf_format import (
     tokenizer_from_gguf,
 )
 from llm.loading import load as load_model
-from llm.quantize import Quantization, QuantizedLinear
+from llm.quantize import QuantizedLinear
 from llm.transformer import Linear
 
-from benchmarking_quantize import TEXT, accuracy  # this script's folder is on sys.path
+from benchmarking_quantize import ACCURACY_VARIANTS, TEXT, accuracy  # (this script's folder)
 
 VARIANTS = ["ours-fp32", "ours-bf16", "ours-int8", "ours-int4", "ours-int4-bf16",
             "ours-fp32-compiled", "ours-int8-compiled", "ours-int4-compiled", "hf-fp32",
             "hf-bf16", "llama.cpp"]  # fmt: skip
 COMPILED = "-compiled"  # a variant of ours with its one-token steps compiled (compile_decoding)
-QUANTIZED = {  # variant -> (quantisation, dtype of the activations, embeddings and norms)
-    "ours-int8": (Quantization("int8", head=True), torch.float32),
-    "ours-int4": (Quantization("int4", 32, head=True), torch.float32),
-    "ours-int4-bf16": (Quantization("int4", 32, head=True), torch.bfloat16),
-}
+# variant -> (quantisation, dtype of the activations, embeddings and norms): --accuracy's own
+QUANTIZED = {f"ours-{name}": ACCURACY_VARIANTS[name] for name in ("int8", "int4", "int4-bf16")}
 PROMPT = "Write a long story about a robot who learns to paint, with many details."
 
 
