@@ -4,6 +4,7 @@ first token (p50, p95) as a streaming client sees it.
 
     uv run kernel/benchmarking_serve.py                              # tinystories-17m shape
     uv run kernel/benchmarking_serve.py --model smollm2-135m --requests 16 --max-tokens 32
+    uv run kernel/benchmarking_serve.py --model smollm2-135m --quantize int4 --compile
 
 The server runs in a process of its own (llm.serve's app under uvicorn, on a free 127.0.0.1
 port); this process only sends requests. Without --model, the model is the tinystories-17m
@@ -52,6 +53,8 @@ class ServeBenchConfig:
     max_tokens: int = 64  # tokens to generate per request at most
     max_batch: int = 16  # the server's --max-batch
     threads: int = 2  # torch threads of the server
+    quantize: str = ""  # the server's --quantize (int8 or int4, the output layer in int8 too)
+    compile: bool = False  # the server's --compile: its decoding steps compiled before serving
     timeout: float = 600.0  # seconds for the whole benchmark at most
 
 
@@ -60,20 +63,22 @@ def serve(config: ServeBenchConfig, sock: socket.socket) -> None:
     import uvicorn
 
     from llm.loading import Loaded, load, load_tokenizer
+    from llm.quantize import Quantization
     from llm.serve import create_app
     from llm.transformer import MODEL_PRESETS, Transformer
 
     torch.set_num_threads(config.threads)
     torch.set_grad_enabled(False)
     if config.model:
-        loaded = load(config.model)
+        quantization = Quantization(config.quantize, head=True) if config.quantize else None
+        loaded = load(config.model, quantization=quantization)
     else:
         tokenizer = load_tokenizer(config.tokenizer)
         shape = dataclasses.replace(MODEL_PRESETS["tinystories-17m"],
                                     vocab_size=tokenizer.vocab_size)  # fmt: skip
         torch.manual_seed(0)
         loaded = Loaded(Transformer(shape).eval(), tokenizer, {}, "random", Path("."))
-    app = create_app(loaded, "bench", config.max_batch, max_queue=config.requests)
+    app = create_app(loaded, "bench", config.max_batch, config.requests, compiled=config.compile)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
@@ -149,9 +154,10 @@ def run(config: ServeBenchConfig) -> None:
     finally:
         server.terminate()
         server.join()
-    print(f"model: {config.model or 'tinystories-17m shape, random weights'}; "
-          f"{config.requests} requests of up to {config.max_tokens} tokens; "
-          f"server: max_batch {config.max_batch}, {config.threads} torch threads")  # fmt: skip
+    print(f"model: {config.model or 'tinystories-17m shape, random weights'}"
+          f"{' ' + config.quantize if config.quantize else ''}; {config.requests} requests of up "
+          f"to {config.max_tokens} tokens; server: max_batch {config.max_batch}, "
+          f"{config.threads} torch threads{', --compile' if config.compile else ''}")  # fmt: skip
     print("| clients | tokens | seconds | tokens/s | TTFT p50 (s) | TTFT p95 (s) | failed |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in (alone, together):

@@ -156,6 +156,21 @@ class Scheduler:
                     self.wakeup.wait(timeout=0.1)
             self.step()
 
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Run two short requests through the loop before serving: decoding steps of two rows,
+        then of one, so that a model whose steps are compiled (llm.generating.compile_decoding)
+        compiles them now rather than on its first clients. Errors are raised, not sent to the
+        requests as step() does; the counters start again at zero afterwards."""
+        for new_tokens in (3, 6):
+            sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0)
+            self.submit(Request([0], sampling, emit=lambda output: None))
+        while self.rows or self.waiting:
+            self._admit()
+            if self.rows:
+                self._decode()
+        self.stats = Stats()
+
     # ---- the loop
 
     @torch.inference_mode()
@@ -275,6 +290,7 @@ class Scheduler:
     def capacity(self) -> int:
         return self.keys[0].shape[2]
 
+    @torch.inference_mode()  # (always: a compiled step sees the same kind of tensor each time)
     def _allocate(self, capacity: int) -> None:
         c, weight = self.model.config, self.model.embedding.weight
         shape = (self.max_batch, c.kv_heads, capacity, c.d_head)

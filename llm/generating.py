@@ -270,7 +270,9 @@ def compile_decoding(model: Transformer, backend: str | Callable = "inductor") -
         last_only: bool = False,
         token_positions: Tensor | None = None,
     ) -> Tensor:
-        if kv_cache is None or token_ids.shape[1] != 1:
+        # The compiler makes a graph of its own for each size 0 or 1 (a cache of 0 or 1 tokens,
+        # one row or more): those first steps stay eager, so one or two graphs serve the rest.
+        if kv_cache is None or token_ids.shape[1] != 1 or kv_cache.length < 2:
             return eager(token_ids, kv_cache, last_only, token_positions)
         try:
             return compiled(token_ids, kv_cache, last_only, token_positions)

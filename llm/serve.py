@@ -58,7 +58,15 @@ from llm.chat import END_OF_TURN
 from llm.cli import parse, run_main
 from llm.config import ConfigError
 from llm.device import resolve_device
-from llm.generating import DTYPES, SamplingConfig, TextStream, chat_prompt, eos_id_of
+from llm.generating import (
+    DTYPES,
+    CompileError,
+    SamplingConfig,
+    TextStream,
+    chat_prompt,
+    compile_decoding,
+    eos_id_of,
+)
 from llm.loading import Loaded, load, models_help
 from llm.quantize import QuantizeOptions
 
@@ -81,6 +89,7 @@ class ServeConfig(QuantizeOptions):
     name: str = ""  # the model's name in the API (default: MODEL's last path part)
     device: str = "auto"  # "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps"
     dtype: str = "float32"  # the weights' type: "float32" or "bfloat16"
+    compile: bool = False  # torch.compile the decoding steps, before serving (a minute or so)
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -642,9 +651,13 @@ def _endpoint(server: Server, path: str, handler: Callable, keyed: bool) -> Call
 
 
 def create_app(loaded: Loaded, name: str, max_batch: int = 16, max_queue: int = 64,
-               api_key: str = "") -> Starlette:  # fmt: skip
-    """The ASGI app; the model's thread starts and stops with it (its lifespan)."""
+               api_key: str = "", compiled: bool = False) -> Starlette:  # fmt: skip
+    """The ASGI app; the model's thread starts and stops with it (its lifespan). compiled: the
+    model's decoding steps compiled (llm.generating.compile_decoding) and warmed up here."""
     server = Server(loaded, name, Scheduler(loaded.model, max_batch, max_queue), api_key)
+    if compiled:
+        compile_decoding(loaded.model)
+        server.scheduler.warm_up()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -679,7 +692,13 @@ def run(config: ServeConfig) -> None:
     print(f"serving {name} ({loaded.format}, {loaded.model.num_parameters():,} parameters, "
           f"context {c.context_length}) on {device}: "
           f"http://{config.host}:{config.port}/")  # fmt: skip
-    app = create_app(loaded, name, config.max_batch, config.max_queue, config.api_key)
+    if config.compile:
+        print("compiling the decoding steps (--compile)...")
+    began = time.perf_counter()
+    app = create_app(loaded, name, config.max_batch, config.max_queue, config.api_key,
+                     config.compile)  # fmt: skip
+    if config.compile:
+        print(f"compiled in {time.perf_counter() - began:.0f} s")
     torch.set_grad_enabled(False)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
 
@@ -695,7 +714,7 @@ def main(argv: list[str] | None = None) -> None:
                 description=f"{__doc__}\n{models_help()}",
             )
         ),  # fmt: skip
-        errors=(ValueError, OSError),
+        errors=(ValueError, OSError, CompileError),
     )
 
 

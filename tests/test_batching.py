@@ -2,13 +2,15 @@
 through the cache's growth and its shift when the clock reaches the context, get exactly what
 llm.generating gives each of them alone."""
 
+import copy
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from llm.batching import Finished, QueueFull, Request, Scheduler, Scores, Token
-from llm.generating import SamplingConfig, generate
+from llm.generating import SamplingConfig, compile_decoding, generate
 from llm.quantize import Quantization, quantize_model
 from llm.transformer import ModelConfig, Transformer
 
@@ -139,3 +141,31 @@ def test_a_quantised_model_is_served_as_it_generates_alone(kind):
     sampling = SamplingConfig(max_new_tokens=6, temperature=0)
     results = run(Scheduler(model, max_batch=2), [(p, sampling) for p in prompts])
     assert [ids for ids, _, _ in results] == [generate(model, p, sampling) for p in prompts]
+
+
+def test_a_warmed_up_compiled_model_serves_exactly_and_compiles_nothing_more():
+    """llm.serve --compile: warm_up compiles the decoding steps before the first client;
+    requests that join and leave, through the cache's growth, then compile nothing new and get
+    what generate() gives each of them alone (uncompiled)."""
+    torch.manual_seed(0)
+    model = Transformer(dataclasses.replace(CONFIG, context_length=128)).eval()
+    compiled = copy.deepcopy(model)
+    graphs = []
+
+    def backend(graph: torch.fx.GraphModule, inputs: list) -> Callable:
+        graphs.append(graph)
+        return graph.forward  # run as traced: the tokens can be compared exactly
+
+    compile_decoding(compiled, backend)
+    Scheduler(compiled, max_batch=3).warm_up()
+    warmed_up = len(graphs)
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11], [12]]
+    news = [90, 5, 25, 12, 30]
+    requests = [(p, SamplingConfig(max_new_tokens=n, temperature=0))
+                for p, n in zip(prompts, news, strict=True)]  # fmt: skip
+    scheduler = Scheduler(compiled, max_batch=3, max_queue=len(requests))
+    results = run(scheduler, requests)
+    assert [ids for ids, _, _ in results] == [generate(model, p, s) for p, s in requests]
+    assert scheduler.capacity == 128  # the cache grew past its first 64 columns
+    assert warmed_up >= 1 and len(graphs) == warmed_up
+    assert scheduler.stats.generated_tokens == sum(news)  # the warm-up's were not counted
