@@ -72,7 +72,7 @@ from llm.config import ConfigError, config_from_dict, config_to_dict, format_con
 from llm.device import autocast, autocast_dtype, resolve_device
 from llm.evaluation import token_bytes_of
 from llm.generating import SamplingConfig, chat_prompt, generate
-from llm.loading import load, models_help
+from llm.loading import load, models_help, require_float
 from llm.lora import (
     TARGETS,
     LoraSettings,
@@ -264,9 +264,7 @@ def _start_model(config: FinetuneConfig, device: torch.device) -> _Start:
         if config.model == FinetuneConfig.model:
             hint = " (make the quickstart model with `uv run -m llm --out runs/quickstart`)"
         raise ConfigError(f"--model {config.model}: {e}{hint}") from None
-    if loaded.info.get("quantization"):
-        raise ConfigError(f"--model {config.model} is quantised (integer weights cannot train): "
-                          "fine-tune the float model it was made from")  # fmt: skip
+    require_float(loaded, f"--model {config.model}")
     model, tokenizer, template = loaded.model, loaded.tokenizer, loaded.info.get("chat_template")
     if template is None:
         tokenizer = with_chat_tokens(tokenizer)

@@ -33,6 +33,7 @@ from llm.checkpoint import (
     read_model_config,
     sharded_checkpoint,
 )
+from llm.config import ConfigError
 from llm.gguf_format import (
     PRETRAINED,
     GgufFile,
@@ -64,6 +65,14 @@ class Loaded:
     # eos_token_id, bos_token_id and chat_template where the format has them
     format: str  # the FORMATS entry that read it, e.g. "gguf"
     path: Path  # the file or directory read (a pretrained name's file)
+
+
+def require_float(loaded: Loaded, source: str) -> None:
+    """A ConfigError when the loaded model is quantised: integer weights cannot train. `source`
+    names it as the user gave it, e.g. "--init_from runs/x.pt"."""
+    if loaded.info.get("quantization"):
+        raise ConfigError(f"{source} is quantised (integer weights cannot train): start from the "
+                          "float model it was made from")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ from llm.device import (
     setup_distributed,
 )
 from llm.evaluation import evaluate_exact, evaluate_windows, token_bytes_of
-from llm.loading import byte_tokenizer, load, load_tokenizer, read_config
+from llm.loading import byte_tokenizer, load, load_tokenizer, read_config, require_float
 from llm.metric_sinks import TENSORBOARD_DIR, WANDB_DIR, MetricSinks, check_sinks
 from llm.optim import (
     OPTIMIZERS,
@@ -403,11 +403,7 @@ def _start_run(config: TrainConfig, world: Distributed) -> _Run:
     model = Transformer(config.model).to(world.device)
     if config.init_from and not config.resume:  # the source's weights, a fresh optimizer
         source = load(config.init_from, tokenizer=False)
-        if source.info.get("quantization"):
-            raise ConfigError(
-                f"--init_from {config.init_from} is quantised (integer weights cannot train): "
-                "start from the float model it was made from"
-            )
+        require_float(source, f"--init_from {config.init_from}")
         model.load_state_dict(source.model.state_dict())
         if world.is_main:
             print(f"loaded {model.num_parameters():,} parameters from {config.init_from}")
