@@ -693,12 +693,9 @@ def run(config: ServeConfig) -> None:
           f"context {c.context_length}) on {device}: "
           f"http://{config.host}:{config.port}/")  # fmt: skip
     if config.compile:
-        print("compiling the decoding steps (--compile)...")
-    began = time.perf_counter()
+        print("compiling the decoding steps (--compile: a minute or so)...")
     app = create_app(loaded, name, config.max_batch, config.max_queue, config.api_key,
                      config.compile)  # fmt: skip
-    if config.compile:
-        print(f"compiled in {time.perf_counter() - began:.0f} s")
     torch.set_grad_enabled(False)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
 
